@@ -1,0 +1,141 @@
+"""Rebuild sample_data/ bit for bit: a tiny synthetic dataset laid out exactly like the MSR-VTT release.
+
+120 clips (64x64, 4 fps, 2-4 s) of one coloured shape at a time moving on a dark background. Each clip has 2-3
+consecutive events ("a red circle moves left", then "a blue square moves up", ...). Captions (never with a comma: the
+1k-A test file has no quoting) describe either the whole clip or one event, so matching words to the right
+frames pays off.
+
+Layout written (as CLIP4Clip's msrvtt_data.zip plus videos/):
+    msrvtt/MSRVTT_data.json         videos[] and sentences[] (10 captions per video)
+    msrvtt/MSRVTT_train.9k.csv      video0..video89
+    msrvtt/MSRVTT_train.7k.csv      video0..video79
+    msrvtt/MSRVTT_JSFUSION_test.csv video90..video119, one caption each, shuffled like the real file
+    msrvtt/videos/video<N>.mp4      H.264 RGB lossless (libx264rgb, crf 0)
+    captions.csv                    every caption as a custom dataset: video_id,caption,split,kind (clip|event)
+
+Run: python sample_data/make_sample_data.py   (needs numpy and av; seeded, single-threaded encoder)
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+
+SEED = 2504
+NUM_VIDEOS, NUM_TRAIN_9K, NUM_TRAIN_7K, NUM_OFFICIAL_TRAIN = 120, 90, 80, 70
+SIZE, FPS = 64, 4
+COLORS = {
+    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
+    "yellow": (240, 220, 40), "purple": (170, 60, 220), "white": (245, 245, 245),
+}  # fmt: skip
+SHAPES = ("circle", "square", "triangle")
+MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+EVENT_TEMPLATES = ("a {c} {s} moves {m}", "a {c} {s} is moving {m}", "the {c} {s} goes {m}")
+BACKGROUND = (24, 24, 32)
+HERE = Path(__file__).parent
+
+
+def shape_mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    if shape == "circle":
+        return np.asarray((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r)
+    if shape == "square":
+        return np.asarray((abs(xx - cx) <= r * 0.85) & (abs(yy - cy) <= r * 0.85))
+    top, bottom = cy - r, cy + r  # triangle pointing up
+    half_width = (yy - top) / (2 * r) * r
+    return np.asarray((yy >= top) & (yy <= bottom) & (abs(xx - cx) <= half_width))
+
+
+def render_event(event: tuple[str, str, str], frames: int, rng: np.random.Generator) -> list[np.ndarray]:
+    color, shape, motion = event
+    dx, dy = MOTIONS[motion]
+    r = float(rng.uniform(7, 10))
+    travel = SIZE - 2 * r - 8
+    start = rng.uniform(r + 4, SIZE - r - 4, size=2)
+    start[0] = SIZE / 2 - dx * travel / 2 if dx else start[0]
+    start[1] = SIZE / 2 - dy * travel / 2 if dy else start[1]
+    out = []
+    for i in range(frames):
+        p = i / max(frames - 1, 1)
+        img = np.empty((SIZE, SIZE, 3), np.uint8)
+        img[:] = BACKGROUND
+        img[shape_mask(shape, start[0] + dx * travel * p, start[1] + dy * travel * p, r)] = COLORS[color]
+        out.append(img)
+    return out
+
+
+def pick_events(rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    colors = rng.choice(list(COLORS), size=3, replace=False)
+    events = [(str(c), str(rng.choice(SHAPES)), str(rng.choice(list(MOTIONS)))) for c in colors]
+    return events[: int(rng.integers(2, 4))]
+
+
+def captions_for(events: list[tuple[str, str, str]], rng: np.random.Generator) -> list[tuple[str, str]]:
+    parts = [f"a {c} {s} moves {m}" for c, s, m in events]
+    clip = [
+        " then ".join(parts),
+        " and then ".join(parts),
+        "first " + " and after that ".join(parts),
+        f"{len(events)} shapes move one after another: " + " and ".join(f"{c} {s}" for c, s, _ in events),
+    ]
+    caps = [(c, "clip") for c in clip]
+    while len(caps) < 10:
+        c, s, m = events[len(caps) % len(events)]
+        template = EVENT_TEMPLATES[int(rng.integers(len(EVENT_TEMPLATES)))]
+        caps.append((template.format(c=c, s=s, m=m), "event"))
+    return caps
+
+
+def write_video(path: Path, frames: list[np.ndarray]) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "rgb24"
+        stream.options = {"crf": "0", "threads": "1"}
+        for img in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def official_split(n: int) -> str:
+    return "train" if n < NUM_OFFICIAL_TRAIN else "validate" if n < NUM_TRAIN_7K else "test"
+
+
+def main() -> None:
+    rng = np.random.default_rng(SEED)
+    root = HERE / "msrvtt"
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    videos, sentences, rows = [], [], []
+    for n in range(NUM_VIDEOS):
+        vid = f"video{n}"
+        events = pick_events(rng)
+        seconds = int(rng.integers(2, 5))
+        per_event = np.array_split(np.arange(seconds * FPS), len(events))
+        frames = [f for ev, idx in zip(events, per_event, strict=True) for f in render_event(ev, len(idx), rng)]
+        write_video(root / "videos" / f"{vid}.mp4", frames)
+        videos.append({"category": 0, "url": "synthetic", "video_id": vid, "start time": 0.0,
+                       "end time": float(seconds), "split": official_split(n), "id": n})  # fmt: skip
+        for caption, kind in captions_for(events, rng):
+            sentences.append({"caption": caption, "video_id": vid, "sen_id": len(sentences)})
+            rows.append((vid, caption, "train" if n < NUM_TRAIN_9K else "test", kind))
+    data = {"info": {"description": "tcmgc synthetic sample, MSR-VTT layout"}, "videos": videos, "sentences": sentences}
+    (root / "MSRVTT_data.json").write_text(json.dumps(data, indent=None) + "\n")
+    for name, count in (("MSRVTT_train.9k.csv", NUM_TRAIN_9K), ("MSRVTT_train.7k.csv", NUM_TRAIN_7K)):
+        (root / name).write_text("video_id\n" + "".join(f"video{i}\n" for i in range(count)))
+    test_ids = list(range(NUM_TRAIN_9K, NUM_VIDEOS))
+    order = rng.permutation(len(test_ids))
+    lines = ["key,vid_key,video_id,sentence"]
+    for key, pos in enumerate(order):
+        n = test_ids[pos]
+        caps = [s["caption"] for s in sentences if s["video_id"] == f"video{n}"]
+        lines.append(f"ret{key},msr{n},video{n},{caps[int(rng.integers(len(caps)))]}")
+    (root / "MSRVTT_JSFUSION_test.csv").write_text("\n".join(lines) + "\n")
+    with open(HERE / "captions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(("video_id", "caption", "split", "kind"))
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()

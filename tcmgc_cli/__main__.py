@@ -1,0 +1,3 @@
+from tcmgc_cli.cli import main
+
+main()

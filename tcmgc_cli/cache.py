@@ -1,0 +1,373 @@
+"""The HDF5 feature cache. This is the only module that imports h5py.
+
+Layout. A cache is a root file `X.h5` plus a folder `X.h5.d/` of segment files. Every file has the same layout:
+root attributes with the settings (schema, tool version, encoder and its weights fingerprint, sampling, image size)
+and one row per video in stacked datasets:
+
+    ids (n,) str | embeddings (n, T, D) f4 | timestamps (n, T) f4 | frame_indices (n, T) i8 | num_frames (n,) i4
+    paths (n,) str | sizes (n,) i8 | mtimes (n,) i8 | sha1 (n,) str | [frames (n, T, S, S, 3) u1]
+
+Crash safety. No file is ever modified in place: a writer builds each segment under a temporary name, fsyncs it and
+renames it into place, so a SIGKILL at any moment leaves only whole segments. `compact()` merges the segments into a
+new root the same way and records the merged segment names in it, so readers skip them even if deleting them was
+interrupted. Readers open files lazily, read-only and without HDF5 file locking (nothing is written in place), and
+drop their handles when pickled, so DataLoader workers reopen them.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from tcmgc_cli import __version__
+from tcmgc_cli.errors import CacheError
+
+SCHEMA_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+_ROW_FIELDS = ("embeddings", "timestamps", "frame_indices", "num_frames", "paths", "sizes", "mtimes", "sha1")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What must agree between a cache and a run that reads or extends it."""
+
+    encoder: str  # model name, e.g. tcmgc-b32
+    encoder_fingerprint: str  # open_clip name + hash of the image tower's weights
+    sampling: dict[str, Any]  # SamplingConfig.to_dict()
+    image_size: int  # crop side in pixels
+    store_frames: bool = False  # whether preprocessed uint8 frames are kept
+
+    def mismatch(self, other: "CacheSettings") -> str | None:
+        """A sentence naming the first difference, or None when `other` may share this cache."""
+        for key in ("encoder_fingerprint", "sampling", "image_size", "store_frames"):
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine != theirs:
+                return f"{key} is {mine} in the cache but {theirs} in this run"
+        return None
+
+
+@dataclass
+class VideoRecord:
+    """One video's cached features and provenance."""
+
+    video_id: str
+    embeddings: np.ndarray  # (T, D) float32 frame features
+    timestamps: np.ndarray  # (T,) float32 start time of each sampled frame, seconds
+    frame_indices: np.ndarray  # (T,) int64 decoded frame index of each row
+    num_frames: int  # distinct frames actually available (< T when padded by repetition)
+    path: str
+    size: int  # bytes
+    mtime_ns: int
+    sha1: str  # content fingerprint of the source file
+    frames: np.ndarray | None = field(default=None, repr=False)  # (T, S, S, 3) uint8, with store_frames
+
+
+def _write_attrs(f: h5py.File, settings: CacheSettings, merged: Sequence[str] = ()) -> None:
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["tcmgc_version"] = __version__
+    f.attrs["settings"] = json.dumps(asdict(settings), sort_keys=True)
+    f.attrs["merged_segments"] = json.dumps(list(merged))
+
+
+def _read_settings(f: h5py.File, path: Path) -> CacheSettings:
+    version = int(f.attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise CacheError(
+            f"{path} has cache schema {version}, this tcmgc reads {SCHEMA_VERSION}: re-run `tcmgc extract`."
+        )
+    return CacheSettings(**json.loads(f.attrs["settings"]))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _atomic_h5(path: Path) -> Iterator[h5py.File]:
+    """Write an HDF5 file under a temporary name; it appears at `path` only once complete and synced."""
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w", locking=False) as f:
+            yield f
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_rows(f: h5py.File, records: Sequence[VideoRecord], store_frames: bool) -> None:
+    f.create_dataset("ids", data=[r.video_id for r in records], dtype=_STR)
+    f.create_dataset("embeddings", data=np.stack([r.embeddings for r in records]).astype(np.float32))
+    f.create_dataset("timestamps", data=np.stack([r.timestamps for r in records]).astype(np.float32))
+    f.create_dataset("frame_indices", data=np.stack([r.frame_indices for r in records]).astype(np.int64))
+    f.create_dataset("num_frames", data=np.array([r.num_frames for r in records], dtype=np.int32))
+    f.create_dataset("paths", data=[r.path for r in records], dtype=_STR)
+    f.create_dataset("sizes", data=np.array([r.size for r in records], dtype=np.int64))
+    f.create_dataset("mtimes", data=np.array([r.mtime_ns for r in records], dtype=np.int64))
+    f.create_dataset("sha1", data=[r.sha1 for r in records], dtype=_STR)
+    if store_frames:
+        frames = np.stack([r.frames for r in records if r.frames is not None])  # (n, T, S, S, 3)
+        if len(frames) != len(records):
+            raise ValueError("store_frames is on but a record has no frames")
+        f.create_dataset("frames", data=frames, chunks=(1, *frames.shape[1:]))
+
+
+def segment_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".d")
+
+
+class FeatureCache:
+    """Read access to a cache: `len()`, `in`, `ids()`, `embeddings(video_id)` -> (T, D) float32, and more."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CacheError(f"no cache at {self.path}: run `tcmgc extract` first, or pass --cache FILE.")
+        self._index: dict[str, tuple[Path, int]] | None = None
+        self._settings: CacheSettings | None = None
+        self._handles: dict[Path, h5py.File] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def _file(self, path: Path) -> h5py.File:
+        if path not in self._handles:
+            try:
+                self._handles[path] = h5py.File(path, "r", locking=False)
+            except OSError as err:
+                raise CacheError(f"{path} is not a readable HDF5 cache ({err}): move it away and re-extract.") from err
+        return self._handles[path]
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles = {}
+
+    def _build_index(self) -> dict[str, tuple[Path, int]]:
+        root = self._file(self.path)
+        self._settings = _read_settings(root, self.path)
+        merged = set(json.loads(root.attrs.get("merged_segments", "[]")))
+        index: dict[str, tuple[Path, int]] = {}
+        for source in [self.path, *self.segments(exclude=merged)]:
+            f = self._file(source)
+            if source != self.path and (settings := _read_settings(f, source)) != self._settings:
+                raise CacheError(
+                    f"segment {source} was written with other settings ({settings.mismatch(self._settings)})."
+                )
+            if "ids" in f:
+                for row, vid in enumerate(f["ids"].asstr()[:]):
+                    index[vid] = (source, row)
+        return index
+
+    def segments(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+        folder = segment_dir(self.path)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.glob("seg-*.h5") if p.name not in exclude)
+
+    @property
+    def index(self) -> dict[str, tuple[Path, int]]:
+        if self._index is None:
+            self._index = self._build_index()
+        return self._index
+
+    @property
+    def settings(self) -> CacheSettings:
+        _ = self.index
+        assert self._settings is not None
+        return self._settings
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self.index
+
+    def ids(self) -> list[str]:
+        return list(self.index)
+
+    def _row(self, video_id: str, name: str) -> Any:
+        if video_id not in self.index:
+            raise KeyError(f"video {video_id!r} is not in cache {self.path}")
+        source, row = self.index[video_id]
+        return self._file(source)[name][row]
+
+    def embeddings(self, video_id: str) -> np.ndarray:
+        """Frame features (T, D) float32."""
+        return np.asarray(self._row(video_id, "embeddings"), dtype=np.float32)
+
+    def frames(self, video_id: str) -> np.ndarray:
+        """Preprocessed frames (T, S, S, 3) uint8; needs a cache extracted with --store-frames."""
+        if not self.settings.store_frames:
+            raise CacheError(f"{self.path} holds no frames: re-extract with --store-frames into a new --cache.")
+        return np.asarray(self._row(video_id, "frames"))
+
+    def record(self, video_id: str, with_frames: bool = False) -> VideoRecord:
+        get = self._row
+        return VideoRecord(
+            video_id=video_id,
+            embeddings=self.embeddings(video_id),
+            timestamps=np.asarray(get(video_id, "timestamps")),
+            frame_indices=np.asarray(get(video_id, "frame_indices")),
+            num_frames=int(get(video_id, "num_frames")),
+            path=get(video_id, "paths").decode(),
+            size=int(get(video_id, "sizes")),
+            mtime_ns=int(get(video_id, "mtimes")),
+            sha1=get(video_id, "sha1").decode(),
+            frames=self.frames(video_id) if with_frames else None,
+        )
+
+    def source_stamps(self) -> dict[str, tuple[int, int, str]]:
+        """(size, mtime_ns, sha1) of every cached video's source file, for skipping unchanged videos."""
+        stamps: dict[str, tuple[int, int, str]] = {}
+        by_file: dict[Path, list[tuple[str, int]]] = {}
+        for vid, (source, row) in self.index.items():
+            by_file.setdefault(source, []).append((vid, row))
+        for source, rows in by_file.items():
+            f = self._file(source)
+            sizes, mtimes, sha1 = f["sizes"][:], f["mtimes"][:], f["sha1"].asstr()[:]
+            for vid, row in rows:
+                stamps[vid] = (int(sizes[row]), int(mtimes[row]), str(sha1[row]))
+        return stamps
+
+    def load_embeddings(self, ids: Sequence[str]) -> np.ndarray:
+        """Frame features of many videos at once, (N, T, D) float32, in the order given."""
+        out: np.ndarray | None = None
+        by_file: dict[Path, list[tuple[int, int]]] = {}
+        for pos, vid in enumerate(ids):
+            if vid not in self.index:
+                raise KeyError(f"video {vid!r} is not in cache {self.path}")
+            source, row = self.index[vid]
+            by_file.setdefault(source, []).append((row, pos))
+        for source, pairs in by_file.items():
+            pairs.sort()
+            rows = [r for r, _ in pairs]
+            data = self._file(source)["embeddings"][rows]  # (n, T, D), rows must increase for h5py
+            if out is None:
+                out = np.empty((len(ids), *data.shape[1:]), dtype=np.float32)
+            out[[p for _, p in pairs]] = data
+        return out if out is not None else np.empty((0, 0, 0), dtype=np.float32)
+
+
+class CacheWriter:
+    """Adds videos to a cache, one atomic segment per `add`. One writer per cache at a time (an flock)."""
+
+    def __init__(self, path: str | os.PathLike[str], settings: CacheSettings) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self.folder = segment_dir(self.path)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.folder / "lock", "a+")  # noqa: SIM115 - held for the writer's lifetime
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise CacheError(f"{self.path} is being written by another tcmgc process: wait for it to finish.") from None
+        for stale in self.folder.glob(".tmp-*"):
+            stale.unlink()
+        for stale in self.path.parent.glob(f".tmp-{self.path.name}-*"):
+            stale.unlink()
+        self._check_or_create_root()
+
+    def _check_or_create_root(self) -> None:
+        if not self.path.exists():
+            with _atomic_h5(self.path) as f:
+                _write_attrs(f, self.settings)
+            return
+        existing = FeatureCache(self.path)
+        try:
+            problem = existing.settings.mismatch(self.settings)
+        finally:
+            existing.close()
+        if problem:
+            raise CacheError(
+                f"{self.path} was built with other settings ({problem}). "
+                "Pass --cache NEW.h5 for a new cache, or delete this one to rebuild it."
+            )
+
+    def add(self, records: Sequence[VideoRecord]) -> Path:
+        """Write `records` as one new segment, atomically."""
+        name = f"seg-{time.time_ns():020d}-{os.getpid()}.h5"
+        target = self.folder / name
+        with _atomic_h5(target) as f:
+            _write_attrs(f, self.settings)
+            _write_rows(f, records, self.settings.store_frames)
+        return target
+
+    def compact(self) -> int:
+        """Merge all segments into a new root file; returns the number of segments merged."""
+        cache = FeatureCache(self.path)
+        try:
+            merged_before = set(json.loads(cache._file(self.path).attrs.get("merged_segments", "[]")))
+            pending = cache.segments(exclude=merged_before)
+            if not pending:
+                return 0
+            ids = cache.ids()
+            with _atomic_h5(self.path) as f:
+                _write_attrs(f, self.settings, merged=[p.name for p in pending])
+                _copy_rows(cache, ids, f, self.settings.store_frames)
+        finally:
+            cache.close()
+        for seg in sorted(self.folder.glob("seg-*.h5")):  # oldest first: a crash here leaves a newest-wins suffix
+            seg.unlink()
+        return len(pending)
+
+    def write_failures(self, failures: dict[str, dict[str, str]]) -> None:
+        path = self.folder / "failures.json"
+        tmp = path.with_name(".tmp-failures.json")
+        tmp.write_text(json.dumps(failures, indent=1, ensure_ascii=False))
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        self._lock.close()
+
+
+def read_failures(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """The failures recorded by the last extract into this cache: {video_id: {"path", "reason"}}."""
+    record = segment_dir(Path(path)) / "failures.json"
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def _copy_rows(cache: FeatureCache, ids: list[str], f: h5py.File, store_frames: bool, chunk: int = 256) -> None:
+    """Copy every live row of `cache` into the empty file `f`, in chunks (frames can be large)."""
+    if not ids:
+        return
+    first = cache.record(ids[0], with_frames=store_frames)
+    n, t = len(ids), len(first.timestamps)
+    f.create_dataset("ids", data=ids, dtype=_STR)
+    specs: dict[str, tuple[tuple[int, ...], Any]] = {
+        "embeddings": ((n, *first.embeddings.shape), np.float32),
+        "timestamps": ((n, t), np.float32),
+        "frame_indices": ((n, t), np.int64),
+        "num_frames": ((n,), np.int32),
+        "paths": ((n,), _STR),
+        "sizes": ((n,), np.int64),
+        "mtimes": ((n,), np.int64),
+        "sha1": ((n,), _STR),
+    }
+    for name, (shape, dtype) in specs.items():
+        f.create_dataset(name, shape=shape, dtype=dtype)
+    if store_frames:
+        assert first.frames is not None
+        f.create_dataset("frames", shape=(n, *first.frames.shape), dtype=np.uint8, chunks=(1, *first.frames.shape))
+    names = [*_ROW_FIELDS, "frames"] if store_frames else list(_ROW_FIELDS)
+    for start in range(0, n, chunk):
+        part = ids[start : start + chunk]
+        for name in names:
+            f[name][start : start + len(part)] = [cache._row(vid, name) for vid in part]

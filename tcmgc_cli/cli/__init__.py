@@ -1,0 +1,42 @@
+"""The `tcmgc` command line. Thin: parse options, call the library, render. Heavy imports happen inside commands."""
+
+from typing import Annotated
+
+import typer
+
+from tcmgc_cli import __version__
+from tcmgc_cli.cli import extract as _extract
+from tcmgc_cli.cli import models as _models
+
+app = typer.Typer(
+    name="tcmgc",
+    help="Text-to-video retrieval with TC-MGC: extract features, train, evaluate, search and ablate.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tcmgc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Text-to-video retrieval with TC-MGC (arXiv 2504.04707)."""
+
+
+app.command("extract")(_extract.extract_command)
+app.command("models")(_models.models_command)
+
+
+def main() -> None:
+    app()

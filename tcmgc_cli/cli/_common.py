@@ -1,0 +1,57 @@
+"""What every command shares: option types, the error boundary, consoles and progress bars."""
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tcmgc_cli.errors import ConfigError, TcmgcError
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+DeviceOpt = Annotated[str, typer.Option(help="Where the model runs: auto (CUDA when present), cpu, cuda or cuda:N.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Expected failures become one line on stderr: exit 2 for bad options, 1 for everything else."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        yield
+    except ConfigError as err:
+        stderr.print(f"[red]Error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except TcmgcError as err:
+        stderr.print(f"[red]Error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("Interrupted: finished work is kept; rerun the same command to continue.")
+        raise typer.Exit(130) from None
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def make_progress(unit: str, disable: bool = False) -> Progress:
+    """A Rich progress bar on stderr with a rate in `unit`/s."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=disable,
+        transient=False,
+    )

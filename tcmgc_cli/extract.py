@@ -1,0 +1,300 @@
+"""`tcmgc extract`: decode videos in worker processes, encode frames in batches, write the cache.
+
+reader (worker processes: hash, decode, sample, resize/crop on uint8) -> mapper (main process: frame encoder on
+batches of videos) -> writer (one atomic cache segment per batch). Decoding of the next videos overlaps with
+encoding of the current batch through a bounded window of in-flight jobs.
+"""
+
+import concurrent.futures as cf
+import hashlib
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache, VideoRecord
+from tcmgc_cli.config import SamplingConfig
+from tcmgc_cli.data.sampling import sample_frame_indices
+from tcmgc_cli.data.transforms import Preprocess, resize_crop
+from tcmgc_cli.data.video import VIDEO_EXTENSIONS, VideoBackend, read_video
+from tcmgc_cli.errors import TcmgcError
+from tcmgc_cli.model.encoder import FrameEncoder
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    video_id: str  # the file name without its extension
+    path: Path
+
+
+@dataclass(frozen=True)
+class Failure:
+    video_id: str
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.video_id, "path": self.path, "reason": self.reason}
+
+
+@dataclass
+class Decoded:
+    job: VideoJob
+    frames: np.ndarray  # (T, S, S, 3) uint8, resized and cropped
+    timestamps: np.ndarray  # (T,) seconds
+    frame_indices: np.ndarray  # (T,)
+    num_frames: int  # distinct frames available
+    size: int
+    mtime_ns: int
+    sha1: str
+    seconds: float  # time spent hashing and decoding
+
+
+@dataclass
+class Unchanged:
+    job: VideoJob
+
+
+@dataclass
+class ExtractReport:
+    extracted: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # files in the folder that are not videos
+    decode_s: float = 0.0  # summed over workers
+    encode_s: float = 0.0
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "extracted": self.extracted,
+            "cached": self.cached,
+            "failed": [f.to_dict() for f in self.failed],
+            "ignored": self.ignored,
+            "decode_s": round(self.decode_s, 3),
+            "encode_s": round(self.encode_s, 3),
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def _escapes(folder: Path, name: str) -> bool:
+    """True when `folder/name` would point outside `folder` (checked on the text of the path, not on links)."""
+    target = os.path.normpath(os.path.join(os.path.abspath(folder), name))
+    return os.path.commonpath([target, os.path.abspath(folder)]) != os.path.abspath(folder)
+
+
+def scan_folder(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """Video files of a folder (recursively) grouped by id, and the names of non-video files."""
+    by_id: dict[str, list[Path]] = {}
+    ignored: list[str] = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            by_id.setdefault(path.stem, []).append(path)
+        else:
+            ignored.append(str(path.relative_to(folder)))
+    return by_id, ignored
+
+
+def plan_jobs(folder: Path, ids: Iterable[str] | None = None) -> tuple[list[VideoJob], list[Failure], list[str]]:
+    """Jobs for every video in `folder` (or only the listed `ids`), failures for ids that cannot be served."""
+    by_id, ignored = scan_folder(folder)
+    jobs: list[VideoJob] = []
+    failed: list[Failure] = []
+    wanted = list(dict.fromkeys(ids)) if ids is not None else list(by_id)
+    for vid in wanted:
+        if _escapes(folder, vid):
+            failed.append(Failure(vid, vid, f"id {vid!r} points outside {folder}; video ids must be plain file names"))
+        elif vid not in by_id:
+            failed.append(Failure(vid, str(folder / vid), f"no video file named {vid}.<ext> under {folder}"))
+        else:
+            first, *others = by_id[vid]
+            jobs.append(VideoJob(vid, first))
+            failed.extend(
+                Failure(vid, str(p), f"duplicate id {vid!r}: {first.name} is used; rename this file") for p in others
+            )
+    return jobs, failed, ignored if ids is None else []
+
+
+def file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decode_job(
+    job: VideoJob, sampling: SamplingConfig, pp: Preprocess, backend: VideoBackend, known_sha1: str | None
+) -> Decoded | Unchanged | Failure:
+    """Hash, decode and preprocess one video. Never raises for bad input: returns a Failure instead."""
+    start = time.perf_counter()
+    try:
+        stat = job.path.stat()
+        sha1 = file_sha1(job.path)
+        if known_sha1 == sha1:
+            return Unchanged(job)
+        frames, times, indices = read_video(job.path, lambda n, fps: sample_frame_indices(n, fps, sampling), backend)
+        frames = resize_crop(frames, pp)  # (T, H, W, 3) -> (T, S, S, 3)
+    except (TcmgcError, OSError) as err:
+        return Failure(job.video_id, str(job.path), str(err))
+    return Decoded(
+        job, frames, times, np.asarray(indices, dtype=np.int64), len(set(indices)),
+        stat.st_size, stat.st_mtime_ns, sha1, time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _init_worker() -> None:
+    """One thread per decoder process; decoder libraries' C-level log lines are dropped (failures are reported)."""
+    torch.set_num_threads(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+DecodeFn = Callable[[VideoJob, str | None], Decoded | Unchanged | Failure]
+
+
+def _decode_stream(
+    jobs: list[tuple[VideoJob, str | None]], decode: DecodeFn, workers: int, window: int
+) -> Iterator[Decoded | Unchanged | Failure]:
+    """Results in job order; with workers > 0, up to `window` jobs decode ahead in other processes."""
+    if workers == 0:
+        for job, known in jobs:
+            yield decode(job, known)
+        return
+    ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        pending: deque[tuple[VideoJob, cf.Future[Decoded | Unchanged | Failure]]] = deque()
+        todo = iter(jobs)
+        while True:
+            while len(pending) < window and (item := next(todo, None)) is not None:
+                pending.append((item[0], pool.submit(decode, *item)))
+            if not pending:
+                return
+            job, fut = pending.popleft()
+            try:
+                yield fut.result()
+            except cf.process.BrokenProcessPool:
+                raise TcmgcError(
+                    f"a decoder process crashed near {job.path.name}; rerun to continue (finished videos are kept), "
+                    "or try --backend pyav"
+                ) from None
+
+
+@dataclass
+class _Decoder:
+    """Picklable decode function for the worker pool."""
+
+    sampling: SamplingConfig
+    pp: Preprocess
+    backend: VideoBackend
+
+    def __call__(self, job: VideoJob, known: str | None) -> Decoded | Unchanged | Failure:
+        return decode_job(job, self.sampling, self.pp, self.backend, known)
+
+
+def _to_records(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool) -> list[VideoRecord]:
+    frames = torch.from_numpy(np.stack([d.frames for d in batch]))  # (B, T, S, S, 3) uint8
+    b, t = frames.shape[:2]
+    emb = encoder(frames.flatten(0, 1)).view(b, t, -1).numpy()  # (B*T, D) -> (B, T, D)
+    return [
+        VideoRecord(
+            d.job.video_id,
+            emb[i],
+            d.timestamps,
+            d.frame_indices,
+            d.num_frames,
+            str(d.job.path),
+            d.size,
+            d.mtime_ns,
+            d.sha1,
+            d.frames if store_frames else None,
+        )  # fmt: skip
+        for i, d in enumerate(batch)
+    ]
+
+
+def _skip_plan(
+    jobs: list[VideoJob], cache_path: Path, settings: CacheSettings
+) -> tuple[list[tuple[VideoJob, str | None]], list[str]]:
+    """Split jobs into (to decode, with the cached sha1 if any) and ids already cached with equal size and mtime."""
+    if not cache_path.exists():
+        return [(j, None) for j in jobs], []
+    cache = FeatureCache(cache_path)
+    try:
+        stamps = cache.source_stamps() if cache.settings.mismatch(settings) is None else {}
+    finally:
+        cache.close()
+    todo: list[tuple[VideoJob, str | None]] = []
+    cached: list[str] = []
+    for job in jobs:
+        stamp = stamps.get(job.video_id)
+        st = job.path.stat()
+        if stamp and stamp[:2] == (st.st_size, st.st_mtime_ns):
+            cached.append(job.video_id)
+        else:
+            todo.append((job, stamp[2] if stamp else None))
+    return todo, cached
+
+
+def extract(
+    jobs: list[VideoJob],
+    cache_path: Path,
+    encoder: FrameEncoder,
+    settings: CacheSettings,
+    sampling: SamplingConfig,
+    *,
+    backend: VideoBackend = VideoBackend.decord,
+    workers: int = 2,
+    batch_size: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
+    pre_failed: Iterable[Failure] = (),
+) -> ExtractReport:
+    """Extract every job into the cache at `cache_path`; resumable, and safe to kill at any moment."""
+    start = time.perf_counter()
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = CacheWriter(cache_path, settings)
+    report = ExtractReport(failed=list(pre_failed))
+    try:
+        todo, report.cached = _skip_plan(jobs, cache_path, settings)
+        done = len(report.cached)
+        decode = _Decoder(sampling, encoder.preprocess, backend)
+        batch: list[Decoded] = []
+
+        def flush() -> None:
+            t0 = time.perf_counter()
+            records = _to_records(batch, encoder, settings.store_frames)
+            report.encode_s += time.perf_counter() - t0
+            writer.add(records)
+            report.extracted.extend(r.video_id for r in records)
+            batch.clear()
+
+        for result in _decode_stream(todo, decode, workers, window=max(2 * workers, 2 * batch_size)):
+            if isinstance(result, Decoded):
+                report.decode_s += result.seconds
+                batch.append(result)
+                if len(batch) == batch_size:
+                    flush()
+            elif isinstance(result, Unchanged):
+                report.cached.append(result.job.video_id)
+            else:
+                report.failed.append(result)
+            done += 1
+            if on_progress:
+                on_progress(done, len(jobs))
+        if batch:
+            flush()
+        writer.compact()
+        writer.write_failures({f.video_id: {"path": f.path, "reason": f.reason} for f in report.failed})
+    finally:
+        writer.close()
+    report.wall_s = time.perf_counter() - start
+    return report

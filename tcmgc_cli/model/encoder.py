@@ -1,0 +1,127 @@
+"""CLIP towers through open_clip. This is the only module that imports open_clip.
+
+- `load_clip` builds a named open_clip model with weights from a tag (`openai`), a local file, or a seeded random
+  init (pretrained=None, used by the tiny test model), and translates loading failures into one-line errors.
+- `FrameEncoder` turns uint8 frames into frame features X (class token after ln_post and the visual projection).
+"""
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tcmgc_cli.data.transforms import Preprocess, normalize
+from tcmgc_cli.errors import ConfigError, EncoderError
+from tcmgc_cli.model.registry import ENCODER_CONFIG_DIR
+
+RANDOM_INIT_SEED = 0  # pretrained=None builds the same weights every time, so caches stay comparable
+_registered = False
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an error that says so."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto.")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu or cuda[:N].")
+    return torch.device(device)
+
+
+def _register_encoder_configs() -> None:
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(ENCODER_CONFIG_DIR)
+        _registered = True
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip reports through the root logger; our errors say it better."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+def load_clip(clip_name: str, pretrained: str | None) -> tuple[nn.Module, Preprocess]:
+    """Build an open_clip model on CPU in eval mode, and its frame preprocessing."""
+    import open_clip
+
+    _register_encoder_configs()
+    if clip_name not in open_clip.list_models():
+        raise ConfigError(f"open_clip has no model {clip_name!r}.")
+    if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+        raise EncoderError(f"weights file {pretrained} does not exist: pass an existing file to --pretrained.")
+    with _quiet_root_logger():
+        if pretrained is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)
+                model = open_clip.create_model(clip_name, pretrained=None)
+        else:
+            try:
+                model = open_clip.create_model(clip_name, pretrained=pretrained)
+            except RuntimeError as err:
+                raise EncoderError(
+                    f"could not load weights {pretrained!r} for {clip_name} ({str(err).splitlines()[0][:120]}). "
+                    "Offline? Download the weights file on a connected machine and pass --pretrained /path/to/file."
+                ) from err
+    model.eval()
+    return model, Preprocess.from_open_clip(open_clip.get_model_preprocess_cfg(model))
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """A short content hash of a module's weights: equal weights give equal fingerprints."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class FrameEncoder:
+    """uint8 frames (N, S, S, 3) -> frame features (N, D), float32 on CPU."""
+
+    visual: nn.Module
+    preprocess: Preprocess
+    device: torch.device
+    fingerprint: str
+    precision: str = "fp32"  # "fp32", or "bf16" autocast (CUDA only; features then differ slightly)
+
+    @classmethod
+    def load(
+        cls, clip_name: str, pretrained: str | None, device: str = "auto", precision: str = "fp32"
+    ) -> "FrameEncoder":
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"unknown precision {precision!r}: use fp32 or bf16.")
+        model, pp = load_clip(clip_name, pretrained)
+        visual = model.visual
+        assert isinstance(visual, nn.Module)
+        dev = resolve_device(device)
+        amp = precision if dev.type == "cuda" else "fp32"
+        fingerprint = f"{clip_name}:{module_fingerprint(visual)}" + ("" if amp == "fp32" else f":{amp}")
+        return cls(visual.to(dev), pp, dev, fingerprint, amp)
+
+    @torch.inference_mode()
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        x = normalize(frames.to(self.device, non_blocking=True), self.preprocess)  # (N, 3, S, S)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out: torch.Tensor = self.visual(x)  # (N, D)
+        return out.float().cpu()

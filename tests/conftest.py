@@ -1,0 +1,30 @@
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_MSRVTT = ROOT / "sample_data" / "msrvtt"
+
+
+@pytest.fixture(autouse=True)
+def _offline_seeded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TCMGC_WORKSPACE", str(tmp_path / "workspace"))
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def video_dir(tmp_path: Path) -> Path:
+    """Four short real videos copied from sample_data."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for n in range(4):
+        (folder / f"video{n}.mp4").write_bytes((SAMPLE_MSRVTT / "videos" / f"video{n}.mp4").read_bytes())
+    return folder
