@@ -1,6 +1,7 @@
 """Torch-free configuration dataclasses, so that the CLI can parse and validate without loading torch."""
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from tcmgc_cli.errors import ConfigError
@@ -26,3 +27,79 @@ class SamplingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+SIMILARITIES = ("vs", "vw", "sf", "fw")  # video-sentence, video-word, sentence-frame, frame-word
+AGGREGATIONS = ("lsa", "mean", "softmax")
+ISA_FORMS = ("tcmgc", "xclip")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The TC-MGC head. Defaults are the method doc's (MSR-VTT, ViT-B/32); every component can be switched off."""
+
+    embed_dim: int = 512  # D, joint embedding width (the CLIP towers' output)
+    max_words: int = 32  # L (Nw), text tokens including start, end and padding
+    num_frames: int = 12  # T (Nf), frames per video
+    temporal_layers: int = 4  # seqTransf depth
+    temporal_heads: int = 8  # seqTransf heads (width D)
+    temporal_positions: int = 77  # rows of the frame position table (CLIP's text context length)
+    keep_rate: float = 0.1  # r in (0, 1]: SR keeps k = max(1, floor(n * r)) entries of a length-n vector
+    reorganize: bool = True  # SR on; off: ISA runs over full-length vectors
+    isa_lambda: float = 100.0  # sharpness of the softmaxes inside ISA
+    isa_form: str = "tcmgc"  # "tcmgc": softmax-linear-softmax; "xclip": single softmax times matrix
+    text_conditioning: bool = True  # LVA on; off: mean-pooled video and raw CLIP frames (the X-CLIP baseline)
+    similarities: tuple[str, ...] = SIMILARITIES  # which of the four scores are used
+    aggregation: str = "lsa"  # "lsa" (learned 4x4), "mean", or "softmax" (softmax-weighted average)
+    lva_dropout: float = 0.3  # dropout inside LVA (training only; the factorized retrieval path has none)
+    sdr_alpha: float = 0.5  # weight of the SDR variance loss
+    mask_padding: bool = False  # mask padding words and padded frames (the reference does not)
+    logit_scale_max: float = 100.0  # tau is clamped to at most this
+
+    def __post_init__(self) -> None:
+        if not 0 < self.keep_rate <= 1:
+            raise ConfigError(f"keep rate must be in (0, 1], got {self.keep_rate}.")
+        unknown = [s for s in self.similarities if s not in SIMILARITIES]
+        if unknown or not self.similarities:
+            raise ConfigError(f"similarities must be a non-empty subset of {', '.join(SIMILARITIES)}; got {unknown}.")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {self.aggregation!r}: use one of {', '.join(AGGREGATIONS)}.")
+        if self.isa_form not in ISA_FORMS:
+            raise ConfigError(f"unknown ISA form {self.isa_form!r}: use one of {', '.join(ISA_FORMS)}.")
+        if self.num_frames > self.temporal_positions:
+            raise ConfigError(f"num_frames {self.num_frames} exceeds the {self.temporal_positions} frame positions.")
+        if self.embed_dim % self.temporal_heads:
+            raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by temporal_heads {self.temporal_heads}.")
+
+    @property
+    def num_units(self) -> int:
+        """Fine-grained visual units per pair: Nw word-conditioned frames, or T raw frames without LVA."""
+        return self.max_words if self.text_conditioning else self.num_frames
+
+    def kept(self, n: int) -> int:
+        """Entries SR keeps of a length-n vector."""
+        return max(1, math.floor(n * self.keep_rate)) if self.reorganize else n
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["similarities"] = list(self.similarities)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown model config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}."
+            )
+        data = dict(data)
+        if "similarities" in data:
+            data["similarities"] = tuple(data["similarities"])
+        return cls(**data)
+
+    def xclip(self) -> "ModelConfig":
+        """The method doc's reduction to X-CLIP: no LVA, no SR, single-softmax ISA, plain average, no SDR."""
+        return replace(
+            self, text_conditioning=False, reorganize=False, isa_form="xclip", aggregation="mean", sdr_alpha=0.0
+        )

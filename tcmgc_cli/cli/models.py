@@ -1,24 +1,33 @@
-"""`tcmgc models`: the registered model configs."""
+"""`tcmgc models`: the registered model configs and the size of what TC-MGC adds to CLIP."""
 
 from tcmgc_cli.cli._common import JsonOpt, handle_errors, print_json
 
 
 def models_command(json_out: JsonOpt = False) -> None:
-    """List the model configs that --model accepts."""
+    """List the model configs that --model accepts, with the parameter count of each new module.
+
+    Columns: temporal encoder, LVA, G and L matrices, all ISA matrices, LSA, and the head's total.
+    """
     from rich.table import Table
 
     from tcmgc_cli.cli._common import stdout
+    from tcmgc_cli.model.factory import resolve_spec
     from tcmgc_cli.model.registry import get_model_config, list_models
+    from tcmgc_cli.model.tcmgc import head_parameter_counts
 
     with handle_errors():
-        rows = [{"name": name, **get_model_config(name)} for name in list_models()]
+        rows = []
+        for name in list_models():
+            spec = resolve_spec(name)
+            rows.append({"name": name, **get_model_config(name), "head_parameters": head_parameter_counts(spec.config)})
         if json_out:
             print_json(rows)
             return
-        table = Table("model", "CLIP (open_clip)", "weights", "frames", "words", "description")
+        table = Table("model", "weights", "frames", "words", "temporal", "LVA", "G+L", "ISA", "LSA", "head total")
         for r in rows:
+            c = r["head_parameters"]
             table.add_row(
-                r["name"], r["clip"], str(r["pretrained"] or "random init"),
-                str(r["num_frames"]), str(r["max_words"]), r.get("description", ""),
+                r["name"], str(r["pretrained"] or "random init"), str(r["num_frames"]), str(r["max_words"]),
+                f"{c['temporal']:,}", f"{c['lva']:,}", f"{c['G'] + c['L']:,}", f"{c['isa']:,}", f"{c['lsa']:,}", f"{c['total']:,}",
             )  # fmt: skip
         stdout.print(table)

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ def _looks_like_path(pretrained: str) -> bool:
     return "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
-def load_clip(clip_name: str, pretrained: str | None) -> tuple[nn.Module, Preprocess]:
+def load_clip(clip_name: str, pretrained: str | None) -> tuple[Any, Preprocess]:
     """Build an open_clip model on CPU in eval mode, and its frame preprocessing."""
     import open_clip
 
@@ -125,3 +126,40 @@ class FrameEncoder:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out: torch.Tensor = self.visual(x)  # (N, D)
         return out.float().cpu()
+
+
+def encode_tokens(clip: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (Q, L) -> token features W (Q, L, D) for every position, and the sentence feature s (Q, D).
+
+    ln_final and the text projection are applied to all positions (open_clip's pooled output gives only the end
+    token); s is W at the end token (the largest token id). Texts shorter than CLIP's context use the first L
+    positional embeddings and the matching corner of the causal mask, as the reference does.
+    """
+    length = tokens.shape[1]
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)  # (Q, L, W)
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x)
+    proj = clip.text_projection
+    words: torch.Tensor = proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (Q, L, D)
+    sentence = words[torch.arange(len(tokens), device=tokens.device), tokens.argmax(-1)]  # (Q, D)
+    return words, sentence
+
+
+class Tokenizer:
+    """CLIP BPE: texts -> (Q, L) token ids (start, up to L-2 words, end, zero padding); reports truncation."""
+
+    def __init__(self, clip_name: str, length: int) -> None:
+        import open_clip
+
+        _register_encoder_configs()
+        self._tok = open_clip.get_tokenizer(clip_name)
+        self.length = length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        tokens: torch.Tensor = self._tok(texts, context_length=self.length)
+        return tokens
+
+    def truncated(self, text: str) -> bool:
+        """True when `text` has more word tokens than fit (they are cut)."""
+        return len(self._tok.encode(text)) > self.length - 2

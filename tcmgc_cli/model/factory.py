@@ -1,0 +1,51 @@
+"""Build a TcmgcModel from a registered name: config -> CLIP towers -> head -> initialization."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from tcmgc_cli.config import ModelConfig
+from tcmgc_cli.model.registry import get_model_config
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: its registry name, CLIP tower, weights and the head config."""
+
+    name: str
+    clip: str  # open_clip model name
+    pretrained: str | None  # open_clip tag, local file, or None for the seeded random init
+    config: ModelConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "clip": self.clip, "pretrained": self.pretrained, "model": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(data["name"], data["clip"], data["pretrained"], ModelConfig.from_dict(data["model"]))
+
+
+def resolve_spec(
+    name: str, pretrained: str | None = None, overrides: dict[str, Any] | None = None, keep_default: bool = True
+) -> ModelSpec:
+    """The registry entry `name`, with its head config updated by `overrides` (unknown keys are an error).
+
+    pretrained: None keeps the registry's default weights when keep_default, "none" means random init.
+    """
+    entry = get_model_config(name)
+    base = {"embed_dim": entry["embed_dim"], "max_words": entry["max_words"], "num_frames": entry["num_frames"]}
+    cfg = ModelConfig.from_dict({**base, **entry.get("model", {}), **(overrides or {})})
+    weights = entry["pretrained"] if pretrained is None and keep_default else pretrained
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    return ModelSpec(name, entry["clip"], weights, cfg)
+
+
+def create_model(spec: ModelSpec) -> Any:
+    """A TcmgcModel on CPU in train mode; the temporal encoder starts from CLIP's text blocks when widths match."""
+    from tcmgc_cli.model.encoder import load_clip
+    from tcmgc_cli.model.tcmgc import TcmgcModel
+
+    clip, _ = load_clip(spec.clip, spec.pretrained)
+    model = TcmgcModel(spec.config, clip)
+    model.head.temporal.init_from_clip_text(clip.transformer.resblocks, clip.positional_embedding)
+    return model.train()

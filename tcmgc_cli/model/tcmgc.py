@@ -1,0 +1,316 @@
+"""The TC-MGC model: CLIP towers plus the text-conditioned multi-grained head.
+
+Where the work goes. Text features (W, s) are computed once per query and video features (temporal encoder, then
+the factorized LVA tensors of `attention.py`) once per video. Only the cross-modal part runs per (text, video) pair:
+the LVA attention weights (they depend on both), the dot products of text probes with the pooled videos, SR's sorting
+and the small ISA/LSA aggregations. Training scores all B x B pairs of a batch through the direct (readable) LVA with
+dropout; retrieval scores Q x V in chunks through the factorized LVA, so no pooled D-vector is ever formed per pair
+and peak memory is bounded by the chunk size.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tcmgc_cli.config import ModelConfig
+from tcmgc_cli.model.aggregate import ISA, Aggregation
+from tcmgc_cli.model.attention import LanguageVideoAttention, LvaVideo
+from tcmgc_cli.model.reorganize import bi_keep, keep, keep_and_fuse
+from tcmgc_cli.model.temporal import TemporalEncoder
+
+
+@dataclass
+class TextFeatures:
+    words: torch.Tensor  # (Q, L, D) W: projected features of every token position
+    sentence: torch.Tensor  # (Q, D) s: projected feature at the end token
+    mask: torch.Tensor | None = None  # (Q, L) bool, True up to the end token; None = no masking
+
+    def select(self, idx: slice) -> "TextFeatures":
+        return TextFeatures(self.words[idx], self.sentence[idx], None if self.mask is None else self.mask[idx])
+
+
+@dataclass
+class VideoFeatures:
+    frames: torch.Tensor  # (V, T, D) X: CLIP frame features
+    temporal: torch.Tensor  # (V, T, D) X': after the temporal encoder
+    mask: torch.Tensor | None = None  # (V, T) bool real frames; None = all real
+    lva: LvaVideo | None = None  # factorized LVA tensors, for retrieval
+
+    def select(self, idx: slice) -> "VideoFeatures":
+        mask = None if self.mask is None else self.mask[idx]
+        return VideoFeatures(
+            self.frames[idx], self.temporal[idx], mask, None if self.lva is None else self.lva.select(idx)
+        )
+
+
+@dataclass
+class PairDots:
+    """Cosine similarities of every pair, before SR and aggregation. N = fine-grained units (Nw, or T without LVA)."""
+
+    vs: torch.Tensor  # (Q, V) (s^ G) . V^
+    vw: torch.Tensor  # (Q, V, L) w^_i . V^
+    sf: torch.Tensor  # (Q, V, N) s^ . F^_j
+    fw: torch.Tensor  # (Q, V, L, N) (w^_i L) . F^_j
+
+
+@dataclass
+class PreparedText:
+    """Text-side vectors, computed once per query and reused for every video block."""
+
+    text: TextFeatures
+    s_hat: torch.Tensor  # (Q, D) normalize(s)
+    w_hat: torch.Tensor  # (Q, L, D) normalize(W)
+    s_g: torch.Tensor  # (Q, D) s^ G
+    w_l: torch.Tensor  # (Q, L, D) w^ L
+    rows: torch.Tensor | None = None  # (Q, 2L+2, D) LVA queries and R-probes for the factorized path
+
+
+class TcmgcHead(nn.Module):
+    """Everything TC-MGC adds on top of CLIP: temporal encoder, LVA, G, L, the ISA matrices and LSA."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, sims = cfg.embed_dim, cfg.similarities
+        k_w, k_f, n = cfg.kept(cfg.max_words), cfg.kept(cfg.num_units), cfg.num_units
+
+        def isa(size: int) -> ISA:
+            return ISA(size, cfg.isa_lambda, cfg.isa_form)
+
+        self.temporal = TemporalEncoder(d, cfg.temporal_layers, cfg.temporal_heads, cfg.temporal_positions)
+        self.lva = LanguageVideoAttention(d, cfg.lva_dropout) if cfg.text_conditioning else None
+        self.global_mat_weight = nn.Parameter(torch.eye(d)) if "vs" in sims else None  # G
+        self.local_mat_weight = nn.Parameter(torch.eye(d)) if "fw" in sims else None  # L
+        self.isa_vw = isa(k_w) if "vw" in sims else None  # A1
+        self.isa_sf = isa(k_f + 1 if cfg.reorganize else n) if "sf" in sims else None  # A2
+        if "fw" in sims:
+            self.isa_fw_words, self.isa_fw_frames = isa(k_w), isa(k_f)  # B1 over words, B2 over frames
+            self.isa_fw_u, self.isa_fw_z = isa(k_f), isa(k_w)  # B3 over u (frame-indexed), B4 over z (word-indexed)
+        self.aggregation = Aggregation(len(sims), cfg.aggregation)
+
+    def encode_video(
+        self, frames: torch.Tensor, mask: torch.Tensor | None = None, factorized: bool = False
+    ) -> VideoFeatures:
+        """frames X (V, T, D) -> temporal features, plus the factorized LVA tensors when asked."""
+        full = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device) if mask is None else mask
+        temporal = self.temporal(frames, full)
+        lva_mask = mask if self.cfg.mask_padding else None
+        lva = self.lva.precompute(temporal, lva_mask) if factorized and self.lva is not None else None
+        return VideoFeatures(frames, temporal, lva_mask, lva)
+
+    def prepare_text(self, text: TextFeatures, factorized: bool) -> PreparedText:
+        s_hat, w_hat = F.normalize(text.sentence, dim=-1), F.normalize(text.words, dim=-1)  # (Q, D), (Q, L, D)
+        eye = torch.eye(s_hat.shape[-1], device=s_hat.device, dtype=s_hat.dtype)
+        s_g = s_hat @ (self.global_mat_weight if self.global_mat_weight is not None else eye)
+        w_l = w_hat @ (self.local_mat_weight if self.local_mat_weight is not None else eye)
+        prep = PreparedText(text, s_hat, w_hat, s_g, w_l)
+        if factorized and self.lva is not None:
+            # the L+1 attention queries LN1(s), LN1(W_j) scaled by 1/sqrt(D), then the probes (w^_i L) M and s^ M,
+            # whose products with the frame keys x~ are their dot products with R (R = x~ M')
+            queries = self.lva.layer_norm1(torch.cat([text.sentence[:, None], text.words], 1))
+            probes = torch.cat([w_l, s_hat[:, None]], 1) @ self.lva.frame_map()
+            prep.rows = torch.cat([queries / math.sqrt(queries.shape[-1]), probes], 1)  # (Q, 2L+2, D)
+        return prep
+
+    def dots(self, prep: PreparedText, video: VideoFeatures, factorized: bool) -> PairDots:
+        text, s_hat, w_hat, s_g, w_l = prep.text, prep.s_hat, prep.w_hat, prep.s_g, prep.w_l
+        if self.lva is None:
+            return self._dots_unconditioned(s_g, s_hat, w_hat, w_l, video)
+        if factorized:
+            return self._dots_factorized(prep, video)
+        v_hat = self.lva(text.sentence[:, None], video.temporal, video.mask)[:, 0]  # (Q, V, D)
+        f_hat = self.lva(text.words, video.temporal, video.mask)  # (Q, N, V, D)
+        return PairDots(
+            torch.einsum("qd,qvd->qv", s_g, v_hat),
+            torch.einsum("qid,qvd->qvi", w_hat, v_hat),
+            torch.einsum("qd,qjvd->qvj", s_hat, f_hat),
+            torch.einsum("qid,qjvd->qvij", w_l, f_hat),
+        )
+
+    def _dots_factorized(self, prep: PreparedText, video: VideoFeatures) -> PairDots:
+        """LVA through per-video tensors: one GEMM of every text-side row against every frame key, then small ops."""
+        lva, pre, rows = self.lva, video.lva, prep.rows
+        assert lva is not None and pre is not None and rows is not None, "encode_video/prepare_text(factorized=True)"
+        s_hat, w_hat, s_g, w_l = prep.s_hat, prep.w_hat, prep.s_g, prep.w_l
+        q, length, d = prep.text.words.shape
+        v, t = pre.keys.shape[:2]
+        _, _, _, _, r0, b3 = pre.consts
+        prod = (
+            (rows.reshape(-1, d) @ pre.keys.reshape(-1, d).T).view(q, 2 * length + 2, v, t).transpose(1, 2)
+        )  # (Q, V, 2L+2, T)
+        pooled = lva.pool(prod[:, :, : length + 1], pre)
+        # the sentence-conditioned video, formed explicitly: (Q, V, D)
+        v_vec = torch.einsum("qvt,vtd->qvd", pooled.w[:, :, 0], pre.r) + pooled.c[:, :, 0, None] * r0 + b3
+        v_hat = v_vec * pooled.inv_norm[:, :, 0, None]
+        # word-conditioned units j: F^_j . p = (sum_f w_jf (p . R_f) + c_j (p . r0) + p . b3) / |out_j| for a probe p
+        inv = pooled.inv_norm[:, :, 1:, None]  # (Q, V, L_j, 1)
+        units = (
+            torch.cat([pooled.w[:, :, 1:], pooled.c[:, :, 1:, None], torch.ones_like(inv)], -1) * inv
+        )  # (Q, V, L_j, T+2)
+        consts = torch.stack([w_l @ r0, w_l @ b3], -1)  # (Q, L_i, 2)
+        probe_r = torch.cat([prod[:, :, length + 1 : 2 * length + 1], consts[:, None].expand(q, v, length, 2)], -1)
+        fw = (units @ probe_r.transpose(-1, -2)).transpose(-1, -2)  # (Q, V, L_j, L_i) -> (Q, V, L_i, L_j)
+        s_probe = torch.cat(
+            [prod[:, :, -1], (s_hat @ r0)[:, None, None].expand(q, v, 1), (s_hat @ b3)[:, None, None].expand(q, v, 1)],
+            -1,
+        )
+        sf = (units @ s_probe[..., None]).squeeze(-1)  # (Q, V, L_j)
+        return PairDots((s_g[:, None] * v_hat).sum(-1), torch.einsum("qid,qvd->qvi", w_hat, v_hat), sf, fw)
+
+    @staticmethod
+    def _dots_unconditioned(
+        s_g: torch.Tensor, s_hat: torch.Tensor, w_hat: torch.Tensor, w_l: torch.Tensor, video: VideoFeatures
+    ) -> PairDots:
+        """X-CLIP: video = normalized mean of the temporal features, frames = normalized raw CLIP frames."""
+        if video.mask is None:
+            pooled = video.temporal.mean(1)
+        else:
+            m = video.mask[..., None].to(video.temporal.dtype)
+            pooled = (video.temporal * m).sum(1) / m.sum(1).clamp_min(1)
+        v_hat, f_hat = F.normalize(pooled, dim=-1), F.normalize(video.frames, dim=-1)  # (V, D), (V, T, D)
+        return PairDots(
+            s_g @ v_hat.T,
+            torch.einsum("qid,vd->qvi", w_hat, v_hat),
+            torch.einsum("qd,vjd->qvj", s_hat, f_hat),
+            torch.einsum("qid,vjd->qvij", w_l, f_hat),
+        )
+
+    def similarities(self, dots: PairDots, text: TextFeatures, video: VideoFeatures, tau: torch.Tensor) -> torch.Tensor:
+        """The tau-scaled scores of the configured similarities, stacked: (Q, V, K)."""
+        cfg = self.cfg
+        words = None if text.mask is None else text.mask[:, None, :]  # (Q, 1, L)
+        units = words if cfg.text_conditioning else (None if video.mask is None else video.mask[None])
+        k_w, k_f = cfg.kept(cfg.max_words), cfg.kept(cfg.num_units)
+        out = []
+        for name in cfg.similarities:
+            if name == "vs":
+                out.append(dots.vs)
+            elif name == "vw":
+                assert self.isa_vw is not None
+                x, ok = keep(dots.vw, k_w, words) if cfg.reorganize else (dots.vw, words)
+                out.append(self.isa_vw(x, ok))
+            elif name == "sf":
+                assert self.isa_sf is not None
+                y, ok = keep_and_fuse(dots.sf, k_f, units) if cfg.reorganize else (dots.sf, units)
+                out.append(self.isa_sf(y, ok))
+            else:
+                out.append(self._frame_word(dots.fw, words, units, k_w, k_f))
+        return tau * torch.stack(out, dim=-1)
+
+    def _frame_word(
+        self, m: torch.Tensor, words: torch.Tensor | None, units: torch.Tensor | None, k_w: int, k_f: int
+    ) -> torch.Tensor:
+        """Bi-SR then Bi-ISA on the (Q, V, L, N) word-by-unit matrix."""
+        valid = None
+        if words is not None or units is not None:
+            ones = torch.ones_like(m, dtype=torch.bool)
+            valid = (
+                ones
+                & (words[..., :, None] if words is not None else ones)
+                & (units[..., None, :] if units is not None else ones)
+            )
+        if self.cfg.reorganize:
+            m, valid = bi_keep(m, k_w, k_f, valid)
+        col_ok = None if valid is None else valid.any(-2)  # (Q, V, k_f)
+        row_ok = None if valid is None else valid.any(-1)  # (Q, V, k_w)
+        u = self.isa_fw_words(m.transpose(-1, -2), None if valid is None else valid.transpose(-1, -2))  # over words
+        z = self.isa_fw_frames(m, valid)  # over units
+        score: torch.Tensor = (self.isa_fw_u(u, col_ok) + self.isa_fw_z(z, row_ok)) / 2
+        return score
+
+
+class TcmgcModel(nn.Module):
+    """CLIP (an open_clip model) plus the TC-MGC head, with the training and the chunked retrieval paths."""
+
+    clip: Any  # an open_clip CLIP (untyped library)
+
+    def __init__(self, cfg: ModelConfig, clip: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip = clip
+        self.head = TcmgcHead(cfg)
+
+    @property
+    def tau(self) -> torch.Tensor:
+        """CLIP's logit scale exp(t), capped at cfg.logit_scale_max."""
+        tau: torch.Tensor = self.clip.logit_scale.clamp(max=math.log(self.cfg.logit_scale_max)).exp()
+        return tau
+
+    def encode_text(self, tokens: torch.Tensor) -> TextFeatures:
+        """tokens (Q, L) -> W (Q, L, D), s (Q, D), and the word mask when mask_padding is on."""
+        from tcmgc_cli.model.encoder import encode_tokens
+
+        words, sentence = encode_tokens(self.clip, tokens)
+        mask = None
+        if self.cfg.mask_padding:
+            eot = tokens.argmax(-1, keepdim=True)  # (Q, 1)
+            mask = torch.arange(tokens.shape[1], device=tokens.device)[None] <= eot
+        return TextFeatures(words, sentence, mask)
+
+    def encode_video(
+        self, frames: torch.Tensor, mask: torch.Tensor | None = None, factorized: bool = False
+    ) -> VideoFeatures:
+        return self.head.encode_video(frames, mask, factorized)
+
+    def forward(self, text: TextFeatures, video: VideoFeatures) -> dict[str, torch.Tensor]:
+        """Training path over all pairs: {"logits": (Q, V), "parts": (Q, V, K)}."""
+        dots = self.head.dots(self.head.prepare_text(text, factorized=False), video, factorized=False)
+        parts = self.head.similarities(dots, text, video, self.tau)
+        return {"logits": self.head.aggregation(parts), "parts": parts}
+
+    @torch.no_grad()
+    def score_chunked(
+        self,
+        text: TextFeatures,
+        video: VideoFeatures,
+        chunk_texts: int = 64,
+        chunk_videos: int = 64,
+        parts: bool = False,
+        factorized: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Retrieval path: the (Q, V) score matrix block by block, through the factorized LVA by default.
+
+        `video` must come from encode_video(..., factorized=True) when text conditioning is on. factorized=False runs
+        the direct LVA per block instead (the reference's way; for comparisons).
+        """
+        q, v = text.sentence.shape[0], video.temporal.shape[0]
+        logits = torch.empty(q, v, device=text.sentence.device)
+        all_parts = torch.empty(q, v, len(self.cfg.similarities), device=logits.device) if parts else None
+        for i in range(0, q, chunk_texts):
+            t_chunk = text.select(slice(i, i + chunk_texts))
+            prep = self.head.prepare_text(t_chunk, factorized)
+            for j in range(0, v, chunk_videos):
+                v_chunk = video.select(slice(j, j + chunk_videos))
+                dots = self.head.dots(prep, v_chunk, factorized=factorized)
+                g = self.head.similarities(dots, t_chunk, v_chunk, self.tau)
+                logits[i : i + chunk_texts, j : j + chunk_videos] = self.head.aggregation(g)
+                if all_parts is not None:
+                    all_parts[i : i + chunk_texts, j : j + chunk_videos] = g
+        out = {"logits": logits}
+        if all_parts is not None:
+            out["parts"] = all_parts
+        return out
+
+
+def head_parameter_counts(cfg: ModelConfig) -> dict[str, int]:
+    """Parameters of each new module at the config's sizes (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        head = TcmgcHead(cfg)
+    groups = {
+        "temporal": "temporal.",
+        "lva": "lva.",
+        "G": "global_mat_weight",
+        "L": "local_mat_weight",
+        "isa": "isa_",
+        "lsa": "aggregation.",
+    }
+    counts = {
+        name: sum(p.numel() for n, p in head.named_parameters() if n.startswith(prefix))
+        for name, prefix in groups.items()
+    }
+    counts["total"] = sum(p.numel() for p in head.parameters())
+    return counts

@@ -1,0 +1,107 @@
+"""Slow, obvious implementations of the method doc's equations: Python loops over one pair at a time."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures, VideoFeatures
+
+
+def layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+    mean = sum(x) / len(x)
+    var = sum((xi - mean) ** 2 for xi in x) / len(x)
+    return torch.stack([(xi - mean) / math.sqrt(var + ln.eps) for xi in x]) * ln.weight + ln.bias
+
+
+def lva(model: TcmgcModel, query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Section 4 for one query (D,) and one video (T, D) -> normalized pooled vector (D,)."""
+    m = model.head.lva
+    assert m is not None
+    q = layer_norm(query, m.layer_norm1)
+    keys = [layer_norm(f, m.layer_norm1) for f in frames]
+    logits = torch.stack([torch.dot(q, k) / math.sqrt(len(q)) for k in keys])
+    a = torch.softmax(logits, 0)
+    p = sum(a[f] * keys[f] for f in range(len(keys)))
+    p2 = layer_norm(p, m.layer_norm2)
+    out = layer_norm(p2 + m.linear_proj.weight @ p2 + m.linear_proj.bias, m.layer_norm3)
+    return out / out.norm()
+
+
+def isa(x: list[float], a: torch.Tensor, lam: float) -> float:
+    """Section 5: softmax -> row vector times A -> softmax -> weighted sum."""
+    e = [math.exp(lam * (xi - max(x))) for xi in x]
+    att = [ei / sum(e) for ei in e]
+    b = [sum(att[i] * float(a[i, j]) for i in range(len(x))) for j in range(len(x))]
+    e2 = [math.exp(lam * (bi - max(b))) for bi in b]
+    w = [ei / sum(e2) for ei in e2]
+    return sum(wi * xi for wi, xi in zip(w, x, strict=True))
+
+
+def keep(x: list[float], k: int) -> list[float]:
+    return sorted(x, reverse=True)[:k]
+
+
+def keep_and_fuse(x: list[float], k: int) -> list[float]:
+    s = sorted(x, reverse=True)
+    rest = s[k:]
+    e = [math.exp(r - max(rest)) for r in rest]
+    return s[:k] + [sum(ei / sum(e) * r for ei, r in zip(e, rest, strict=True))]
+
+
+def pair_scores(model: TcmgcModel, text: TextFeatures, t: int, video: VideoFeatures, v: int) -> list[float]:
+    """Section 7 for one (text, video) pair, full TC-MGC (LVA on, SR on): the four tau-scaled scores."""
+    cfg, head = model.cfg, model.head
+    tau = float(model.tau)
+    lam = cfg.isa_lambda
+    k = cfg.kept(cfg.max_words)
+    s, words, frames = text.sentence[t], text.words[t], video.temporal[v]
+    s_hat = s / s.norm()
+    w_hat = [w / w.norm() for w in words]
+    v_hat = lva(model, s, frames)
+    f_hat = [lva(model, w, frames) for w in words]
+    assert head.global_mat_weight is not None and head.local_mat_weight is not None
+    s_vs = float(torch.dot(s_hat @ head.global_mat_weight, v_hat))
+    x = [float(torch.dot(w, v_hat)) for w in w_hat]
+    assert head.isa_vw is not None and head.isa_sf is not None
+    s_vw = isa(keep(x, k), head.isa_vw.weight, lam)
+    y = [float(torch.dot(s_hat, f)) for f in f_hat]
+    s_sf = isa(keep_and_fuse(y, k), head.isa_sf.weight, lam)
+    m = [[float(torch.dot(w @ head.local_mat_weight, f)) for f in f_hat] for w in w_hat]  # m[i][j]
+    cols = [keep([m[i][j] for i in range(len(m))], k) for j in range(len(f_hat))]  # per column: k x Nw
+    rows = [keep([cols[j][r] for j in range(len(cols))], k) for r in range(k)]  # per kept row: k x k
+    u = [isa([rows[r][c] for r in range(k)], head.isa_fw_words.weight, lam) for c in range(k)]
+    z = [isa(rows[r], head.isa_fw_frames.weight, lam) for r in range(k)]
+    s_fw = (isa(u, head.isa_fw_u.weight, lam) + isa(z, head.isa_fw_z.weight, lam)) / 2
+    return [tau * s_vs, tau * s_vw, tau * s_sf, tau * s_fw]
+
+
+def lsa(g: list[float], c: torch.Tensor) -> float:
+    logits = [sum(g[i] * float(c[i, j]) for i in range(len(g))) for j in range(len(g))]
+    e = [math.exp(lj - max(logits)) for lj in logits]
+    return sum(ei / sum(e) * gi for ei, gi in zip(e, g, strict=True))
+
+
+def xclip_pair(model: TcmgcModel, text: TextFeatures, t: int, video: VideoFeatures, v: int) -> float:
+    """X-CLIP's score for one pair: mean-pooled video, raw frames, single-softmax attention over similarities."""
+    head, lam, tau = model.head, model.cfg.isa_lambda, float(model.tau)
+
+    def att(x: list[float], a: torch.Tensor) -> float:
+        e = [math.exp(lam * (xi - max(x))) for xi in x]
+        p = [ei / sum(e) for ei in e]
+        w = [sum(p[i] * float(a[i, j]) for i in range(len(x))) for j in range(len(x))]
+        return sum(wj * xj for wj, xj in zip(w, x, strict=True))
+
+    s_hat = F.normalize(text.sentence[t], dim=0)
+    w_hat = F.normalize(text.words[t], dim=-1)
+    v_hat = F.normalize(video.temporal[v].mean(0), dim=0)
+    f_hat = F.normalize(video.frames[v], dim=-1)
+    assert head.global_mat_weight is not None and head.local_mat_weight is not None
+    vs = float(torch.dot(s_hat @ head.global_mat_weight, v_hat))
+    vw = att([float(torch.dot(w, v_hat)) for w in w_hat], head.isa_vw.weight)
+    sf = att([float(torch.dot(s_hat, f)) for f in f_hat], head.isa_sf.weight)
+    m = [[float(torch.dot(w @ head.local_mat_weight, f)) for f in f_hat] for w in w_hat]
+    u = [att([m[i][j] for i in range(len(m))], head.isa_fw_words.weight) for j in range(len(f_hat))]
+    z = [att(m[i], head.isa_fw_frames.weight) for i in range(len(m))]
+    fw = (att(u, head.isa_fw_u.weight) + att(z, head.isa_fw_z.weight)) / 2
+    return tau * (vs + vw + sf + fw) / 4

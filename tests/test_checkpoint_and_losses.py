@@ -1,0 +1,138 @@
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tcmgc_cli.checkpoint import import_reference, load_into, read_checkpoint, save_checkpoint
+from tcmgc_cli.cli import app
+from tcmgc_cli.config import ModelConfig
+from tcmgc_cli.errors import CheckpointError
+from tcmgc_cli.model.factory import ModelSpec, create_model, resolve_spec
+from tcmgc_cli.model.losses import info_nce, sdr, tcmgc_loss
+from tcmgc_cli.model.tcmgc import TcmgcModel, head_parameter_counts
+
+REFERENCE_RENAMES = {
+    "head.temporal.frame_position_embeddings.": "frame_position_embeddings.",
+    "head.temporal.resblocks.": "transformerClip.resblocks.",
+    "head.lva.layer_norm": "conditional_transformer.pool_frames.layer_norm",
+    "head.lva.linear_proj.": "conditional_transformer.pool_frames.linear_proj.",
+    "head.global_mat_weight": "global_mat_weight",
+    "head.local_mat_weight": "local_mat_weight",
+    "head.isa_vw.weight": "attentive_word_logit_weight",
+    "head.isa_sf.weight": "concat_frame_word_logit_weight",
+    "head.isa_fw_words.weight": "attentive_word_mat_weight",
+    "head.isa_fw_frames.weight": "attentive_frame_word_mat_weight",
+    "head.isa_fw_u.weight": "attentive_frame_word_mat_weight2",
+    "head.isa_fw_z.weight": "attentive_word_mat_weight2",
+    "head.aggregation.weight": "logit_weight",
+}
+
+
+def reference_layout(model: TcmgcModel) -> dict[str, torch.Tensor]:
+    """The state dict as the reference training script saves it (method doc, section 15)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        for ours, theirs in REFERENCE_RENAMES.items():
+            if key.startswith(ours):
+                key = theirs + key[len(ours) :]
+                break
+        out[key] = value.clone()
+    d = model.cfg.embed_dim
+    out["conditional_transformer.pool_frames.cross_attn.q_proj.weight"] = torch.zeros(d, d)  # present, unused
+    out["similarity_dense.weight"] = torch.zeros(1)  # an older branch's key, ignored
+    return out
+
+
+def scores(model: TcmgcModel) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(1, 400, (3, model.cfg.max_words), generator=g)
+    tokens[:, -1] = 49407
+    frames = torch.randn(4, model.cfg.num_frames, model.cfg.embed_dim, generator=g)
+    return model.eval().score_chunked(model.encode_text(tokens), model.encode_video(frames, factorized=True))["logits"]
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[TcmgcModel, ModelSpec]:
+    spec = resolve_spec("tcmgc-tiny")
+    model = create_model(spec)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model, spec
+
+
+def test_own_checkpoint_round_trip(tmp_path: Path, trained: tuple[TcmgcModel, ModelSpec]) -> None:
+    model, spec = trained
+    save_checkpoint(tmp_path / "c.pt", model, spec)
+    payload = read_checkpoint(tmp_path / "c.pt")
+    fresh = create_model(ModelSpec.from_dict(payload["spec"]))
+    load_into(fresh, payload["state_dict"], "c.pt")
+    torch.testing.assert_close(scores(fresh), scores(model))
+
+
+def test_checkpoint_from_another_config_is_a_clear_error(tmp_path: Path, trained: tuple[TcmgcModel, ModelSpec]) -> None:
+    model, spec = trained
+    other = create_model(resolve_spec("tcmgc-tiny", overrides={"keep_rate": 0.5}))
+    with pytest.raises(CheckpointError, match="another model config.*other shapes"):
+        load_into(other, model.state_dict(), "c.pt")
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 50)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_checkpoint(tmp_path / "bad.pt")
+
+
+def test_reference_state_dict_reproduces_scores(trained: tuple[TcmgcModel, ModelSpec]) -> None:
+    model, spec = trained
+    fresh = create_model(spec)
+    import_reference(fresh, reference_layout(model))
+    torch.testing.assert_close(scores(fresh), scores(model))
+
+
+def test_reference_import_errors_name_keys_and_keep_rate(trained: tuple[TcmgcModel, ModelSpec]) -> None:
+    model, _ = trained
+    state = reference_layout(model)
+    with pytest.raises(CheckpointError, match="cannot place: mystery.weight"):
+        import_reference(create_model(resolve_spec("tcmgc-tiny")), {**state, "mystery.weight": torch.zeros(1)})
+    wrong_k = create_model(resolve_spec("tcmgc-tiny", overrides={"keep_rate": 0.5}))
+    with pytest.raises(CheckpointError, match=r"keep rate r in \[0.250, 0.312\).*keep_rate=0.250"):
+        import_reference(wrong_k, state)
+
+
+def test_losses_match_their_formulas() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits, parts = torch.randn(4, 4, generator=g) * 3, torch.randn(4, 4, 4, generator=g)
+    row = [-math.log(math.exp(logits[i, i]) / sum(math.exp(x) for x in logits[i].tolist())) for i in range(4)]
+    col = [-math.log(math.exp(logits[i, i]) / sum(math.exp(x) for x in logits[:, i].tolist())) for i in range(4)]
+    assert float(info_nce(logits)) == pytest.approx((sum(row) / 4 + sum(col) / 4) / 2, rel=1e-5)
+    variances = []
+    for i in range(4):
+        v = parts[i, i].tolist()
+        mean = sum(v) / 4
+        variances.append(sum((x - mean) ** 2 for x in v) / 3)
+    assert float(sdr(parts)) == pytest.approx(sum(variances) / 4, rel=1e-5)
+    out = tcmgc_loss(logits, parts, 0.5)
+    assert float(out["loss"]) == pytest.approx(float(out["loss_nce"]) + 0.5 * float(out["loss_sdr"]))
+
+
+def test_new_module_sizes_at_vit_b32_match_the_method_doc() -> None:
+    counts = head_parameter_counts(ModelConfig())
+    block = 4 * 512 * 512 + 4 * 512 + 2 * 512 * 2048 + 2048 + 512 + 4 * 512
+    assert counts["temporal"] == 4 * block + 77 * 512
+    assert counts["lva"] == 512 * 512 + 512 + 3 * 2 * 512  # about 0.27 M
+    assert counts["G"] == counts["L"] == 512 * 512
+    assert counts["isa"] == 9 + 16 + 4 * 9  # k = 3: A1, A2 (k+1), B1..B4
+    assert counts["lsa"] == 16
+    no_sr = head_parameter_counts(replace(ModelConfig(), reorganize=False))
+    assert no_sr["isa"] == 6 * 32 * 32
+
+
+def test_models_command_prints_head_sizes() -> None:
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    import json
+
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["tcmgc-b32"]["head_parameters"]["lva"] == 265_728

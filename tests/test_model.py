@@ -1,0 +1,169 @@
+"""TC-MGC head numerics against the loop oracles of tests/oracle.py, and the two scoring paths against each other."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tcmgc_cli.config import ModelConfig
+from tcmgc_cli.model import aggregate, reorganize
+from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures
+from tests import oracle
+
+CFG = ModelConfig(
+    embed_dim=32, max_words=12, num_frames=6, temporal_layers=2, temporal_heads=2, temporal_positions=16, keep_rate=0.25
+)
+
+
+@pytest.fixture(scope="module")
+def clip() -> torch.nn.Module:
+    from tcmgc_cli.model.encoder import load_clip
+
+    return load_clip("tcmgc-clip-tiny", None)[0]
+
+
+def make_model(clip: torch.nn.Module, cfg: ModelConfig = CFG, seed: int = 0) -> TcmgcModel:
+    """A model whose every head parameter is perturbed, so identity inits cannot hide a bug."""
+    torch.manual_seed(seed)
+    model = TcmgcModel(cfg, clip).eval()
+    with torch.no_grad():
+        for name, p in model.head.named_parameters():
+            p.add_(
+                torch.randn_like(p) * (0.05 if "weight" in name and p.dim() == 2 and p.shape[0] == p.shape[1] else 0.2)
+            )
+        model.clip.logit_scale.fill_(2.0)
+    return model
+
+
+def features(q: int, v: int, cfg: ModelConfig = CFG, seed: int = 1) -> tuple[TextFeatures, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randn(q, cfg.max_words, cfg.embed_dim, generator=g)
+    return TextFeatures(words, words[:, -1] + 0.1 * torch.randn(q, cfg.embed_dim, generator=g)), torch.randn(
+        v, cfg.num_frames, cfg.embed_dim, generator=g
+    )
+
+
+def test_sr_and_isa_match_loops() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 9, generator=g)
+    kept, _ = reorganize.keep(x, 3)
+    fused, _ = reorganize.keep_and_fuse(x, 3)
+    a = torch.eye(4) + 0.1 * torch.randn(4, 4, generator=g)
+    module = aggregate.ISA(4, lam=7.0)
+    module.weight.data = a
+    for row in range(5):
+        xs = x[row].tolist()
+        assert kept[row].tolist() == pytest.approx(oracle.keep(xs, 3))
+        assert fused[row].tolist() == pytest.approx(oracle.keep_and_fuse(xs, 3), rel=1e-5)
+        assert float(module(fused[row]).detach()) == pytest.approx(oracle.isa(fused[row].tolist(), a, 7.0), rel=1e-5)
+    m = torch.randn(2, 7, 5, generator=g)
+    bi, _ = reorganize.bi_keep(m, 3, 2)
+    for b in range(2):
+        cols = [oracle.keep(m[b, :, j].tolist(), 3) for j in range(5)]
+        rows = [oracle.keep([cols[j][r] for j in range(5)], 2) for r in range(3)]
+        torch.testing.assert_close(bi[b], torch.tensor(rows))
+
+
+def test_lva_direct_matches_section_4(clip: torch.nn.Module) -> None:
+    model = make_model(clip)
+    text, frames = features(2, 3)
+    video = model.encode_video(frames)
+    assert model.head.lva is not None
+    pooled = model.head.lva(text.words[:, :2], video.temporal)  # (2, 2, 3, D)
+    for q in range(2):
+        for k in range(2):
+            for v in range(3):
+                want = oracle.lva(model, text.words[q, k], video.temporal[v])
+                torch.testing.assert_close(pooled[q, k, v], want, rtol=1e-4, atol=1e-5)
+
+
+def test_four_similarities_and_lsa_match_section_7_and_8(clip: torch.nn.Module) -> None:
+    model = make_model(clip)
+    text, frames = features(2, 3)
+    out = model(text, model.encode_video(frames))
+    for t in range(2):
+        for v in range(3):
+            g = oracle.pair_scores(model, text, t, model.encode_video(frames), v)
+            assert out["parts"][t, v].tolist() == pytest.approx(g, rel=1e-4, abs=1e-4)
+            c = model.head.aggregation.weight
+            assert c is not None
+            assert float(out["logits"][t, v]) == pytest.approx(oracle.lsa(g, c), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("chunks", [(1, 1), (2, 3), (3, 2), (64, 64)])
+def test_training_and_chunked_retrieval_paths_agree(clip: torch.nn.Module, chunks: tuple[int, int]) -> None:
+    model = make_model(clip)
+    text, frames = features(5, 7)
+    direct = model(text, model.encode_video(frames))
+    chunked = model.score_chunked(text, model.encode_video(frames, factorized=True), *chunks, parts=True)
+    torch.testing.assert_close(chunked["logits"], direct["logits"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked["parts"], direct["parts"], rtol=1e-5, atol=1e-5)
+
+
+def test_permuting_videos_permutes_columns(clip: torch.nn.Module) -> None:
+    model = make_model(clip)
+    text, frames = features(3, 6)
+    perm = torch.tensor([4, 0, 5, 2, 1, 3])
+    base = model.score_chunked(text, model.encode_video(frames, factorized=True), 2, 4)["logits"]
+    permuted = model.score_chunked(text, model.encode_video(frames[perm], factorized=True), 2, 4)["logits"]
+    torch.testing.assert_close(permuted, base[:, perm], rtol=1e-5, atol=1e-5)
+
+
+def test_xclip_reduction_is_xclip(clip: torch.nn.Module) -> None:
+    model = make_model(clip, CFG.xclip())
+    assert model.head.lva is None and model.cfg.sdr_alpha == 0
+    text, frames = features(2, 3)
+    video = model.encode_video(frames)
+    logits = model(text, video)["logits"]
+    for t in range(2):
+        for v in range(3):
+            assert float(logits[t, v]) == pytest.approx(oracle.xclip_pair(model, text, t, video, v), rel=1e-4, abs=1e-4)
+    torch.testing.assert_close(model.score_chunked(text, video, 1, 2)["logits"], logits, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_cannot_change_scores_with_masking(clip: torch.nn.Module) -> None:
+    cfg = replace(CFG, mask_padding=True)
+    model = make_model(clip, cfg)
+    text, frames = features(3, 4, cfg)
+    text.mask = torch.arange(cfg.max_words)[None] < torch.tensor([[5], [12], [9]])  # (Q, L)
+    fmask = torch.arange(cfg.num_frames)[None] < torch.tensor([[6], [3], [4], [1]])  # (V, T)
+    g = torch.Generator().manual_seed(7)
+    noisy_words = torch.where(text.mask[..., None], text.words, torch.randn(text.words.shape, generator=g) * 5)
+    noisy_frames = torch.where(fmask[..., None], frames, torch.randn(frames.shape, generator=g) * 5)
+    base = model.score_chunked(text, model.encode_video(frames, fmask, factorized=True), 2, 2)["logits"]
+    other = TextFeatures(noisy_words, text.sentence, text.mask)
+    noisy = model.score_chunked(other, model.encode_video(noisy_frames, fmask, factorized=True), 2, 2)["logits"]
+    torch.testing.assert_close(noisy, base, rtol=1e-5, atol=1e-4)
+    direct = model(text, model.encode_video(frames, fmask))["logits"]
+    torch.testing.assert_close(direct, base, rtol=1e-5, atol=1e-5)
+    unmasked = make_model(clip, CFG)  # the reference's default: padding does move scores
+    a = unmasked(TextFeatures(text.words, text.sentence), unmasked.encode_video(frames))["logits"]
+    b = unmasked(TextFeatures(noisy_words, text.sentence), unmasked.encode_video(frames))["logits"]
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_gradients_reach_every_trainable_parameter(clip: torch.nn.Module) -> None:
+    from tcmgc_cli.model.encoder import Tokenizer
+    from tcmgc_cli.model.losses import tcmgc_loss
+
+    model = make_model(clip, replace(CFG, max_words=16)).train()
+    tokens = Tokenizer("tcmgc-clip-tiny", 16)(["a red circle moves left", "a blue square", "green", "a b c d e"])
+    text = model.encode_text(tokens)
+    video = model.encode_video(torch.randn(4, CFG.num_frames, CFG.embed_dim))
+    out = model(text, video)
+    tcmgc_loss(out["logits"], out["parts"], 0.5)["loss"].backward()
+    no_grad = [
+        n
+        for n, p in model.named_parameters()
+        if not n.startswith("clip.visual") and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
+    assert no_grad == []
+
+
+def test_sentence_feature_equals_open_clip_text_embedding(clip: torch.nn.Module) -> None:
+    from tcmgc_cli.model.encoder import Tokenizer, encode_tokens
+
+    tokens = Tokenizer("tcmgc-clip-tiny", 16)(["a red circle moves left", "two shapes"])
+    words, sentence = encode_tokens(clip, tokens)
+    assert words.shape == (2, 16, 32)
+    torch.testing.assert_close(sentence, clip.encode_text(tokens), rtol=1e-5, atol=1e-5)
