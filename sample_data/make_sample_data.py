@@ -12,6 +12,7 @@ Layout written (as CLIP4Clip's msrvtt_data.zip plus videos/):
     msrvtt/MSRVTT_JSFUSION_test.csv video90..video119, one caption each, shuffled like the real file
     msrvtt/videos/video<N>.mp4      H.264 RGB lossless (libx264rgb, crf 0)
     captions.csv                    every caption as a custom dataset: video_id,caption,split,kind (clip|event)
+    event_captions.csv              only the event-level captions: video_id,caption,split
 
 Run: python sample_data/make_sample_data.py   (needs numpy and av; seeded, single-threaded encoder)
 """
@@ -135,6 +136,10 @@ def main() -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("video_id", "caption", "split", "kind"))
         writer.writerows(rows)
+    with open(HERE / "event_captions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(("video_id", "caption", "split"))
+        writer.writerows(r[:3] for r in rows if r[3] == "event")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Torch-free configuration dataclasses, so that the CLI can parse and validate without loading torch."""
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -103,3 +104,91 @@ class ModelConfig:
         return replace(
             self, text_conditioning=False, reorganize=False, isa_form="xclip", aggregation="mean", sdr_alpha=0.0
         )
+
+
+OPTIMIZERS = ("bert", "adamw")
+FREEZE = ("none", "visual", "all")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The reference recipe (method doc, section 10) as defaults; a model config's "train" section adjusts them."""
+
+    epochs: int = 5
+    batch_size: int = 128  # global batch, split across processes
+    lr: float = 1e-4  # new modules (temporal encoder, LVA, G, L, ISA, LSA)
+    clip_lr_scale: float = 1e-3  # CLIP's parameters train at lr * this
+    warmup: float = 0.1  # fraction of steps with a linear warm-up; then cosine over the whole run
+    weight_decay: float = 0.2
+    optimizer: str = "bert"  # "bert": the reference's Adam (no bias correction, per-tensor clip); "adamw": torch AdamW
+    grad_clip: float = 1.0  # global gradient-norm clip
+    accumulate: int = 1  # batches per optimizer step
+    freeze: str = "none"  # "none": fine-tune CLIP end to end (cache needs frames); "visual"; "all" (--freeze-backbone)
+    seed: int = 42
+    eval_chunk: int = 64  # texts and videos per scoring block
+    expand_captions: bool = True  # every caption is a sample (the reference); False: one caption per video per epoch
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast, CUDA only)
+    log_every: int = 10  # steps between metrics-log lines
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}.")
+        if self.freeze not in FREEZE:
+            raise ConfigError(f"unknown freeze {self.freeze!r}: use one of {', '.join(FREEZE)}.")
+        if self.epochs < 1 or self.batch_size < 2 or self.accumulate < 1:
+            raise ConfigError("epochs and accumulate must be at least 1, batch_size at least 2.")
+        if self.lr <= 0 or not 0 <= self.warmup < 1:
+            raise ConfigError("lr must be positive and warmup in [0, 1).")
+
+
+def _parse_value(raw: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"expected true or false, got {raw!r}.")
+        return raw.lower() in ("true", "1")
+    if isinstance(current, tuple):
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
+    try:
+        return type(current)(raw)
+    except ValueError:
+        raise ConfigError(f"expected a {type(current).__name__}, got {raw!r}.") from None
+
+
+def apply_overrides(
+    model: dict[str, Any], train: dict[str, Any], toml_path: "os.PathLike[str] | None", sets: list[str]
+) -> tuple[dict[str, Any], TrainConfig]:
+    """Merge, in this order: registry defaults -> `--config run.toml` ([model], [train]) -> `--set section.key=value`.
+
+    Unknown sections or keys are errors listing the valid ones. Returns model overrides and the TrainConfig.
+    """
+    import tomllib
+    from pathlib import Path
+
+    model, train = dict(model), dict(train)
+    sections = {"model": (model, {f.name: f.default for f in fields(ModelConfig)}),
+                "train": (train, {f.name: f.default for f in fields(TrainConfig)})}  # fmt: skip
+    if toml_path is not None:
+        try:
+            data = tomllib.loads(Path(toml_path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read --config {toml_path}: {err}") from err
+        for name, table in data.items():
+            if name not in sections or not isinstance(table, dict):
+                raise ConfigError(f"{toml_path}: unknown table [{name}]; use [model] and [train].")
+            for key, value in table.items():
+                _check_key(name, key, sections[name][1])
+                sections[name][0][key] = tuple(value) if isinstance(value, list) else value
+    for item in sets:
+        path, sep, raw = item.partition("=")
+        name, dot, key = path.strip().partition(".")
+        if not sep or not dot or name not in sections:
+            raise ConfigError(f"--set {item!r}: write it as model.KEY=VALUE or train.KEY=VALUE.")
+        _check_key(name, key, sections[name][1])
+        target, defaults = sections[name]
+        target[key] = _parse_value(raw.strip(), target.get(key, defaults[key]))
+    return model, TrainConfig(**train)
+
+
+def _check_key(section: str, key: str, valid: dict[str, Any]) -> None:
+    if key not in valid:
+        raise ConfigError(f"unknown {section} key {key!r}; valid keys: {', '.join(sorted(valid))}.")

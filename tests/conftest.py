@@ -28,3 +28,19 @@ def video_dir(tmp_path: Path) -> Path:
     for n in range(4):
         (folder / f"video{n}.mp4").write_bytes((SAMPLE_MSRVTT / "videos" / f"video{n}.mp4").read_bytes())
     return folder
+
+
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample dataset extracted once with the tiny model."""
+    from typer.testing import CliRunner
+
+    from tcmgc_cli.cli import app
+
+    path = tmp_path_factory.mktemp("cache") / "tcmgc-tiny.h5"
+    result = CliRunner().invoke(
+        app, ["extract", "--dataset", "msrvtt", "--data-root", str(SAMPLE_MSRVTT), "--model", "tcmgc-tiny",
+              "--cache", str(path), "--workers", "0", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return path

@@ -11,7 +11,7 @@ from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures, VideoFeatures
 def layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
     mean = sum(x) / len(x)
     var = sum((xi - mean) ** 2 for xi in x) / len(x)
-    return torch.stack([(xi - mean) / math.sqrt(var + ln.eps) for xi in x]) * ln.weight + ln.bias
+    return torch.stack([(xi - mean) / torch.sqrt(var + ln.eps) for xi in x]) * ln.weight + ln.bias
 
 
 def lva(model: TcmgcModel, query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,10 @@ from typing import Annotated
 import typer
 
 from tcmgc_cli import __version__
+from tcmgc_cli.cli import evaluate as _evaluate
 from tcmgc_cli.cli import extract as _extract
 from tcmgc_cli.cli import models as _models
+from tcmgc_cli.cli import train as _train
 
 app = typer.Typer(
     name="tcmgc",
@@ -35,6 +37,8 @@ def _root(
 
 
 app.command("extract")(_extract.extract_command)
+app.command("train")(_train.train_command)
+app.command("evaluate")(_evaluate.evaluate_command)
 app.command("models")(_models.models_command)
 
 

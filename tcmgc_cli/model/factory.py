@@ -45,7 +45,8 @@ def create_model(spec: ModelSpec) -> Any:
     from tcmgc_cli.model.encoder import load_clip
     from tcmgc_cli.model.tcmgc import TcmgcModel
 
-    clip, _ = load_clip(spec.clip, spec.pretrained)
+    clip, preprocess = load_clip(spec.clip, spec.pretrained)
     model = TcmgcModel(spec.config, clip)
+    model.preprocess = preprocess
     model.head.temporal.init_from_clip_text(clip.transformer.resblocks, clip.positional_embedding)
     return model.train()

@@ -227,6 +227,7 @@ class TcmgcModel(nn.Module):
     """CLIP (an open_clip model) plus the TC-MGC head, with the training and the chunked retrieval paths."""
 
     clip: Any  # an open_clip CLIP (untyped library)
+    preprocess: Any = None  # the image tower's Preprocess, set by the factory
 
     def __init__(self, cfg: ModelConfig, clip: nn.Module) -> None:
         super().__init__()

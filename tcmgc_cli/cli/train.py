@@ -1,0 +1,173 @@
+"""`tcmgc train`: the reference recipe on a dataset whose features are in the cache."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, print_json, stderr, stdout
+from tcmgc_cli.cli._data import (
+    AnnotationsOpt,
+    CacheOpt,
+    DataRootOpt,
+    DatasetName,
+    DatasetOpt,
+    SkipMissingOpt,
+    TrainListOpt,
+    load_checked_split,
+)  # fmt: skip
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: model.KEY=VALUE or train.KEY=VALUE (repeatable)."),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with [model] and [train] tables.")]
+
+
+def train_command(
+    dataset: DatasetOpt = DatasetName.msrvtt,
+    data_root: DataRootOpt = None,
+    annotations: AnnotationsOpt = None,
+    cache: CacheOpt = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Run folder. Default: a new <workspace>/runs/<time>-<model>.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Model config (see `tcmgc models`).")] = "tcmgc-b32",
+    pretrained: Annotated[
+        str | None, typer.Option(help="CLIP weights: open_clip tag or file. Default: the model config's.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs. Default: the model config's (5 for B/32).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Global batch size. Default: the model config's (128).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the new modules (CLIP: lr x train.clip_lr_scale).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --output (default: the newest run).")
+    ] = False,
+    freeze_backbone: Annotated[
+        bool, typer.Option("--freeze-backbone", help="Train only the new modules on cached embeddings.")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed. Default: 42.")] = None,
+    skip_missing: SkipMissingOpt = False,
+    train_list: TrainListOpt = "9k",
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Train TC-MGC. Checkpoints each epoch (atomic), keeps the best by validation t2v R@1, logs metrics.jsonl.
+
+    Merge order of settings: defaults (the reference recipe) -> the model config -> --config -> --set -> flags.
+    """
+    with handle_errors():
+        flags: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+        if freeze_backbone:
+            flags["freeze"] = "all"
+        summary = _run(dataset, data_root, annotations, cache, output, model, pretrained, config, set_ or [],
+                       {k: v for k, v in flags.items() if v is not None}, resume, skip_missing, train_list, device, json_out)  # fmt: skip
+        if json_out:
+            print_json(summary)
+
+
+def _run(
+    dataset: DatasetName, data_root: Path | None, annotations: Path | None, cache_path: Path | None, output: Path | None,
+    model_name: str, pretrained: str | None, config: Path | None, sets: list[str], flags: dict[str, Any], resume: bool,
+    skip_missing: bool, train_list: str, device: str, quiet: bool,
+) -> dict[str, Any]:  # fmt: skip
+    import dataclasses
+    import json
+
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.config import apply_overrides
+    from tcmgc_cli.model.encoder import Tokenizer, resolve_device
+    from tcmgc_cli.model.factory import create_model, resolve_spec
+    from tcmgc_cli.model.registry import get_model_config
+    from tcmgc_cli.train import TrainData, Trainer, check_training_cache, seed_everything
+    from tcmgc_cli.workspace import default_cache_path, latest_run, new_run_dir
+
+    entry = get_model_config(model_name)
+    overrides, cfg = apply_overrides({}, entry.get("train", {}), config, sets)
+    cfg = dataclasses.replace(cfg, **flags)
+    spec = resolve_spec(model_name, pretrained, overrides)
+    cache = FeatureCache(cache_path or default_cache_path(model_name))
+    check_training_cache(cache, spec, cfg, [])
+    train_split = load_checked_split(dataset, data_root, annotations, "train", cache, skip_missing, train_list)
+    val_split = _validation_split(dataset, data_root, annotations, cache, skip_missing)
+    run_dir = output or ((latest_run() if resume else None) or new_run_dir(model_name))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    seed_everything(cfg.seed)
+    model = create_model(spec).to(dev)
+    data = TrainData.build(train_split, cache, Tokenizer(spec.clip, spec.config.max_words), cfg.freeze == "none")
+    with _live_view(quiet) as on_event:
+        trainer = Trainer(model, spec, cfg, data, run_dir, dev, cache, on_event)
+        if resume and not trainer.resume():
+            stderr.print(f"Nothing to resume in {run_dir}: starting from the beginning.")
+        elif resume:
+            stderr.print(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")
+        (run_dir / "config.json").write_text(json.dumps({"spec": spec.to_dict(), "train": dataclasses.asdict(cfg),
+                                                         "dataset": dataset.value, "cache": str(cache.path)}, indent=1))  # fmt: skip
+        state = trainer.fit(val_split)
+    last = state.history[-1] if state.history else {}
+    summary = {"run": str(run_dir), "epochs": state.epoch, "steps": state.step, "best_epoch": state.best_epoch,
+               "best_t2v_R@1": state.best, "last": last}  # fmt: skip
+    if not quiet:
+        from tcmgc_cli.reporting import metrics_table
+
+        stdout.print(
+            metrics_table(
+                {k: v for k, v in last.items() if "@" in k or "Md" in k or "Mn" in k}, title=f"epoch {state.epoch}"
+            )
+        )
+        stdout.print(f"Run: {run_dir} (best t2v R@1 {state.best:.1f} at epoch {state.best_epoch})")
+    return summary
+
+
+def _validation_split(
+    dataset: DatasetName, data_root: Path | None, annotations: Path | None, cache: Any, skip: bool
+) -> Any:
+    """The split the reference validates on: MSR-VTT's 1k-A test set; val where a dataset has one, else test."""
+    from tcmgc_cli.data.annotations import load_split
+    from tcmgc_cli.errors import AnnotationError
+
+    for name in ("test",) if dataset == DatasetName.msrvtt else ("val", "test"):
+        try:
+            if not load_split(dataset.value, data_root, name, annotations).captions:
+                continue
+        except AnnotationError:
+            continue
+        return load_checked_split(dataset, data_root, annotations, name, cache, skip)
+    stderr.print("No validation split: every epoch's checkpoint counts as the best.")
+    return None
+
+
+class _live_view:
+    """A Rich live line per step (epoch, batch, loss parts, lr, it/s, ETA); silent with --json."""
+
+    def __init__(self, quiet: bool) -> None:
+        from tcmgc_cli.cli._common import make_progress
+
+        self.progress = make_progress("steps", disable=quiet)
+        self.task: Any = None
+
+    def __enter__(self) -> Any:
+        self.progress.__enter__()
+
+        def on_event(e: dict[str, Any]) -> None:
+            if e["kind"] == "step":
+                if self.task is None:
+                    self.task = self.progress.add_task("train", total=e["batches"], rate="")
+                self.progress.update(
+                    self.task, completed=e["batch"], total=e["batches"], description=f"epoch {e['epoch']}",
+                    rate=f"loss {e['loss']:.3f} (nce {e['loss_nce']:.3f} sdr {e['loss_sdr']:.3f}) lr {e['lr']:.2e} {e['it_s']:.1f} it/s",
+                )  # fmt: skip
+            elif "t2v_R@1" in e:
+                self.progress.console.print(f"epoch {e['epoch']}: t2v R@1 {e['t2v_R@1']:.1f}  R@5 {e['t2v_R@5']:.1f}  "
+                                            f"v2t R@1 {e['v2t_R@1']:.1f}  ({e['seconds']:.1f} s)")  # fmt: skip
+
+        return on_event
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]

@@ -1,0 +1,138 @@
+"""Scoring a dataset split with a trained model: texts and videos encoded once, the score matrix in blocks."""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.checkpoint import load_into, read_checkpoint
+from tcmgc_cli.data.annotations import Split
+from tcmgc_cli.errors import CacheError, CheckpointError
+from tcmgc_cli.metrics import dual_softmax, retrieval_metrics
+from tcmgc_cli.model.encoder import Tokenizer, resolve_device
+from tcmgc_cli.model.factory import ModelSpec, create_model
+from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trained:
+    """A model loaded from a checkpoint, with what it needs to read a cache."""
+
+    model: TcmgcModel
+    spec: ModelSpec
+    tokenizer: Tokenizer
+    device: torch.device
+    encoder_fingerprint: str  # the cache encoder it was trained on
+    visual_trained: bool  # True when the image tower was fine-tuned: frames must be re-encoded
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A run folder -> its best checkpoint (else last); a file is returned as is."""
+    if path.is_file():
+        return path
+    for name in ("best.pt", "last.pt"):
+        candidate = path / "checkpoints" / name
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no checkpoint in {path}: expected checkpoints/best.pt or last.pt (train with `tcmgc train`)."
+    )
+
+
+def load_trained(path: Path, device: str = "auto") -> Trained:
+    file = find_checkpoint(path)
+    payload = read_checkpoint(file)
+    spec = ModelSpec.from_dict(payload["spec"])
+    model = create_model(ModelSpec(spec.name, spec.clip, None, spec.config))  # weights come from the checkpoint
+    load_into(model, payload["state_dict"], str(file))
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    info = payload.get("data", {})
+    return Trained(model, spec, Tokenizer(spec.clip, spec.config.max_words), dev,
+                   info.get("encoder_fingerprint", ""), bool(info.get("visual_trained", False)))  # fmt: skip
+
+
+def check_cache(cache: FeatureCache, trained: Trained) -> None:
+    """The cache must come from the encoder the model was trained on, with its number of frames."""
+    settings = cache.settings
+    if trained.visual_trained and not settings.store_frames:
+        raise CacheError(
+            f"the model's image tower was fine-tuned, so it needs frames: re-extract {cache.path} with --store-frames."
+        )
+    if (
+        not trained.visual_trained
+        and trained.encoder_fingerprint
+        and settings.encoder_fingerprint != trained.encoder_fingerprint
+    ):
+        raise CacheError(
+            f"{cache.path} was built by encoder {settings.encoder_fingerprint}, the checkpoint by "
+            f"{trained.encoder_fingerprint}: extract with --model {trained.spec.name} into another --cache."
+        )
+    if settings.sampling["num_frames"] != trained.spec.config.num_frames:
+        raise CacheError(
+            f"{cache.path} holds {settings.sampling['num_frames']} frames per video, the model expects "
+            f"{trained.spec.config.num_frames}: re-extract with --num-frames {trained.spec.config.num_frames}."
+        )
+
+
+@torch.no_grad()
+def encode_texts(
+    model: TcmgcModel, tokenizer: Tokenizer, captions: list[str], device: torch.device, batch: int = 256
+) -> TextFeatures:
+    parts = [model.encode_text(tokenizer(captions[i : i + batch]).to(device)) for i in range(0, len(captions), batch)]
+    masks = [p.mask for p in parts]
+    mask = None if masks[0] is None else torch.cat([m for m in masks if m is not None])
+    return TextFeatures(torch.cat([p.words for p in parts]), torch.cat([p.sentence for p in parts]), mask)
+
+
+@torch.no_grad()
+def frame_features(
+    model: TcmgcModel, cache: FeatureCache, ids: list[str], device: torch.device, from_frames: bool
+) -> torch.Tensor:
+    """Frame features X (V, T, D): the cached embeddings, or the model's own image tower on cached frames."""
+    if not from_frames:
+        return torch.from_numpy(cache.load_embeddings(ids)).to(device)
+    from tcmgc_cli.data.transforms import normalize
+
+    frames = [torch.from_numpy(cache.frames(vid)).to(device) for vid in ids]  # each (T, S, S, 3) uint8
+    return torch.stack([model.clip.visual(normalize(f, model.preprocess)) for f in frames])  # (V, T, D)
+
+
+def score_split(
+    trained: Trained,
+    cache: FeatureCache,
+    split: Split,
+    chunk: int = 64,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The (texts, videos) score matrix of a split."""
+    model, dev = trained.model, trained.device
+    text = encode_texts(model, trained.tokenizer, split.captions, dev)
+    with torch.no_grad():
+        frames = frame_features(model, cache, split.video_ids, dev, trained.visual_trained)
+        video = model.encode_video(frames, factorized=True)  # temporal encoder and LVA tensors, once per video
+    q = len(split.captions)
+    blocks = []
+    for i in range(0, q, chunk):
+        blocks.append(model.score_chunked(text.select(slice(i, i + chunk)), video, chunk, chunk)["logits"].cpu())
+        if on_progress:
+            on_progress(min(i + chunk, q), q)
+    return torch.cat(blocks).numpy()
+
+
+def metrics_for(scores: np.ndarray, split: Split, dsl: bool = False) -> dict[str, float]:
+    gt = np.asarray(split.caption_video)
+    if not dsl:
+        return retrieval_metrics(scores, gt)
+    t2v = retrieval_metrics(dual_softmax(scores, axis=0), gt)
+    v2t = retrieval_metrics(dual_softmax(scores, axis=1), gt)
+    return {
+        **{k: v for k, v in t2v.items() if not k.startswith("v2t")},
+        **{k: v for k, v in v2t.items() if k.startswith("v2t")},
+    }

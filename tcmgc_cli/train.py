@@ -1,0 +1,337 @@
+"""Training: the reference recipe over cached frame features (or cached frames), resumable to the same weights.
+
+State moves as: Split + FeatureCache -> TrainData (tokens, video index, frame features) -> Trainer.fit() ->
+checkpoints/last.pt every epoch (atomic), checkpoints/best.pt by validation t2v R@1, metrics.jsonl beside them.
+Every random choice depends on (seed, epoch) or on the RNG state saved with the checkpoint, so a run killed and
+resumed ends with the same weights as an uninterrupted one (on CPU).
+"""
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.checkpoint import read_checkpoint, save_checkpoint
+from tcmgc_cli.config import TrainConfig
+from tcmgc_cli.data.annotations import Split
+from tcmgc_cli.errors import CacheError, CheckpointError
+from tcmgc_cli.evaluate import Trained, metrics_for, score_split
+from tcmgc_cli.model.encoder import Tokenizer
+from tcmgc_cli.model.factory import ModelSpec
+from tcmgc_cli.model.losses import tcmgc_loss
+from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures
+from tcmgc_cli.optim import BertAdam, param_groups, warmup_cosine
+
+log = logging.getLogger(__name__)
+Event = dict[str, Any]
+
+
+@dataclass
+class Dist:
+    """The process group as torchrun sets it up (world 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> "Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), world)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate every process's x along dim 0, keeping gradients (they flow back to each owner)."""
+        if self.world == 1:
+            return x
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(x))  # type: ignore[no-untyped-call]
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+@dataclass
+class TrainData:
+    tokens: torch.Tensor  # (N, L) every caption, tokenized
+    caption_video: torch.Tensor  # (N,) video index of each caption
+    frames: torch.Tensor | None  # (V, T, D) cached frame features, when the image tower is frozen
+    video_ids: list[str]
+
+    @classmethod
+    def build(cls, split: Split, cache: FeatureCache, tokenizer: Tokenizer, from_frames: bool) -> "TrainData":
+        tokens = torch.cat([tokenizer(split.captions[i : i + 4096]) for i in range(0, len(split.captions), 4096)])
+        frames = None if from_frames else torch.from_numpy(cache.load_embeddings(split.video_ids))
+        return cls(tokens, torch.tensor(split.caption_video), frames, split.video_ids)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best: float = -1.0  # best validation t2v R@1
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_order(cfg: TrainConfig, data: TrainData, epoch: int) -> torch.Tensor:
+    """The caption indices of one epoch, in order: all captions, or one per video, shuffled by (seed, epoch)."""
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    if cfg.expand_captions:
+        return torch.randperm(len(data.tokens), generator=g)
+    n_videos = int(data.caption_video.max()) + 1
+    pick = torch.empty(n_videos, dtype=torch.long)
+    keys = torch.rand(len(data.tokens), generator=g)
+    for v in range(n_videos):
+        idx = (data.caption_video == v).nonzero().flatten()
+        pick[v] = idx[keys[idx].argmax()]
+    return pick[torch.randperm(n_videos, generator=g)]
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: TcmgcModel,
+        spec: ModelSpec,
+        cfg: TrainConfig,
+        data: TrainData,
+        run_dir: Path,
+        device: torch.device,
+        cache: FeatureCache,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.model, self.spec, self.cfg, self.data, self.run_dir = model, spec, cfg, data, run_dir
+        self.device, self.cache, self.on_event = device, cache, on_event or (lambda e: None)
+        self.dist = Dist.from_env(device)
+        self._freeze()
+        self.batches_per_epoch = max(1, math.ceil(len(epoch_order(cfg, data, 0)) / cfg.batch_size))
+        self.total_steps = max(1, cfg.epochs * self.batches_per_epoch // cfg.accumulate)
+        faithful = cfg.optimizer == "bert"
+        groups = param_groups(model.named_parameters(), cfg.lr, cfg.lr * cfg.clip_lr_scale, cfg.weight_decay, faithful)
+        if faithful:
+            self.optimizer: torch.optim.Optimizer = BertAdam(groups, lr=cfg.lr, max_grad_norm=cfg.grad_clip)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.state = TrainState()
+
+    def _freeze(self) -> None:
+        frozen = {"none": (), "visual": ("clip.visual.",), "all": ("clip.",)}[self.cfg.freeze]
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(not name.startswith(frozen) if frozen else True)
+
+    @property
+    def visual_trained(self) -> bool:
+        return self.cfg.freeze == "none"
+
+    # ---- one step -------------------------------------------------------------------------------------------
+    def _frames(self, videos: torch.Tensor) -> torch.Tensor:
+        if self.data.frames is not None:
+            return self.data.frames[videos].to(self.device)  # (B, T, D)
+        from tcmgc_cli.data.transforms import normalize
+
+        raw = torch.stack([torch.from_numpy(self.cache.frames(self.data.video_ids[v])) for v in videos.tolist()])
+        b, t = raw.shape[:2]
+        x = normalize(raw.to(self.device).flatten(0, 1), self.model.preprocess)  # (B*T, 3, S, S)
+        out: torch.Tensor = self.model.clip.visual(x).view(b, t, -1)  # (B*T, D) -> (B, T, D)
+        return out
+
+    def _loss(self, captions: torch.Tensor) -> dict[str, torch.Tensor]:
+        videos = self.data.caption_video[captions]
+        amp = self.device.type == "cuda" and self.cfg.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.set_grad_enabled(self.cfg.freeze != "all"):
+                text = self.model.encode_text(self.data.tokens[captions].to(self.device))
+            frames = self._frames(videos)
+            g = self.dist.gather
+            text = TextFeatures(g(text.words), g(text.sentence), None if text.mask is None else g(text.mask))
+            out = self.model(text, self.model.encode_video(g(frames)))
+        return tcmgc_loss(out["logits"].float(), out["parts"].float(), self.spec.config.sdr_alpha)
+
+    def _lr(self) -> float:
+        factor = warmup_cosine(self.state.step / self.total_steps, self.cfg.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.cfg.lr * factor
+
+    def _optimizer_step(self) -> None:
+        self.dist.average_gradients(self.model)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None], self.cfg.grad_clip
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.model.clip.logit_scale.clamp_(max=math.log(self.spec.config.logit_scale_max))
+        self.state.step += 1
+
+    def _epoch(self, epoch: int) -> None:
+        self.model.train()
+        order = epoch_order(self.cfg, self.data, epoch)
+        b, world, rank = self.cfg.batch_size, self.dist.world, self.dist.rank
+        start, seen = time.perf_counter(), 0
+        for i in range(self.batches_per_epoch):
+            batch = order[i * b : (i + 1) * b]
+            if len(batch) < 2 * world:
+                continue
+            share = len(batch) // world
+            local = batch[rank * share : (rank + 1) * share]  # each process's part of the global batch
+            lr = self._lr()
+            losses = self._loss(local)
+            (losses["loss"] / self.cfg.accumulate).backward()  # type: ignore[no-untyped-call]
+            seen += 1
+            if seen % self.cfg.accumulate == 0:
+                self._optimizer_step()
+            event = {"kind": "step", "epoch": epoch + 1, "batch": i + 1, "batches": self.batches_per_epoch,
+                     "step": self.state.step, "lr": lr, "tau": float(self.model.tau.detach()),
+                     "it_s": seen / (time.perf_counter() - start), **{k: float(v.detach()) for k, v in losses.items()}}  # fmt: skip
+            self.on_event(event)
+            if self.dist.rank == 0 and (i + 1) % self.cfg.log_every == 0:
+                self._log(event)
+        if seen % self.cfg.accumulate:
+            self._optimizer_step()
+
+    # ---- evaluation, checkpoints, resume ----------------------------------------------------------------------
+    def _trained(self) -> Trained:
+        tok = Tokenizer(self.spec.clip, self.spec.config.max_words)
+        return Trained(
+            self.model, self.spec, tok, self.device, self.cache.settings.encoder_fingerprint, self.visual_trained
+        )
+
+    def validate(self, split: Split) -> dict[str, float]:
+        self.model.eval()
+        scores = score_split(self._trained(), self.cache, split, self.cfg.eval_chunk)
+        return metrics_for(scores, split)
+
+    def _log(self, record: Event) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "data": {
+                "encoder_fingerprint": self.cache.settings.encoder_fingerprint,
+                "visual_trained": self.visual_trained,
+            },
+            "train": asdict(self.cfg),
+            "train_state": asdict(self.state),
+        }
+
+    def _save(self, improved: bool) -> None:
+        folder = self.run_dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        resume = {"optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
+        if (folder / "last.pt").exists():
+            os.replace(folder / "last.pt", folder / "last.prev.pt")
+        save_checkpoint(folder / "last.pt", self.model, self.spec, {**self._payload(), "resume": resume})
+        if improved:
+            save_checkpoint(folder / "best.pt", self.model, self.spec, self._payload())
+
+    def resume(self) -> bool:
+        """Continue from checkpoints/last.pt (or last.prev.pt if that one is damaged); False if there is none."""
+        folder = self.run_dir / "checkpoints"
+        for name in ("last.pt", "last.prev.pt"):
+            path = folder / name
+            if not path.exists():
+                continue
+            try:
+                payload = read_checkpoint(path)
+            except CheckpointError as err:
+                log.warning("%s; trying the previous one", err)
+                continue
+            if payload["spec"] != self.spec.to_dict() or payload["train"] != asdict(self.cfg):
+                raise CheckpointError(
+                    f"{path} was trained with another config: resume it with the same options, or use a new --output."
+                )
+            self.model.load_state_dict(payload["state_dict"])
+            self.optimizer.load_state_dict(payload["resume"]["optimizer"])
+            torch.set_rng_state(payload["resume"]["rng"])
+            self.state = TrainState(**payload["train_state"])
+            return True
+        return False
+
+    def fit(self, val: Split | None) -> TrainState:
+        while self.state.epoch < self.cfg.epochs:
+            t0 = time.perf_counter()
+            self._epoch(self.state.epoch)
+            self.state.epoch += 1
+            record: Event = {
+                "kind": "epoch",
+                "epoch": self.state.epoch,
+                "step": self.state.step,
+                "seconds": time.perf_counter() - t0,
+            }
+            improved = False
+            if self.dist.rank == 0:
+                if val is not None:
+                    record.update(self.validate(val))
+                    improved = record["t2v_R@1"] > self.state.best
+                    if improved:
+                        self.state.best, self.state.best_epoch = record["t2v_R@1"], self.state.epoch
+                else:
+                    improved = True
+                self.state.history.append(record)
+                self._save(improved)
+                self._log(record)
+            self.on_event(record)
+            self.dist.barrier()
+        return self.state
+
+
+def check_training_cache(cache: FeatureCache, spec: ModelSpec, cfg: TrainConfig, ids: list[str]) -> list[str]:
+    """Problems that stop training, as one message; returns the ids missing from the cache."""
+    settings = cache.settings
+    if settings.encoder != spec.name:
+        raise CacheError(
+            f"{cache.path} was extracted with --model {settings.encoder}, this run trains {spec.name}: extract with --model {spec.name}."
+        )
+    if settings.sampling["num_frames"] != spec.config.num_frames:
+        raise CacheError(
+            f"{cache.path} holds {settings.sampling['num_frames']} frames per video, {spec.name} uses {spec.config.num_frames}: "
+            f"re-extract with --num-frames {spec.config.num_frames} into another --cache, or --set model.num_frames=..."
+        )
+    if cfg.freeze == "none" and not settings.store_frames:
+        raise CacheError(
+            f"fine-tuning CLIP end to end needs frames, and {cache.path} holds only embeddings: "
+            "re-extract with --store-frames, or train the new modules only with --freeze-backbone."
+        )
+    return [v for v in ids if v not in cache]
+
+
+def missing_message(missing: list[str], total: int, cache: Path) -> str:
+    return (f"{len(missing)} of {total} videos have no features in {cache} (first: {', '.join(missing[:5])}). "
+            "Run `tcmgc extract` for them, or pass --skip-missing to go on without them.")  # fmt: skip

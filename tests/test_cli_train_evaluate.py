@@ -1,0 +1,222 @@
+"""extract -> train -> evaluate through the CLI on real decoded sample video, and the bad inputs of each."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tcmgc_cli.cli import app
+from tests.conftest import SAMPLE_MSRVTT
+
+runner = CliRunner()
+KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R@1", "R@5", "R@10", "MdR", "MnR")]
+QUICK = ["--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "train.log_every=1"]
+
+
+def small_dataset(tmp_path: Path) -> Path:
+    """A csv dataset over 16 sample videos: 12 train, 4 test."""
+    rows = ["video_id,caption,split"]
+    for line in (SAMPLE_MSRVTT.parent / "captions.csv").read_text().splitlines()[1:]:
+        vid, caption, _, _ = line.rsplit(",", 3) if line.count('"') == 0 else (None, None, None, None)
+        if vid is None or int(vid[5:]) >= 16:
+            continue
+        rows.append(f"{vid},{caption},{'train' if int(vid[5:]) < 12 else 'test'}")
+    path = tmp_path / "small.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("run")
+    data = small_dataset(tmp)
+    run = tmp / "run"
+    result = runner.invoke(app, ["train", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny",
+                                 "--cache", str(sample_cache), "--output", str(run), "--json", *QUICK])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["epochs"] == 1 and Path(summary["run"]) == run
+    return run, data
+
+
+def test_train_writes_run_folder(trained_run: tuple[Path, Path]) -> None:
+    run, _ = trained_run
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "config.json").is_file()
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert steps and {"loss", "loss_nce", "loss_sdr", "lr"} <= set(steps[0])
+    assert records[-1]["kind"] == "epoch" and all(k in records[-1] for k in KEYS)
+
+
+def test_evaluate_json_and_saved_scores(trained_run: tuple[Path, Path], sample_cache: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    run, data = trained_run
+    out = tmp_path / "scores.npz"
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(run),
+        "--dataset",
+        "csv",
+        "--annotations",
+        str(data),
+        "--cache",
+        str(sample_cache),
+    ]
+    result = runner.invoke(app, [*args, "--json", "--save-scores", str(out), "--chunk", "7"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert all(k in metrics for k in KEYS) and metrics["num_videos"] == 4 and metrics["num_queries"] == 40
+    saved = np.load(out)
+    assert saved["scores"].shape == (40, 4) and list(saved["video_ids"]) == ["video12", "video13", "video14", "video15"]
+    from tcmgc_cli.metrics import retrieval_metrics
+
+    again = retrieval_metrics(saved["scores"], saved["caption_video"])
+    assert again["t2v_R@1"] == metrics["t2v_R@1"]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0 and "R@1" in table.stdout and "t2v" in table.stdout
+
+
+def test_evaluate_finds_the_newest_run_without_flags(
+    trained_run: tuple[Path, Path], sample_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, data = trained_run
+    workspace = tmp_path / "ws"
+    shutil.copytree(run, workspace / "runs" / "20260101-000000-tcmgc-tiny")
+    (workspace / "cache").mkdir()
+    shutil.copy(sample_cache, workspace / "cache" / "tcmgc-tiny.h5")
+    monkeypatch.setenv("TCMGC_WORKSPACE", str(workspace))
+    result = runner.invoke(app, ["evaluate", "--dataset", "csv", "--annotations", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "20260101-000000-tcmgc-tiny" in json.loads(result.stdout)["checkpoint"]
+
+
+def one_line_error(result: object, code: int = 1) -> str:
+    out = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == code, out  # type: ignore[attr-defined]
+    assert "Traceback" not in out and "Error:" in out
+    return str(out)
+
+
+def test_bad_inputs_name_the_fix(trained_run: tuple[Path, Path], sample_cache: Path, tmp_path: Path) -> None:
+    run, data = trained_run
+    base = ["--dataset", "csv", "--annotations", str(data), "--cache", str(sample_cache)]
+    # a corrupt checkpoint
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x80\x02garbage")
+    assert "not a readable checkpoint" in one_line_error(
+        runner.invoke(app, ["evaluate", "--checkpoint", str(broken), *base])
+    )
+    # a dataset folder missing a file
+    empty = tmp_path / "msrvtt"
+    empty.mkdir()
+    out = one_line_error(
+        runner.invoke(
+            app,
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run),
+                "--dataset",
+                "msrvtt",
+                "--data-root",
+                str(empty),
+                "--cache",
+                str(sample_cache),
+            ],
+        )
+    )
+    assert "MSRVTT_JSFUSION_test.csv does not exist" in out
+    # ids with no video in the cache, then --skip-missing
+    extra = tmp_path / "extra.csv"
+    extra.write_text(data.read_text() + "ghost,a ghost moves,test\n")
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(run),
+        "--dataset",
+        "csv",
+        "--annotations",
+        str(extra),
+        "--cache",
+        str(sample_cache),
+    ]
+    assert "1 of 5 videos have no features" in one_line_error(runner.invoke(app, args))
+    assert runner.invoke(app, [*args, "--skip-missing", "--json"]).exit_code == 0
+    # a cache from another encoder
+    other = tmp_path / "other.h5"
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(SAMPLE_MSRVTT / "videos" / "video12.mp4", videos)
+    assert (
+        runner.invoke(
+            app,
+            [
+                "extract",
+                "--videos",
+                str(videos),
+                "--model",
+                "tcmgc-tiny",
+                "--num-frames",
+                "4",
+                "--cache",
+                str(other),
+                "--workers",
+                "0",
+            ],
+        ).exit_code
+        == 0
+    )
+    out = one_line_error(
+        runner.invoke(
+            app,
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run),
+                "--dataset",
+                "csv",
+                "--annotations",
+                str(data),
+                "--cache",
+                str(other),
+                "--skip-missing",
+            ],
+        )
+    )
+    assert "--num-frames 8" in out
+    # training on a cache without frames needs --freeze-backbone or frames
+    out = one_line_error(
+        runner.invoke(
+            app,
+            [
+                "train",
+                *base,
+                "--model",
+                "tcmgc-tiny",
+                "--set",
+                "train.freeze=none",
+                *QUICK,
+                "--output",
+                str(tmp_path / "r"),
+            ],
+        )
+    )
+    assert "--store-frames" in out and "--freeze-backbone" in out
+    # an unknown --set key
+    out = one_line_error(runner.invoke(app, ["train", *base, "--model", "tcmgc-tiny", "--set", "train.lrr=1"]), code=2)
+    assert "valid keys" in out
+
+
+def test_resume_with_another_config_is_refused(
+    trained_run: tuple[Path, Path], sample_cache: Path, tmp_path: Path
+) -> None:
+    run, data = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    args = ["train", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny", "--cache", str(sample_cache),
+            "--output", str(copy), "--resume", *QUICK, "--set", "train.lr=0.5"]  # fmt: skip
+    assert "another config" in one_line_error(runner.invoke(app, args))
