@@ -212,7 +212,7 @@ def _to_records(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool)
             d.timestamps,
             d.frame_indices,
             d.num_frames,
-            str(d.job.path),
+            str(d.job.path.resolve()),
             d.size,
             d.mtime_ns,
             d.sha1,

@@ -8,6 +8,7 @@ from tcmgc_cli import __version__
 from tcmgc_cli.cli import evaluate as _evaluate
 from tcmgc_cli.cli import extract as _extract
 from tcmgc_cli.cli import models as _models
+from tcmgc_cli.cli import search as _search
 from tcmgc_cli.cli import train as _train
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ def _root(
 app.command("extract")(_extract.extract_command)
 app.command("train")(_train.train_command)
 app.command("evaluate")(_evaluate.evaluate_command)
+app.command("search")(_search.search_command)
 app.command("models")(_models.models_command)
 
 

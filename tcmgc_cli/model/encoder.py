@@ -160,6 +160,14 @@ class Tokenizer:
         tokens: torch.Tensor = self._tok(texts, context_length=self.length)
         return tokens
 
+    def decode_one(self, token: int) -> str:
+        """One token as text (start/end tokens as <start>/<end>)."""
+        if token == self._tok.sot_token_id:
+            return "<start>"
+        if token == self._tok.eot_token_id:
+            return "<end>"
+        return str(self._tok.decode([token])).strip()
+
     def truncated(self, text: str) -> bool:
         """True when `text` has more word tokens than fit (they are cut)."""
         return len(self._tok.encode(text)) > self.length - 2

@@ -1,0 +1,120 @@
+"""Search at ViT-B/32 sizes (D = 512, 12 frames, 32 words) on synthetic embeddings, random weights, CPU.
+
+1. Top-10 agreement of the two-stage search (coarse shortlist of C candidates, then full TC-MGC) with exhaustive
+   TC-MGC scoring of every video, on 10,000 videos, for several C: the fraction of queries whose two top-10 sets
+   are identical, and the mean overlap.
+2. Latency per query of the two-stage search at 10,000 and 100,000 videos (the index, i.e. temporal features, is
+   built beforehand, as `tcmgc search` does once per collection).
+
+Synthetic data with neighbourhoods, as real collections have: videos come in topics of 50 (topic vector + the
+video's own offset + per-frame noise); each query is built from one video's frames (its words from single frames,
+its sentence from their mean) plus noise. Agreement uses the exhaustive score matrix: the two-stage top-10 is the
+top-10 of those same pair scores within the coarse shortlist.
+
+    python benchmarks/search.py           # quick: agreement on 10,000 videos x 100 queries, latency at 10k and 100k
+    python benchmarks/search.py --full    # 300 queries for agreement
+
+The last line printed is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tcmgc_cli.config import ModelConfig  # noqa: E402
+from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures  # noqa: E402
+from tcmgc_cli.search import SearchIndex  # noqa: E402
+
+D, T, L = 512, 12, 32
+
+
+class _Clip(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(np.log(100.0), dtype=torch.float32))
+
+
+class _Trained:
+    def __init__(self, model: TcmgcModel) -> None:
+        self.model, self.device, self.tokenizer = model, torch.device("cpu"), None
+
+
+def make_index(model: TcmgcModel, n: int, seed: int = 0) -> SearchIndex:
+    g = torch.Generator().manual_seed(seed)
+    topics = torch.randn(max(1, n // 50), 1, D, generator=g)
+    own = 0.7 * torch.randn(n, 1, D, generator=g)
+    frames = topics[torch.arange(n) % len(topics)] + own + 0.8 * torch.randn(n, T, D, generator=g)  # (V, T, D)
+    with torch.no_grad():
+        temporal = torch.cat([model.encode_video(frames[i : i + 4096]).temporal for i in range(0, n, 4096)])
+    times = [np.arange(T, dtype=np.float32)] * n
+    return SearchIndex(_Trained(model), [f"v{i}" for i in range(n)], frames, temporal, [""] * n, times)  # type: ignore[arg-type]
+
+
+def make_queries(index: SearchIndex, q: int, seed: int = 1) -> TextFeatures:
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(len(index), (q,), generator=g)
+    picks = torch.randint(T, (q, L), generator=g)
+    words = index.frames[targets[:, None], picks] + 1.5 * torch.randn(q, L, D, generator=g)  # (Q, L, D)
+    return TextFeatures(words, words.mean(1) + 0.5 * torch.randn(q, D, generator=g))
+
+
+def agreement(index: SearchIndex, text: TextFeatures, candidates: list[int]) -> dict[str, dict[str, float]]:
+    every = torch.arange(len(index))
+    exhaustive = index.full_scores(text, every)  # (Q, V)
+    truth = exhaustive.topk(10, dim=1).indices
+    shortlist = index.shortlist(text, max(candidates))  # (Q, Cmax)
+    out: dict[str, dict[str, float]] = {}
+    for c in candidates:
+        idx = shortlist[:, :c]
+        got = idx.gather(1, exhaustive.gather(1, idx).topk(10, dim=1).indices)  # (Q, 10)
+        same = [set(a.tolist()) == set(b.tolist()) for a, b in zip(got, truth, strict=True)]
+        overlap = [len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(got, truth, strict=True)]
+        out[str(c)] = {
+            "identical": round(100 * float(np.mean(same)), 1),
+            "overlap": round(100 * float(np.mean(overlap)), 1),
+        }
+    return out
+
+
+def latency(index: SearchIndex, text: TextFeatures, candidates: int) -> float:
+    index.search_features(text.select(slice(0, 1)), 10, candidates)  # warm-up
+    start = time.perf_counter()
+    for qi in range(len(text.sentence)):
+        index.search_features(text.select(slice(qi, qi + 1)), 10, candidates)
+    return 1000 * (time.perf_counter() - start) / len(text.sentence)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="300 queries for the agreement measurement")
+    parser.add_argument("--candidates", default="50,100,200,500,1000")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = TcmgcModel(ModelConfig(embed_dim=D, max_words=L, num_frames=T), _Clip()).eval()
+    cands = [int(c) for c in args.candidates.split(",")]
+    small = make_index(model, 10_000)
+    agree = agreement(small, make_queries(small, 300 if args.full else 100), cands)
+    for c, r in agree.items():
+        print(
+            f"10,000 videos, C = {c:>5}: identical top-10 on {r['identical']:5.1f}% of queries, mean overlap {r['overlap']:5.1f}%",
+            flush=True,
+        )
+    results = {"agreement_10k": agree, "latency_ms": {}}
+    for n in (10_000, 100_000):
+        index = small if n == 10_000 else make_index(model, n)
+        for c in (500,):
+            ms = latency(index, make_queries(index, 10, seed=2), c)
+            results["latency_ms"][f"{n}_C{c}"] = round(ms, 1)
+            print(f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query", flush=True)
+        del index
+    print(json.dumps({"benchmark": "search", "threads": torch.get_num_threads(), **results}))
+
+
+if __name__ == "__main__":
+    main()

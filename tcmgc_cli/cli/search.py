@@ -1,0 +1,113 @@
+"""`tcmgc search`: find videos (and the moment in them) for a text query."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tcmgc_cli.cli._common import DeviceOpt, handle_errors, print_json, stderr, stdout
+
+DEFAULT_CANDIDATES = 500  # benchmarks/search.py: top-10 agreement with exhaustive scoring on 10,000 videos
+
+
+def search_command(
+    query: Annotated[str | None, typer.Argument(help='What to look for, e.g. "a dog runs".')] = None,
+    queries: Annotated[
+        Path | None, typer.Option(help="A text file with one query per line (scored in one batch).")
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Results per query.")] = 10,
+    candidates: Annotated[
+        int, typer.Option(help="Videos the coarse stage passes to full TC-MGC scoring per query.")
+    ] = DEFAULT_CANDIDATES,
+    cache: Annotated[
+        Path | None, typer.Option(help="Feature cache. Default: the workspace's cache for the checkpoint's model.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Run folder or checkpoint file. Default: the newest run.")
+    ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show which words attend to which frames (table and PNG).")
+    ] = False,
+    video: Annotated[
+        str | None, typer.Option(help="With --explain: the video to explain (default: the top hit).")
+    ] = None,
+    explain_png: Annotated[
+        Path | None, typer.Option(help="With --explain: where to write the PNG. Default: explain.png.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per query and line: {query, results}.")
+    ] = False,
+) -> None:
+    """Search the cached videos: a coarse pass over the whole collection, then full TC-MGC on the best candidates.
+
+    Each result has its rank, video id, score, path and the time span the query attends to most.
+    """
+    with handle_errors():
+        texts = _queries(query, queries)
+        index = _index(cache, checkpoint, device)
+        results, notes = index.search(texts, top_k, candidates)
+        for note in notes:
+            stderr.print(f"Note: {note}.")
+        for text, hits in zip(texts, results, strict=True):
+            if json_out:
+                print_json({"query": text, "results": [h.to_dict() for h in hits]})
+            else:
+                stdout.print(_hits_table(text, hits))
+        if explain:
+            target = video or (results[0][0].video_id if results[0] else None)
+            if target is not None:
+                _explain(index, texts[0], target, explain_png or Path("explain.png"), json_out)
+
+
+def _queries(query: str | None, path: Path | None) -> list[str]:
+    from tcmgc_cli.errors import ConfigError
+
+    if (query is None) == (path is None):
+        raise ConfigError('pass one query (tcmgc search "a dog runs") or --queries FILE.')
+    if path is None:
+        assert query is not None
+        return [query]
+    if not path.is_file():
+        raise ConfigError(f"--queries {path} does not exist.")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"--queries {path} has no queries (one per line).")
+    return lines
+
+
+def _index(cache_path: Path | None, checkpoint: Path | None, device: str) -> Any:
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.errors import CacheError, CheckpointError
+    from tcmgc_cli.evaluate import check_cache, load_trained
+    from tcmgc_cli.search import SearchIndex
+    from tcmgc_cli.workspace import default_cache_path, latest_run
+
+    source = checkpoint or latest_run()
+    if source is None:
+        raise CheckpointError("no trained run in the workspace: `tcmgc train` one first, or pass --checkpoint.")
+    trained = load_trained(source, device)
+    cache = FeatureCache(cache_path or default_cache_path(trained.spec.name))
+    check_cache(cache, trained)
+    if len(cache) == 0:
+        raise CacheError(f"{cache.path} holds no videos: run `tcmgc extract --videos DIR --model {trained.spec.name}`.")
+    return SearchIndex.from_cache(trained, cache)
+
+
+def _hits_table(query: str, hits: list[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table("rank", "video", "score", "moment (s)", "path", title=f"“{query}”")
+    for h in hits:
+        table.add_row(str(h.rank), h.video_id, f"{h.score:.3f}", f"{h.start_sec:.1f}–{h.end_sec:.1f}", h.path)
+    return table
+
+
+def _explain(index: Any, query: str, video_id: str, png: Path, quiet: bool) -> None:
+    from tcmgc_cli.reporting import attention_png, attention_table
+
+    words, weights, times = index.word_attention(query, video_id)
+    if not quiet:
+        stdout.print(attention_table(words, weights, times, title=f"“{query}” x {video_id}: word -> frame attention"))
+    attention_png(words, weights, times, png, title=f"{query} / {video_id}")
+    stderr.print(f"Wrote {png}")

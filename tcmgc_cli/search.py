@@ -1,0 +1,184 @@
+"""Two-stage text-to-video search over a cache with a trained model.
+
+Stage 1 (coarse): one matrix product of the normalized sentence features with one vector per video (the normalized
+mean of its temporal-encoder frames), over the whole collection. Stage 2: full TC-MGC scoring of each query's top
+`candidates` through the factorized path. The temporal encoder runs once per video when the index is built; the
+factorized LVA tensors are computed for the candidates only.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.errors import ConfigError
+from tcmgc_cli.evaluate import Trained, frame_features
+from tcmgc_cli.model.tcmgc import TextFeatures, VideoFeatures
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hit:
+    rank: int
+    video_id: str
+    score: float
+    path: str
+    start_sec: float  # the span of frames the query attends to most
+    end_sec: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "video_id": self.video_id, "score": round(self.score, 6), "path": self.path,
+                "start_sec": round(self.start_sec, 3), "end_sec": round(self.end_sec, 3)}  # fmt: skip
+
+
+def attended_span(
+    weights: np.ndarray, times: np.ndarray, end_of_video: float, share: float = 0.5
+) -> tuple[float, float]:
+    """The contiguous run of frames around the most attended one whose weight is at least `share` of the maximum.
+
+    weights (T,) over sampled frames, times (T,) their start seconds (non-decreasing, repeats for padded videos).
+    """
+    best = int(np.argmax(weights))
+    lo = hi = best
+    while lo > 0 and weights[lo - 1] >= share * weights[best]:
+        lo -= 1
+    while hi < len(weights) - 1 and weights[hi + 1] >= share * weights[best]:
+        hi += 1
+    later = times[times > times[hi]]
+    end = float(later[0]) if len(later) else end_of_video
+    return float(times[lo]), max(end, float(times[hi]))
+
+
+class SearchIndex:
+    """The videos of a cache prepared for one trained model."""
+
+    def __init__(
+        self, trained: Trained, ids: list[str], frames: torch.Tensor, temporal: torch.Tensor,
+        paths: list[str], times: list[np.ndarray],
+    ) -> None:  # fmt: skip
+        self.trained, self.ids, self.paths, self.times = trained, ids, paths, times
+        self.frames = frames  # (V, T, D) CLIP frame features
+        self.temporal = temporal  # (V, T, D) after the temporal encoder
+        self.coarse = F.normalize(temporal.mean(1), dim=-1)  # (V, D) one vector per video for the coarse stage
+
+    @classmethod
+    def from_cache(cls, trained: Trained, cache: FeatureCache, batch: int = 512) -> "SearchIndex":
+        """Run the temporal encoder once over every cached video."""
+        ids = cache.ids()
+        frames, temporal = [], []
+        with torch.no_grad():
+            for i in range(0, len(ids), batch):
+                x = frame_features(trained.model, cache, ids[i : i + batch], trained.device, trained.visual_trained)
+                frames.append(x)  # (B, T, D)
+                temporal.append(trained.model.encode_video(x).temporal)
+        records = [cache.record(v) for v in ids]
+        return cls(
+            trained,
+            ids,
+            torch.cat(frames),
+            torch.cat(temporal),
+            [r.path for r in records],
+            [r.timestamps for r in records],
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def encode_queries(self, queries: list[str]) -> tuple[TextFeatures, list[str]]:
+        """Text features, and a note for each query cut to the text encoder's context."""
+        empty = [i for i, q in enumerate(queries) if not q.strip()]
+        if empty:
+            raise ConfigError(f'query {empty[0] + 1} is empty: write a few words, e.g. tcmgc search "a dog runs".')
+        tok = self.trained.tokenizer
+        notes = [
+            f"query {q!r} is longer than {tok.length - 2} tokens: only its start is used"
+            for q in queries
+            if tok.truncated(q)
+        ]
+        with torch.no_grad():
+            text = self.trained.model.encode_text(tok(queries).to(self.trained.device))
+        return text, notes
+
+    def search(self, queries: list[str], top_k: int = 10, candidates: int = 500) -> tuple[list[list[Hit]], list[str]]:
+        """Hits for each query, and notes about queries that were cut."""
+        text, notes = self.encode_queries(queries)
+        return self.search_features(text, top_k, candidates), notes
+
+    @torch.no_grad()
+    def shortlist(self, text: TextFeatures, candidates: int) -> torch.Tensor:
+        """Coarse stage: the `candidates` best videos per query by sentence . video vector, (Q, C)."""
+        coarse = F.normalize(text.sentence, dim=-1) @ self.coarse.T  # (Q, V)
+        return coarse.topk(min(candidates, len(self)), dim=1).indices
+
+    @torch.no_grad()
+    def search_features(self, text: TextFeatures, top_k: int = 10, candidates: int = 500) -> list[list[Hit]]:
+        if top_k < 1 or candidates < 1:
+            raise ConfigError("--top-k and --candidates must be at least 1.")
+        shortlist = self.shortlist(text, max(candidates, top_k))
+        return [self._rerank(text.select(slice(q, q + 1)), shortlist[q], top_k) for q in range(len(shortlist))]
+
+    def _video(self, idx: torch.Tensor) -> VideoFeatures:
+        model = self.trained.model
+        temporal = self.temporal[idx]
+        lva = model.head.lva.precompute(temporal) if model.head.lva is not None else None
+        return VideoFeatures(self.frames[idx], temporal, None, lva)
+
+    @torch.no_grad()
+    def full_scores(self, text: TextFeatures, idx: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """TC-MGC scores (Q, len(idx)) of the given videos."""
+        out = [self.trained.model.score_chunked(text, self._video(idx[i : i + chunk]), 64, chunk)["logits"]
+               for i in range(0, len(idx), chunk)]  # fmt: skip
+        return torch.cat(out, dim=1)
+
+    def _rerank(self, text: TextFeatures, idx: torch.Tensor, top_k: int) -> list[Hit]:
+        scores = self.full_scores(text, idx)[0]  # (C,)
+        order = scores.argsort(descending=True)[:top_k]
+        top = idx[order]
+        weights = self.attention(text, top)  # (k, T)
+        hits = []
+        for rank, (v, s) in enumerate(zip(top.tolist(), scores[order].tolist(), strict=True), start=1):
+            times = self.times[v]
+            start, end = attended_span(weights[rank - 1], times, float(times[-1]) + self._step(times))
+            hits.append(Hit(rank, self.ids[v], s, self.paths[v], start, end))
+        return hits
+
+    @staticmethod
+    def _step(times: np.ndarray) -> float:
+        steps = np.diff(np.unique(times))
+        return float(np.median(steps)) if len(steps) else 1.0
+
+    def attention(self, text: TextFeatures, idx: torch.Tensor) -> np.ndarray:
+        """How one query's sentence spreads over each video's frames: LVA's weights, else frame similarities."""
+        model = self.trained.model
+        if model.head.lva is not None:
+            keys = model.head.lva.layer_norm1(self.temporal[idx])
+            a = model.head.lva.weights(text.sentence[:, None], keys, None)[0, 0]  # (V, T)
+        else:
+            sims = F.normalize(self.frames[idx], dim=-1) @ F.normalize(text.sentence[0], dim=-1)  # (V, T)
+            a = torch.softmax(model.cfg.isa_lambda * sims, dim=-1)
+        return a.cpu().numpy()
+
+    def word_attention(self, query: str, video_id: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """For --explain: the words of a query, their attention over the video's frames (words, T), frame times."""
+        if video_id not in self.ids:
+            raise ConfigError(f"video {video_id!r} is not in the cache: pick one from the results.")
+        v = self.ids.index(video_id)
+        text, _ = self.encode_queries([query])
+        tok = self.trained.tokenizer
+        ids = tok([query])[0]
+        n = int(ids.argmax()) + 1  # up to the end token
+        words = [tok.decode_one(int(t)) for t in ids[:n]]
+        model = self.trained.model
+        with torch.no_grad():
+            if model.head.lva is not None:
+                keys = model.head.lva.layer_norm1(self.temporal[v : v + 1])
+                a = model.head.lva.weights(text.words[:, :n], keys, None)[0, :, 0]  # (n, T)
+            else:
+                sims = F.normalize(text.words[0, :n], dim=-1) @ F.normalize(self.frames[v], dim=-1).T
+                a = torch.softmax(model.cfg.isa_lambda * sims, dim=-1)
+        return words, a.cpu().numpy(), self.times[v]

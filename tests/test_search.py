@@ -1,0 +1,87 @@
+"""tcmgc search on real decoded sample video through a quickly trained tiny model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tcmgc_cli.cli import app
+from tcmgc_cli.search import attended_span
+from tests.test_cli_train_evaluate import QUICK, small_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("search")
+    out = tmp / "run"
+    result = runner.invoke(app, ["train", "--dataset", "csv", "--annotations", str(small_dataset(tmp)), "--model", "tcmgc-tiny",
+                                 "--cache", str(sample_cache), "--output", str(out), "--json", *QUICK])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def search(run: Path, cache: Path, *args: str) -> object:
+    return runner.invoke(app, ["search", *args, "--checkpoint", str(run), "--cache", str(cache)])
+
+
+def test_attended_span() -> None:
+    times = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
+    assert attended_span(np.array([0.05, 0.1, 0.4, 0.3, 0.15]), times, 2.5) == (1.0, 2.0)
+    assert attended_span(np.array([0.0, 0.0, 0.0, 0.1, 0.9]), times, 2.5) == (2.0, 2.5)
+    padded = np.array([0.0, 0.0, 0.5, 0.5])  # repeated frames of a short video
+    assert attended_span(np.array([0.1, 0.1, 0.4, 0.4]), padded, 1.0) == (0.5, 1.0)
+
+
+def test_search_json_lines(run: Path, sample_cache: Path, tmp_path: Path) -> None:
+    queries = tmp_path / "q.txt"
+    queries.write_text("a red circle moves left\n\na blue square moves up\n")
+    result = search(run, sample_cache, "--queries", str(queries), "--top-k", "5", "--json")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    lines = [json.loads(x) for x in result.stdout.splitlines()]  # type: ignore[attr-defined]
+    assert [x["query"] for x in lines] == ["a red circle moves left", "a blue square moves up"]
+    for line in lines:
+        hits = line["results"]
+        assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+        assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:], strict=False))
+        for h in hits:
+            assert set(h) == {"rank", "video_id", "score", "path", "start_sec", "end_sec"}
+            assert Path(h["path"]).is_file() and h["path"].endswith(h["video_id"] + ".mp4")
+            assert 0 <= h["start_sec"] < h["end_sec"] <= 4.5
+
+
+def test_two_stage_equals_exhaustive_when_shortlist_is_everything(run: Path, sample_cache: Path) -> None:
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.evaluate import load_trained
+    from tcmgc_cli.search import SearchIndex
+
+    index = SearchIndex.from_cache(load_trained(run, "cpu"), FeatureCache(sample_cache))
+    text, _ = index.encode_queries(["a green triangle moves down"])
+    hits = index.search_features(text, top_k=10, candidates=len(index))[0]
+    scores = index.full_scores(text, torch.arange(len(index)))[0]
+    want = [index.ids[i] for i in scores.argsort(descending=True)[:10].tolist()]
+    assert [h.video_id for h in hits] == want
+    few = index.search_features(text, top_k=3, candidates=5)[0]
+    assert len(few) == 3 and {h.video_id for h in few} <= set(index.ids)
+
+
+def test_explain_table_and_png(run: Path, sample_cache: Path, tmp_path: Path) -> None:
+    png = tmp_path / "e.png"
+    result = search(
+        run, sample_cache, "a red circle moves left", "--explain", "--video", "video3", "--explain-png", str(png)
+    )
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert "circle" in result.stdout and png.read_bytes()[:4] == b"\x89PNG"  # type: ignore[attr-defined]
+
+
+def test_bad_queries(run: Path, sample_cache: Path) -> None:
+    empty = search(run, sample_cache, "   ")
+    assert empty.exit_code == 2 and "empty" in empty.output  # type: ignore[attr-defined]
+    long = search(run, sample_cache, " ".join(["red"] * 40), "--top-k", "1")
+    assert long.exit_code == 0 and "only its start is used" in long.output  # type: ignore[attr-defined]
+    neither = runner.invoke(app, ["search"])
+    assert neither.exit_code == 2 and "--queries" in neither.output
