@@ -105,13 +105,10 @@ def frame_features(
 
 
 def score_split(
-    trained: Trained,
-    cache: FeatureCache,
-    split: Split,
-    chunk: int = 64,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """The (texts, videos) score matrix of a split."""
+    trained: Trained, cache: FeatureCache, split: Split, chunk: int = 64,
+    on_progress: Callable[[int, int], None] | None = None, parts: list[torch.Tensor] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """The (texts, videos) score matrix of a split; with `parts`, also collects the (texts, videos, K) parts there."""
     model, dev = trained.model, trained.device
     text = encode_texts(model, trained.tokenizer, split.captions, dev)
     with torch.no_grad():
@@ -120,7 +117,10 @@ def score_split(
     q = len(split.captions)
     blocks = []
     for i in range(0, q, chunk):
-        blocks.append(model.score_chunked(text.select(slice(i, i + chunk)), video, chunk, chunk)["logits"].cpu())
+        out = model.score_chunked(text.select(slice(i, i + chunk)), video, chunk, chunk, parts=parts is not None)
+        blocks.append(out["logits"].cpu())
+        if parts is not None:
+            parts.append(out["parts"].cpu())
         if on_progress:
             on_progress(min(i + chunk, q), q)
     return torch.cat(blocks).numpy()

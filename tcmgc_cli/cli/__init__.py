@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from tcmgc_cli import __version__
+from tcmgc_cli.cli import ablate as _ablate
 from tcmgc_cli.cli import evaluate as _evaluate
 from tcmgc_cli.cli import extract as _extract
 from tcmgc_cli.cli import models as _models
@@ -41,6 +42,7 @@ app.command("extract")(_extract.extract_command)
 app.command("train")(_train.train_command)
 app.command("evaluate")(_evaluate.evaluate_command)
 app.command("search")(_search.search_command)
+app.command("ablate")(_ablate.ablate_command)
 app.command("models")(_models.models_command)
 
 

@@ -1,5 +1,6 @@
 """`tcmgc train`: the reference recipe on a dataset whose features are in the cache."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,45 +72,103 @@ def train_command(
             print_json(summary)
 
 
+@dataclass
+class Setup:
+    """Everything a training run needs besides the model's head config and seed."""
+
+    model_name: str
+    pretrained: str | None
+    overrides: dict[str, Any]
+    cfg: Any  # TrainConfig
+    cache: Any  # FeatureCache
+    train_split: Any  # Split
+    val_split: Any  # Split | None
+    device: Any  # torch.device
+    dataset: str
+
+
+def prepare(
+    dataset: DatasetName, data_root: Path | None, annotations: Path | None, cache_path: Path | None, model_name: str,
+    pretrained: str | None, config: Path | None, sets: list[str], flags: dict[str, Any], skip_missing: bool,
+    train_list: str, device: str,
+) -> Setup:  # fmt: skip
+    """Resolve settings (recipe -> model config -> --config -> --set -> flags), open the cache, load the splits."""
+    import dataclasses
+
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.config import apply_overrides
+    from tcmgc_cli.model.encoder import resolve_device
+    from tcmgc_cli.model.factory import resolve_spec
+    from tcmgc_cli.model.registry import get_model_config
+    from tcmgc_cli.train import check_training_cache
+    from tcmgc_cli.workspace import default_cache_path
+
+    entry = get_model_config(model_name)
+    overrides, cfg = apply_overrides({}, entry.get("train", {}), config, sets)
+    cfg = dataclasses.replace(cfg, **flags)
+    cache = FeatureCache(cache_path or default_cache_path(model_name))
+    check_training_cache(cache, resolve_spec(model_name, pretrained, overrides), cfg, [])
+    train_split = load_checked_split(dataset, data_root, annotations, "train", cache, skip_missing, train_list)
+    val_split = _validation_split(dataset, data_root, annotations, cache, skip_missing)
+    return Setup(
+        model_name, pretrained, overrides, cfg, cache, train_split, val_split, resolve_device(device), dataset.value
+    )
+
+
+def train_once(
+    setup: Setup, spec: Any, cfg: Any, run_dir: Path, resume: bool, on_event: Any, say_fresh: bool = True
+) -> Any:
+    """Train one model into run_dir (resuming its last checkpoint when asked); returns the TrainState."""
+    import dataclasses
+    import json
+
+    from tcmgc_cli.model.encoder import Tokenizer
+    from tcmgc_cli.model.factory import create_model
+    from tcmgc_cli.train import TrainData, Trainer, seed_everything
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    model = create_model(spec).to(setup.device)
+    data = TrainData.build(
+        setup.train_split, setup.cache, Tokenizer(spec.clip, spec.config.max_words), cfg.freeze == "none"
+    )
+    trainer = Trainer(model, spec, cfg, data, run_dir, setup.device, setup.cache, on_event)
+    if resume and not trainer.resume():
+        if say_fresh:
+            stderr.print(f"Nothing to resume in {run_dir}: starting from the beginning.")
+    elif resume:
+        stderr.print(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")
+    (run_dir / "config.json").write_text(json.dumps({"spec": spec.to_dict(), "train": dataclasses.asdict(cfg),
+                                                     "dataset": setup.dataset, "cache": str(setup.cache.path)}, indent=1))  # fmt: skip
+    return trainer.fit(setup.val_split)
+
+
 def _run(
     dataset: DatasetName, data_root: Path | None, annotations: Path | None, cache_path: Path | None, output: Path | None,
     model_name: str, pretrained: str | None, config: Path | None, sets: list[str], flags: dict[str, Any], resume: bool,
     skip_missing: bool, train_list: str, device: str, quiet: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    import dataclasses
-    import json
+    from tcmgc_cli.model.factory import resolve_spec
+    from tcmgc_cli.workspace import latest_run, new_run_dir
 
-    from tcmgc_cli.cache import FeatureCache
-    from tcmgc_cli.config import apply_overrides
-    from tcmgc_cli.model.encoder import Tokenizer, resolve_device
-    from tcmgc_cli.model.factory import create_model, resolve_spec
-    from tcmgc_cli.model.registry import get_model_config
-    from tcmgc_cli.train import TrainData, Trainer, check_training_cache, seed_everything
-    from tcmgc_cli.workspace import default_cache_path, latest_run, new_run_dir
-
-    entry = get_model_config(model_name)
-    overrides, cfg = apply_overrides({}, entry.get("train", {}), config, sets)
-    cfg = dataclasses.replace(cfg, **flags)
-    spec = resolve_spec(model_name, pretrained, overrides)
-    cache = FeatureCache(cache_path or default_cache_path(model_name))
-    check_training_cache(cache, spec, cfg, [])
-    train_split = load_checked_split(dataset, data_root, annotations, "train", cache, skip_missing, train_list)
-    val_split = _validation_split(dataset, data_root, annotations, cache, skip_missing)
+    setup = prepare(
+        dataset,
+        data_root,
+        annotations,
+        cache_path,
+        model_name,
+        pretrained,
+        config,
+        sets,
+        flags,
+        skip_missing,
+        train_list,
+        device,
+    )
+    spec = resolve_spec(model_name, pretrained, setup.overrides)
     run_dir = output or ((latest_run() if resume else None) or new_run_dir(model_name))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    seed_everything(cfg.seed)
-    model = create_model(spec).to(dev)
-    data = TrainData.build(train_split, cache, Tokenizer(spec.clip, spec.config.max_words), cfg.freeze == "none")
-    with _live_view(quiet) as on_event:
-        trainer = Trainer(model, spec, cfg, data, run_dir, dev, cache, on_event)
-        if resume and not trainer.resume():
-            stderr.print(f"Nothing to resume in {run_dir}: starting from the beginning.")
-        elif resume:
-            stderr.print(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")
-        (run_dir / "config.json").write_text(json.dumps({"spec": spec.to_dict(), "train": dataclasses.asdict(cfg),
-                                                         "dataset": dataset.value, "cache": str(cache.path)}, indent=1))  # fmt: skip
-        state = trainer.fit(val_split)
+    with live_view(quiet) as on_event:
+        state = train_once(setup, spec, setup.cfg, run_dir, resume, on_event)
     last = state.history[-1] if state.history else {}
     summary = {"run": str(run_dir), "epochs": state.epoch, "steps": state.step, "best_epoch": state.best_epoch,
                "best_t2v_R@1": state.best, "last": last}  # fmt: skip
@@ -143,7 +202,7 @@ def _validation_split(
     return None
 
 
-class _live_view:
+class live_view:
     """A Rich live line per step (epoch, batch, loss parts, lr, it/s, ETA); silent with --json."""
 
     def __init__(self, quiet: bool) -> None:

@@ -1,0 +1,166 @@
+"""Ablation grids: which TC-MGC parts earn their keep. Every variant trains and evaluates on the same cache.
+
+Each axis varies one setting away from the base config (not a cross product): keep rates, SDR weights, components
+(each "-x" removes one part) and aggregations. A finished variant leaves `result.json` in its folder and is skipped
+on a rerun; an unfinished one resumes from its last epoch checkpoint.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tcmgc_cli.errors import ConfigError
+
+COMPONENTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "-sr": {"reorganize": False},
+    "-lsa": {"aggregation": "mean"},
+    "-sdr": {"sdr_alpha": 0.0},
+    "-textcond": {"text_conditioning": False},
+}
+METRICS = (
+    "t2v_R@1",
+    "t2v_R@5",
+    "t2v_R@10",
+    "t2v_MdR",
+    "t2v_MnR",
+    "v2t_R@1",
+    "v2t_R@5",
+    "v2t_R@10",
+    "v2t_MdR",
+    "v2t_MnR",
+)
+EXTRA = ("pairs_per_s", "score_variance")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig keys
+    components: str = "full"
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("=", "-").replace(",", "_").lstrip("-").replace("/", "_") or "full"
+
+
+def parse_floats(text: str | None, what: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, e.g. 0.05,0.1,0.5 (got {text!r}).") from None
+
+
+def expand_variants(
+    keep_rates: list[float], sdr_alphas: list[float], components: list[str], aggregations: list[str]
+) -> list[Variant]:
+    """The variants of the grid, "full" first; each axis value changes one setting of the base config."""
+    bad = [r for r in keep_rates if not 0 < r <= 1]
+    if bad:
+        raise ConfigError(f"keep rates must be in (0, 1]: {bad} is not; e.g. --keep-rates 0.05,0.1,0.5.")
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown:
+        raise ConfigError(f"unknown component(s) {unknown}: use {', '.join(COMPONENTS)}.")
+    bad_agg = [a for a in aggregations if a not in ("lsa", "mean", "softmax")]
+    if bad_agg:
+        raise ConfigError(f"unknown aggregation(s) {bad_agg}: use lsa, mean, softmax.")
+    if any(a < 0 for a in sdr_alphas):
+        raise ConfigError("SDR weights must be at least 0.")
+    variants = [Variant("full")]
+    variants += [Variant(f"keep_rate={r:g}", {"keep_rate": r}) for r in keep_rates]
+    variants += [Variant(f"sdr_alpha={a:g}", {"sdr_alpha": a}) for a in sdr_alphas]
+    variants += [Variant(c, COMPONENTS[c], c) for c in components if c != "full"]
+    variants += [Variant(f"aggregation={a}", {"aggregation": a}) for a in aggregations]
+    return list({v.name: v for v in variants}.values())
+
+
+def score_variance(parts: torch.Tensor, caption_video: np.ndarray) -> float:
+    """Mean over each text's positive pair of the unbiased variance of its K similarity scores."""
+    if parts.shape[-1] < 2:
+        return 0.0
+    positives = parts[torch.arange(len(caption_video)), torch.as_tensor(caption_video)]  # (Q, K)
+    return float(positives.var(dim=-1, unbiased=True).mean())
+
+
+def summarize(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per variant: settings, seeds, metric means and their _std over seeds; the best R@1 marked."""
+    df = pd.DataFrame(results)
+    keys = [k for k in (*METRICS, *EXTRA) if k in df.columns]
+    rows = []
+    for name, group in df.groupby("variant", sort=False):
+        row: dict[str, Any] = {
+            "variant": name,
+            **{k: group.iloc[0][k] for k in ("keep_rate", "sdr_alpha", "components")},
+        }
+        row["seeds"] = sorted(int(s) for s in group["seed"])
+        for k in keys:
+            row[k] = float(group[k].mean())
+            row[f"{k}_std"] = float(group[k].std(ddof=0))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["best"] = out["t2v_R@1"] == out["t2v_R@1"].max()
+    return out
+
+
+def plot(summary: pd.DataFrame, path: Path) -> list[str]:
+    """R@1 against keep rate (and against SDR alpha when varied) as PNG panels; returns the panel names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(col, label) for col, label in (("keep_rate", "keep rate r"), ("sdr_alpha", "SDR weight alpha"))
+              if summary[summary["variant"].str.startswith(col)].shape[0] > 0]  # fmt: skip
+    if not panels:
+        panels = [("keep_rate", "keep rate r")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (col, label) in zip(axes[0], panels, strict=True):
+        rows = summary[summary["variant"].str.startswith(col) | (summary["variant"] == "full")].sort_values(col)
+        ax.errorbar(rows[col], rows["t2v_R@1"], yerr=rows["t2v_R@1_std"], marker="o", capsize=3)
+        ax.set_xlabel(label)
+        ax.set_ylabel("text-to-video R@1 (%)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [c for c, _ in panels]
+
+
+def run_grid(
+    variants: list[Variant], seeds: list[int], out_dir: Path, run_one: Callable[[Variant, int, Path], dict[str, Any]],
+    on_event: Callable[[str], None] = lambda msg: None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Run every (variant, seed) not finished yet; returns every result, finished earlier or now."""
+    results = []
+    for variant in variants:
+        for seed in seeds:
+            folder = out_dir / f"{variant.slug}-s{seed}"
+            done = folder / "result.json"
+            if done.is_file():
+                on_event(f"{variant.name} seed {seed}: done earlier, skipped")
+                results.append(json.loads(done.read_text()))
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            result = {
+                "variant": variant.name,
+                "seed": seed,
+                "components": variant.components,
+                **run_one(variant, seed, folder),
+            }
+            result["seconds"] = time.perf_counter() - start
+            tmp = folder / ".result.json"
+            tmp.write_text(json.dumps(result))
+            tmp.replace(done)
+            on_event(f"{variant.name} seed {seed}: t2v R@1 {result['t2v_R@1']:.1f} ({result['seconds']:.0f} s)")
+            results.append(result)
+    return results

@@ -1,0 +1,134 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tcmgc_cli.ablate import Variant, expand_variants, run_grid, score_variance, summarize
+from tcmgc_cli.cli import app
+from tcmgc_cli.errors import ConfigError
+from tests.test_cli_train_evaluate import small_dataset
+
+runner = CliRunner()
+
+
+def test_expand_variants_one_axis_at_a_time() -> None:
+    got = expand_variants([0.05, 0.5], [0.0], ["full", "-sr", "-textcond"], ["softmax"])
+    assert [v.name for v in got] == [
+        "full",
+        "keep_rate=0.05",
+        "keep_rate=0.5",
+        "sdr_alpha=0",
+        "-sr",
+        "-textcond",
+        "aggregation=softmax",
+    ]
+    assert got[4].overrides == {"reorganize": False} and got[1].overrides == {"keep_rate": 0.05}
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"keep_rates": [0.0]}, r"\(0, 1\]"),
+        ({"keep_rates": [1.5]}, r"\(0, 1\]"),
+        ({"components": ["-foo"]}, "unknown component"),
+        ({"aggregations": ["max"]}, "unknown aggregation"),
+    ],
+)
+def test_bad_grids(kwargs: dict[str, list[object]], message: str) -> None:
+    args = {"keep_rates": [], "sdr_alphas": [], "components": [], "aggregations": [], **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        expand_variants(**args)  # type: ignore[arg-type]
+
+
+def test_score_variance_is_the_sdr_quantity() -> None:
+    parts = torch.tensor([[[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]], [[9.0, 9.0, 9.0, 9.0], [2.0, 2.0, 4.0, 4.0]]])
+    # positives: text 0 -> video 0 (var of 1,2,3,4 = 5/3), text 1 -> video 1 (var of 2,2,4,4 = 4/3)
+    assert score_variance(parts, np.array([0, 1])) == pytest.approx((5 / 3 + 4 / 3) / 2)
+
+
+def test_summary_means_stds_and_best() -> None:
+    rows = [
+        {
+            "variant": "full",
+            "seed": 1,
+            "keep_rate": 0.1,
+            "sdr_alpha": 0.5,
+            "components": "full",
+            "t2v_R@1": 10.0,
+            "pairs_per_s": 5.0,
+        },
+        {
+            "variant": "full",
+            "seed": 2,
+            "keep_rate": 0.1,
+            "sdr_alpha": 0.5,
+            "components": "full",
+            "t2v_R@1": 20.0,
+            "pairs_per_s": 7.0,
+        },
+        {
+            "variant": "-sr",
+            "seed": 1,
+            "keep_rate": 0.1,
+            "sdr_alpha": 0.5,
+            "components": "-sr",
+            "t2v_R@1": 12.0,
+            "pairs_per_s": 3.0,
+        },
+    ]
+    s = summarize(rows)
+    full = s[s["variant"] == "full"].iloc[0]
+    assert full["t2v_R@1"] == 15.0 and full["t2v_R@1_std"] == 5.0 and full["seeds"] == [1, 2] and bool(full["best"])
+    assert not bool(s[s["variant"] == "-sr"].iloc[0]["best"])
+
+
+def test_finished_variants_are_skipped(tmp_path: Path) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def run_one(v: Variant, seed: int, folder: Path) -> dict[str, float]:
+        calls.append((v.name, seed))
+        if v.name == "-sr" and seed == 2 and len(calls) < 5:
+            raise KeyboardInterrupt  # killed mid-grid
+        return {"t2v_R@1": float(seed)}
+
+    variants = [Variant("full"), Variant("-sr", {"reorganize": False}, "-sr")]
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(variants, [1, 2], tmp_path, run_one)
+    results = run_grid(variants, [1, 2], tmp_path, run_one)
+    assert calls == [("full", 1), ("full", 2), ("-sr", 1), ("-sr", 2), ("-sr", 2)]
+    assert len(results) == 4 and (tmp_path / "sr-s2" / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_ablate_cli_on_sample_video(sample_cache: Path, tmp_path: Path) -> None:
+    data = small_dataset(tmp_path)
+    out = tmp_path / "grid"
+    args = ["ablate", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny", "--cache", str(sample_cache),
+            "--output", str(out), "--components", "full,-lsa", "--keep-rates", "0.5", "--epochs", "1", "--set", "train.batch_size=16"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"full", "keep_rate=0.5", "-lsa"}
+    for r in rows.values():
+        assert {
+            "variant",
+            "keep_rate",
+            "sdr_alpha",
+            "components",
+            "seeds",
+            "t2v_R@1",
+            "t2v_R@1_std",
+            "v2t_MnR",
+            "pairs_per_s",
+            "score_variance",
+        } <= set(r)
+        assert r["pairs_per_s"] > 0 and r["score_variance"] >= 0
+    assert rows["keep_rate=0.5"]["keep_rate"] == 0.5 and rows["-lsa"]["components"] == "-lsa"
+    assert (out / "ablation.csv").is_file() and (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("skipped") == 3
+    bad = runner.invoke(app, ["ablate", "--keep-rates", "0,0.5"])
+    assert bad.exit_code == 2 and "(0, 1]" in bad.output
