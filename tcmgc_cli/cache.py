@@ -265,24 +265,39 @@ class FeatureCache:
         return out if out is not None else np.empty((0, 0, 0), dtype=np.float32)
 
 
-class CacheWriter:
-    """Adds videos to a cache, one atomic segment per `add`. One writer per cache at a time (an flock)."""
+def _pid_alive(name: str) -> bool:
+    """Whether the process whose pid ends a temporary file's name still runs."""
+    try:
+        os.kill(int(name.rsplit("-", 1)[-1]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self, path: str | os.PathLike[str], settings: CacheSettings) -> None:
+
+class CacheWriter:
+    """Adds videos to a cache, one atomic segment per `add`. One writer per cache (or per shard) at a time.
+
+    shard: the rank of a distributed extract; each rank writes its own segments under its own lock, and the cache
+    stays one logical cache that every reader sees whole.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], settings: CacheSettings, shard: int | None = None) -> None:
         self.path = Path(path)
         self.settings = settings
+        self.shard = shard
         self.folder = segment_dir(self.path)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.folder / "lock", "a+")  # noqa: SIM115 - held for the writer's lifetime
+        self._lock = open(self.folder / ("lock" if shard is None else f"lock-r{shard}"), "a+")  # noqa: SIM115
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
             raise CacheError(f"{self.path} is being written by another tcmgc process: wait for it to finish.") from None
-        for stale in self.folder.glob(".tmp-*"):
-            stale.unlink()
-        for stale in self.path.parent.glob(f".tmp-{self.path.name}-*"):
-            stale.unlink()
+        for stale in [*self.folder.glob(".tmp-*"), *self.path.parent.glob(f".tmp-{self.path.name}-*")]:
+            if not _pid_alive(stale.name):  # left by a killed writer
+                stale.unlink(missing_ok=True)
         self._check_or_create_root()
 
     def _check_or_create_root(self) -> None:
@@ -324,13 +339,17 @@ class CacheWriter:
                 _copy_rows(cache, ids, f, self.settings.store_frames)
         finally:
             cache.close()
-        for seg in sorted(self.folder.glob("seg-*.h5")):  # oldest first: a crash here leaves a newest-wins suffix
+        for seg in pending:  # oldest first; the new root lists them, so a crash here cannot resurrect old data
             seg.unlink()
         return len(pending)
 
     def write_failures(self, failures: dict[str, dict[str, str]]) -> None:
-        path = self.folder / "failures.json"
-        tmp = path.with_name(".tmp-failures.json")
+        """This writer's failures; a single writer also drops the records that shards of an earlier run left."""
+        path = self.folder / ("failures.json" if self.shard is None else f"failures-r{self.shard}.json")
+        if self.shard is None:
+            for old in self.folder.glob("failures-r*.json"):
+                old.unlink()
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         tmp.write_text(json.dumps(failures, indent=1, ensure_ascii=False))
         os.replace(tmp, path)
 
@@ -340,8 +359,10 @@ class CacheWriter:
 
 def read_failures(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     """The failures recorded by the last extract into this cache: {video_id: {"path", "reason"}}."""
-    record = segment_dir(Path(path)) / "failures.json"
-    return json.loads(record.read_text()) if record.is_file() else {}
+    merged: dict[str, dict[str, str]] = {}
+    for record in sorted(segment_dir(Path(path)).glob("failures*.json")):
+        merged.update(json.loads(record.read_text()))
+    return merged
 
 
 def _copy_rows(cache: FeatureCache, ids: list[str], f: h5py.File, store_frames: bool, chunk: int = 256) -> None:

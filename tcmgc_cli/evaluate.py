@@ -11,6 +11,7 @@ import torch
 from tcmgc_cli.cache import FeatureCache
 from tcmgc_cli.checkpoint import load_into, read_checkpoint
 from tcmgc_cli.data.annotations import Split
+from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import CacheError, CheckpointError
 from tcmgc_cli.metrics import dual_softmax, retrieval_metrics
 from tcmgc_cli.model.encoder import Tokenizer, resolve_device
@@ -107,23 +108,31 @@ def frame_features(
 def score_split(
     trained: Trained, cache: FeatureCache, split: Split, chunk: int = 64,
     on_progress: Callable[[int, int], None] | None = None, parts: list[torch.Tensor] | None = None,
+    dist: Dist | None = None,
 ) -> np.ndarray:  # fmt: skip
-    """The (texts, videos) score matrix of a split; with `parts`, also collects the (texts, videos, K) parts there."""
+    """The (texts, videos) score matrix of a split; with `parts`, also collects the (texts, videos, K) parts there.
+
+    Under torchrun (`dist`), each process scores every world-th block of texts and every process gets the whole
+    matrix back, assembled in order.
+    """
     model, dev = trained.model, trained.device
+    dist = dist or Dist()
     text = encode_texts(model, trained.tokenizer, split.captions, dev)
     with torch.no_grad():
         frames = frame_features(model, cache, split.video_ids, dev, trained.visual_trained)
         video = model.encode_video(frames, factorized=True)  # temporal encoder and LVA tensors, once per video
     q = len(split.captions)
-    blocks = []
-    for i in range(0, q, chunk):
+    starts = list(range(0, q, chunk))
+    mine: dict[int, np.ndarray] = {}
+    for n, i in enumerate(starts[dist.rank :: dist.world]):
         out = model.score_chunked(text.select(slice(i, i + chunk)), video, chunk, chunk, parts=parts is not None)
-        blocks.append(out["logits"].cpu())
+        mine[i] = out["logits"].cpu().numpy()
         if parts is not None:
             parts.append(out["parts"].cpu())
         if on_progress:
-            on_progress(min(i + chunk, q), q)
-    return torch.cat(blocks).numpy()
+            on_progress(min((n + 1) * chunk * dist.world, q), q)
+    blocks = {i: b for shard in dist.gather_objects(mine) for i, b in shard.items()}
+    return np.concatenate([blocks[i] for i in starts])
 
 
 def metrics_for(scores: np.ndarray, split: Split, dsl: bool = False) -> dict[str, float]:

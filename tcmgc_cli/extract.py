@@ -23,6 +23,7 @@ from tcmgc_cli.config import SamplingConfig
 from tcmgc_cli.data.sampling import sample_frame_indices
 from tcmgc_cli.data.transforms import Preprocess, resize_crop
 from tcmgc_cli.data.video import VIDEO_EXTENSIONS, VideoBackend, read_video
+from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import TcmgcError
 from tcmgc_cli.model.encoder import FrameEncoder
 
@@ -258,43 +259,79 @@ def extract(
     on_progress: Callable[[int, int], None] | None = None,
     pre_failed: Iterable[Failure] = (),
 ) -> ExtractReport:
-    """Extract every job into the cache at `cache_path`; resumable, and safe to kill at any moment."""
+    """Extract every job into the cache at `cache_path`; resumable, and safe to kill at any moment.
+
+    Under torchrun each process takes every world-th job (a deterministic, disjoint share), writes its own
+    segments, and rank 0 merges them once all are done; rank 0's report covers every process.
+    """
     start = time.perf_counter()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = CacheWriter(cache_path, settings)
-    report = ExtractReport(failed=list(pre_failed))
+    dist = Dist.from_env(encoder.device)
+    writer = CacheWriter(cache_path, settings, shard=dist.rank if dist.world > 1 else None)
+    report = ExtractReport(failed=list(pre_failed) if dist.rank == 0 else [])
     try:
-        todo, report.cached = _skip_plan(jobs, cache_path, settings)
-        done = len(report.cached)
-        decode = _Decoder(sampling, encoder.preprocess, backend)
-        batch: list[Decoded] = []
-
-        def flush() -> None:
-            t0 = time.perf_counter()
-            records = _to_records(batch, encoder, settings.store_frames)
-            report.encode_s += time.perf_counter() - t0
-            writer.add(records)
-            report.extracted.extend(r.video_id for r in records)
-            batch.clear()
-
-        for result in _decode_stream(todo, decode, workers, window=max(2 * workers, 2 * batch_size)):
-            if isinstance(result, Decoded):
-                report.decode_s += result.seconds
-                batch.append(result)
-                if len(batch) == batch_size:
-                    flush()
-            elif isinstance(result, Unchanged):
-                report.cached.append(result.job.video_id)
-            else:
-                report.failed.append(result)
-            done += 1
-            if on_progress:
-                on_progress(done, len(jobs))
-        if batch:
-            flush()
-        writer.compact()
+        _extract_share(
+            jobs[dist.rank :: dist.world],
+            writer,
+            encoder,
+            settings,
+            sampling,
+            backend,
+            workers,
+            batch_size,
+            report,
+            on_progress,
+        )
+        dist.barrier()
+        if dist.rank == 0:
+            writer.compact()
         writer.write_failures({f.video_id: {"path": f.path, "reason": f.reason} for f in report.failed})
     finally:
         writer.close()
     report.wall_s = time.perf_counter() - start
-    return report
+    return merge_reports(dist.gather_objects(report)) if dist.world > 1 else report
+
+
+def merge_reports(reports: list[ExtractReport]) -> ExtractReport:
+    merged = ExtractReport(wall_s=max(r.wall_s for r in reports))
+    for r in reports:
+        merged.extracted += r.extracted
+        merged.cached += r.cached
+        merged.failed += r.failed
+        merged.decode_s += r.decode_s
+        merged.encode_s += r.encode_s
+    return merged
+
+
+def _extract_share(
+    jobs: list[VideoJob], writer: CacheWriter, encoder: FrameEncoder, settings: CacheSettings, sampling: SamplingConfig,
+    backend: VideoBackend, workers: int, batch_size: int, report: ExtractReport, on_progress: Callable[[int, int], None] | None,
+) -> None:  # fmt: skip
+    todo, report.cached = _skip_plan(jobs, writer.path, settings)
+    done = len(report.cached)
+    decode = _Decoder(sampling, encoder.preprocess, backend)
+    batch: list[Decoded] = []
+
+    def flush() -> None:
+        t0 = time.perf_counter()
+        records = _to_records(batch, encoder, settings.store_frames)
+        report.encode_s += time.perf_counter() - t0
+        writer.add(records)
+        report.extracted.extend(r.video_id for r in records)
+        batch.clear()
+
+    for result in _decode_stream(todo, decode, workers, window=max(2 * workers, 2 * batch_size)):
+        if isinstance(result, Decoded):
+            report.decode_s += result.seconds
+            batch.append(result)
+            if len(batch) == batch_size:
+                flush()
+        elif isinstance(result, Unchanged):
+            report.cached.append(result.job.video_id)
+        else:
+            report.failed.append(result)
+        done += 1
+        if on_progress:
+            on_progress(done, len(jobs))
+    if batch:
+        flush()

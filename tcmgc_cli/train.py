@@ -24,6 +24,7 @@ from tcmgc_cli.cache import FeatureCache
 from tcmgc_cli.checkpoint import read_checkpoint, save_checkpoint
 from tcmgc_cli.config import TrainConfig
 from tcmgc_cli.data.annotations import Split
+from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import CacheError, CheckpointError
 from tcmgc_cli.evaluate import Trained, metrics_for, score_split
 from tcmgc_cli.model.encoder import Tokenizer
@@ -34,49 +35,6 @@ from tcmgc_cli.optim import BertAdam, param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
-
-
-@dataclass
-class Dist:
-    """The process group as torchrun sets it up (world 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def from_env(cls, device: torch.device) -> "Dist":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), world)
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate every process's x along dim 0, keeping gradients (they flow back to each owner)."""
-        if self.world == 1:
-            return x
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x))  # type: ignore[no-untyped-call]
-
-    def average_gradients(self, model: torch.nn.Module) -> None:
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        for p in model.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
 
 
 @dataclass

@@ -58,6 +58,8 @@ def evaluate_command(
             device,
             json_out,
         )
+        if metrics is None:
+            return  # under torchrun, rank 0 reports for every process
         if json_out:
             print_json(metrics)
         else:
@@ -72,12 +74,13 @@ def evaluate_command(
 def _run(
     checkpoint: Path | None, dataset: DatasetName, data_root: Path | None, annotations: Path | None, split: str,
     cache_path: Path | None, dsl: bool, chunk: int, save_scores: Path | None, skip_missing: bool, device: str, quiet: bool,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any] | None:  # fmt: skip
     import time
 
     import numpy as np
 
     from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.distributed import Dist
     from tcmgc_cli.errors import CheckpointError, ConfigError
     from tcmgc_cli.evaluate import check_cache, load_trained, metrics_for, score_split
     from tcmgc_cli.workspace import default_cache_path, latest_run
@@ -91,11 +94,16 @@ def _run(
     cache = FeatureCache(cache_path or default_cache_path(trained.spec.name))
     check_cache(cache, trained)
     data = load_checked_split(dataset, data_root, annotations, split, cache, skip_missing)
-    with make_progress("texts", disable=quiet) as progress:
+    dist = Dist.from_env(trained.device)
+    with make_progress("texts", disable=quiet or dist.rank != 0) as progress:
         task = progress.add_task("score", total=len(data.captions), rate="")
         start = time.perf_counter()
-        scores = score_split(trained, cache, data, chunk, lambda done, total: progress.update(task, completed=done))
+        scores = score_split(
+            trained, cache, data, chunk, lambda done, total: progress.update(task, completed=done), dist=dist
+        )
         seconds = time.perf_counter() - start
+    if dist.rank != 0:
+        return None
     if save_scores is not None:
         np.savez_compressed(save_scores, scores=scores, video_ids=np.array(data.video_ids), captions=np.array(data.captions),
                             caption_video=np.array(data.caption_video))  # fmt: skip

@@ -1,5 +1,6 @@
 """`tcmgc extract`: fill the feature cache from a folder of videos or a dataset."""
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -82,6 +83,8 @@ def extract_command(
             videos, dataset, data_root, annotations, cache, model, pretrained, num_frames, sampling.value, fps,
             batch_size, workers, store_frames, backend.value, device, precision, json_out,
         )  # fmt: skip
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # under torchrun, rank 0 reports for every process
         _render(report, cache_path, json_out)
         if report.failed and not (report.extracted or report.cached):
             raise typer.Exit(1)
@@ -133,7 +136,7 @@ def _run(
     encoder = FrameEncoder.load(spec["clip"], weights, device, precision)
     settings = CacheSettings(model, encoder.fingerprint, samp.to_dict(), encoder.preprocess.size, store_frames)
     cache_path = cache or default_cache_path(model)
-    with make_progress("videos", disable=quiet) as progress:
+    with make_progress("videos", disable=quiet or int(os.environ.get("RANK", "0")) != 0) as progress:
         task = progress.add_task("extract", total=len(jobs), rate="")
 
         def on_progress(done: int, total: int) -> None:

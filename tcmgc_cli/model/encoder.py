@@ -8,6 +8,7 @@
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,11 @@ _registered = False
 
 def resolve_device(device: str) -> torch.device:
     """'auto' picks CUDA when present; 'cuda' without a GPU is an error that says so."""
+    local = os.environ.get("LOCAL_RANK")  # under torchrun, each process takes its own GPU
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device(f"cuda:{local}" if local is not None else "cuda")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto.")
     if not (device == "cpu" or device.startswith("cuda")):

@@ -1,0 +1,87 @@
+"""2 CPU processes under torchrun (gloo): extract and evaluate give what one process gives."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcmgc_cli.cache import FeatureCache, read_failures
+from tests.conftest import SAMPLE_MSRVTT
+from tests.test_cli_train_evaluate import trained_run  # noqa: F401  (module fixture)
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tcmgc_cli",
+        *args,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_process_extract_equals_one_process(sample_cache: Path, tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for n in range(9):
+        shutil.copy(SAMPLE_MSRVTT / "videos" / f"video{n}.mp4", videos)
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    cache = tmp_path / "d.h5"
+    result = torchrun(
+        "extract", "--videos", str(videos), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0", "--json"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])  # rank 0 reports for both
+    assert sorted(report["extracted"]) == sorted(f"video{n}" for n in range(9))
+    assert [f["id"] for f in report["failed"]] == ["broken"] and set(read_failures(cache)) == {"broken"}
+    one, two = FeatureCache(sample_cache), FeatureCache(cache)
+    assert len(two) == 9 and not list((cache.parent / "d.h5.d").glob("seg-*"))  # merged into the root
+    for vid in two.ids():
+        np.testing.assert_array_equal(two.embeddings(vid), one.embeddings(vid))
+    again = torchrun(
+        "extract", "--videos", str(videos), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0", "--json"
+    )
+    assert sorted(json.loads(again.stdout.strip().splitlines()[-1])["cached"]) == sorted(two.ids())
+
+
+@pytest.mark.slow
+def test_two_process_evaluate_equals_one_process(trained_run: tuple[Path, Path], sample_cache: Path) -> None:  # noqa: F811
+    from typer.testing import CliRunner
+
+    from tcmgc_cli.cli import app
+
+    run, data = trained_run
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(run),
+        "--dataset",
+        "csv",
+        "--annotations",
+        str(data),
+        "--cache",
+        str(sample_cache),
+        "--chunk",
+        "7",
+        "--json",
+    ]
+    single = json.loads(CliRunner().invoke(app, args).stdout)
+    result = torchrun(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [x for x in result.stdout.strip().splitlines() if x.startswith("{")]
+    assert len(lines) == 1  # only rank 0 prints
+    double = json.loads(lines[0])
+    for key in ("t2v_R@1", "t2v_R@5", "t2v_MnR", "v2t_R@1", "v2t_MnR", "num_queries", "num_videos"):
+        assert double[key] == pytest.approx(single[key]), key
