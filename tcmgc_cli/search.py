@@ -54,6 +54,29 @@ def attended_span(
     return float(times[lo]), max(end, float(times[hi]))
 
 
+def coarse_topk(coarse: torch.Tensor, queries: torch.Tensor, k: int, block: int = 65536) -> torch.Tensor:
+    """Indices (Q, k) of the largest queries . coarse rows, block by block (bounded memory at any V).
+
+    A float16 index is multiplied in float16 (fast on CPUs with half-precision units; a shortlist needs no more).
+    """
+    best_val: torch.Tensor | None = None
+    best_idx: torch.Tensor | None = None
+    k = min(k, len(coarse))
+    for start in range(0, len(coarse), block):
+        part = coarse[start : start + block]
+        scores = (queries.to(part.dtype) @ part.T).float()  # (Q, B)
+        val, idx = scores.topk(min(k, scores.shape[1]), dim=1)
+        idx = idx + start
+        if best_val is None or best_idx is None:
+            best_val, best_idx = val, idx
+        else:
+            both_val, both_idx = torch.cat([best_val, val], 1), torch.cat([best_idx, idx], 1)
+            best_val, pick = both_val.topk(k, dim=1)
+            best_idx = both_idx.gather(1, pick)
+    assert best_idx is not None
+    return best_idx
+
+
 class SearchIndex:
     """The videos of a cache prepared for one trained model."""
 
@@ -64,7 +87,7 @@ class SearchIndex:
         self.trained, self.ids, self.paths, self.times = trained, ids, paths, times
         self.frames = frames  # (V, T, D) CLIP frame features
         self.temporal = temporal  # (V, T, D) after the temporal encoder
-        self.coarse = F.normalize(temporal.mean(1), dim=-1)  # (V, D) one vector per video for the coarse stage
+        self.coarse = F.normalize(temporal.mean(1), dim=-1).half()  # (V, D) float16: 1 KB a video at D = 512
 
     @classmethod
     def from_cache(cls, trained: Trained, cache: FeatureCache, batch: int = 512) -> "SearchIndex":
@@ -112,8 +135,7 @@ class SearchIndex:
     @torch.no_grad()
     def shortlist(self, text: TextFeatures, candidates: int) -> torch.Tensor:
         """Coarse stage: the `candidates` best videos per query by sentence . video vector, (Q, C)."""
-        coarse = F.normalize(text.sentence, dim=-1) @ self.coarse.T  # (Q, V)
-        return coarse.topk(min(candidates, len(self)), dim=1).indices
+        return coarse_topk(self.coarse, F.normalize(text.sentence, dim=-1), candidates)
 
     @torch.no_grad()
     def search_features(self, text: TextFeatures, top_k: int = 10, candidates: int = 500) -> list[list[Hit]]:

@@ -85,3 +85,18 @@ def test_bad_queries(run: Path, sample_cache: Path) -> None:
     assert long.exit_code == 0 and "only its start is used" in long.output  # type: ignore[attr-defined]
     neither = runner.invoke(app, ["search"])
     assert neither.exit_code == 2 and "--queries" in neither.output
+
+
+def test_blockwise_coarse_topk_equals_full_topk() -> None:
+    from tcmgc_cli.search import coarse_topk
+
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.nn.functional.normalize(torch.randn(1000, 16, generator=g), dim=-1).half()
+    queries = torch.randn(3, 16, generator=g)
+    got = coarse_topk(coarse, queries, 25, block=64)
+    whole = coarse_topk(coarse, queries, 25, block=5000)
+    assert all(
+        set(a.tolist()) == set(b.tolist()) for a, b in zip(got, whole, strict=True)
+    )  # merging blocks loses nothing
+    exact = (queries @ coarse.float().T).topk(5, dim=1).indices  # half precision keeps the clear winners
+    assert all(set(e.tolist()) <= set(g.tolist()) for e, g in zip(exact, got, strict=True))

@@ -1,5 +1,6 @@
 """`tcmgc train`: the reference recipe on a dataset whose features are in the cache."""
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,7 +69,7 @@ def train_command(
             flags["freeze"] = "all"
         summary = _run(dataset, data_root, annotations, cache, output, model, pretrained, config, set_ or [],
                        {k: v for k, v in flags.items() if v is not None}, resume, skip_missing, train_list, device, json_out)  # fmt: skip
-        if json_out:
+        if json_out and int(os.environ.get("RANK", "0")) == 0:
             print_json(summary)
 
 
@@ -138,7 +139,8 @@ def train_once(
             stderr.print(f"Nothing to resume in {run_dir}: starting from the beginning.")
     elif resume:
         stderr.print(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")
-    (run_dir / "config.json").write_text(json.dumps({"spec": spec.to_dict(), "train": dataclasses.asdict(cfg),
+    if int(os.environ.get("RANK", "0")) == 0:
+        (run_dir / "config.json").write_text(json.dumps({"spec": spec.to_dict(), "train": dataclasses.asdict(cfg),
                                                      "dataset": setup.dataset, "cache": str(setup.cache.path)}, indent=1))  # fmt: skip
     return trainer.fit(setup.val_split)
 
@@ -148,9 +150,13 @@ def _run(
     model_name: str, pretrained: str | None, config: Path | None, sets: list[str], flags: dict[str, Any], resume: bool,
     skip_missing: bool, train_list: str, device: str, quiet: bool,
 ) -> dict[str, Any]:  # fmt: skip
+    from tcmgc_cli.errors import ConfigError
     from tcmgc_cli.model.factory import resolve_spec
     from tcmgc_cli.workspace import latest_run, new_run_dir
 
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and output is None:
+        raise ConfigError("under torchrun pass --output DIR, so that every process writes to the same run folder.")
     setup = prepare(
         dataset,
         data_root,
@@ -167,12 +173,12 @@ def _run(
     )
     spec = resolve_spec(model_name, pretrained, setup.overrides)
     run_dir = output or ((latest_run() if resume else None) or new_run_dir(model_name))
-    with live_view(quiet) as on_event:
+    with live_view(quiet or rank != 0) as on_event:
         state = train_once(setup, spec, setup.cfg, run_dir, resume, on_event)
     last = state.history[-1] if state.history else {}
     summary = {"run": str(run_dir), "epochs": state.epoch, "steps": state.step, "best_epoch": state.best_epoch,
                "best_t2v_R@1": state.best, "last": last}  # fmt: skip
-    if not quiet:
+    if not quiet and rank == 0:
         from tcmgc_cli.reporting import metrics_table
 
         stdout.print(
