@@ -30,18 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _common import LogitScaleOnly  # noqa: E402
 
 from tcmgc_cli.config import ModelConfig  # noqa: E402
 
 D, T, L = 512, 12, 32
-
-
-class _Clip(torch.nn.Module):
-    """Stands in for CLIP: the scoring path only reads the logit scale."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.logit_scale = torch.nn.Parameter(torch.tensor(np.log(100.0), dtype=torch.float32))
 
 
 def _inputs(q: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,7 +54,7 @@ def _worker(variant: str, q: int, v: int, chunk: int, out_path: str, threads: in
     torch.manual_seed(0)
     words, sentence, frames = _inputs(q, v)
     cfg = ModelConfig(embed_dim=D, max_words=L, num_frames=T)
-    model = TcmgcModel(cfg.xclip() if variant == "xclip" else cfg, _Clip()).eval()
+    model = TcmgcModel(cfg.xclip() if variant == "xclip" else cfg, LogitScaleOnly()).eval()
     text = TextFeatures(words, sentence)
     base = _rss_mb()
     start = time.perf_counter()

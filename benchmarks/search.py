@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import LogitScaleOnly  # noqa: E402
 
 from tcmgc_cli.config import ModelConfig  # noqa: E402
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures  # noqa: E402
@@ -34,24 +35,23 @@ from tcmgc_cli.search import SearchIndex  # noqa: E402
 D, T, L = 512, 12, 32
 
 
-class _Clip(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.logit_scale = torch.nn.Parameter(torch.tensor(np.log(100.0), dtype=torch.float32))
-
-
 class _Trained:
     def __init__(self, model: TcmgcModel) -> None:
         self.model, self.device, self.tokenizer = model, torch.device("cpu"), None
 
 
-def make_index(model: TcmgcModel, n: int, seed: int = 0) -> SearchIndex:
+def make_index(model: TcmgcModel, n: int, seed: int = 0, encode: bool = True) -> SearchIndex:
+    """encode=False skips the temporal encoder (its output is only looked up at query time, so latency is the same)."""
     g = torch.Generator().manual_seed(seed)
     topics = torch.randn(max(1, n // 50), 1, D, generator=g)
     own = 0.7 * torch.randn(n, 1, D, generator=g)
     frames = topics[torch.arange(n) % len(topics)] + own + 0.8 * torch.randn(n, T, D, generator=g)  # (V, T, D)
     with torch.no_grad():
-        temporal = torch.cat([model.encode_video(frames[i : i + 4096]).temporal for i in range(0, n, 4096)])
+        temporal = (
+            torch.cat([model.encode_video(frames[i : i + 4096]).temporal for i in range(0, n, 4096)])
+            if encode
+            else frames
+        )
     times = [np.arange(T, dtype=np.float32)] * n
     return SearchIndex(_Trained(model), [f"v{i}" for i in range(n)], frames, temporal, [""] * n, times)  # type: ignore[arg-type]
 
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--candidates", default="50,100,200,500,1000")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = TcmgcModel(ModelConfig(embed_dim=D, max_words=L, num_frames=T), _Clip()).eval()
+    model = TcmgcModel(ModelConfig(embed_dim=D, max_words=L, num_frames=T), LogitScaleOnly()).eval()
     cands = [int(c) for c in args.candidates.split(",")]
     small = make_index(model, 10_000)
     agree = agreement(small, make_queries(small, 300 if args.full else 100), cands)
@@ -107,7 +107,7 @@ def main() -> None:
         )
     results = {"agreement_10k": agree, "latency_ms": {}}
     for n in (10_000, 100_000):
-        index = small if n == 10_000 else make_index(model, n)
+        index = small if n == 10_000 else make_index(model, n, encode=False)
         for c in (500,):
             ms = latency(index, make_queries(index, 10, seed=2), c)
             results["latency_ms"][f"{n}_C{c}"] = round(ms, 1)

@@ -25,18 +25,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _common import LogitScaleOnly  # noqa: E402
 
 from tcmgc_cli.config import ModelConfig  # noqa: E402
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures  # noqa: E402
 from tcmgc_cli.search import coarse_topk  # noqa: E402
 
 D, T, L, BLOCK, TOPIC = 512, 12, 32, 50_000, 50
-
-
-class _Clip(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.logit_scale = torch.nn.Parameter(torch.tensor(np.log(100.0), dtype=torch.float32))
 
 
 def topics(n: int) -> torch.Tensor:
@@ -135,7 +130,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=500)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = TcmgcModel(ModelConfig(embed_dim=D, max_words=L, num_frames=T, temporal_layers=0), _Clip()).eval()
+    model = TcmgcModel(ModelConfig(embed_dim=D, max_words=L, num_frames=T, temporal_layers=0), LogitScaleOnly()).eval()
     results = {}
     for n, nq in ((100_000, 10), *(((1_000_000, 5),) if args.full else ())):
         r = measure(model, n, nq, args.candidates)

@@ -2,7 +2,7 @@
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -51,3 +51,31 @@ def load_checked_split(
         raise CacheError(f"{data.summary()}: nothing left to use.")
     stderr.print(data.summary())
     return data
+
+
+def open_trained(checkpoint: Path | None, cache_path: Path | None, device: str) -> tuple[Any, "FeatureCache", Path]:
+    """The checkpoint (default: the newest run's best) and the cache it reads, checked against each other."""
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.errors import CheckpointError
+    from tcmgc_cli.evaluate import check_cache, load_trained
+    from tcmgc_cli.workspace import default_cache_path, latest_run
+
+    source = checkpoint or latest_run()
+    if source is None:
+        raise CheckpointError("no trained run in the workspace: train one with `tcmgc train` or pass --checkpoint.")
+    trained = load_trained(source, device)
+    cache = FeatureCache(cache_path or default_cache_path(trained.spec.name))
+    check_cache(cache, trained)
+    return trained, cache, source
+
+
+ModelOpt = Annotated[str, typer.Option(help="Model config (see `tcmgc models`).")]
+PretrainedOpt = Annotated[
+    str | None, typer.Option(help="CLIP weights: open_clip tag or file. Default: the model config's.")
+]
+EpochsOpt = Annotated[int | None, typer.Option(help="Epochs. Default: the model config's (5 for B/32, 40 for tiny).")]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option(help="Global batch size. Default: the model config's (128 for B/32).")
+]
+LrOpt = Annotated[float | None, typer.Option(help="Learning rate of the new modules (CLIP: lr x train.clip_lr_scale).")]
+FreezeOpt = Annotated[bool, typer.Option("--freeze-backbone", help="Train only the new modules on cached embeddings.")]

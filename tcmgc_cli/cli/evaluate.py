@@ -79,20 +79,14 @@ def _run(
 
     import numpy as np
 
-    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.cli._data import open_trained
     from tcmgc_cli.distributed import Dist
-    from tcmgc_cli.errors import CheckpointError, ConfigError
-    from tcmgc_cli.evaluate import check_cache, load_trained, metrics_for, score_split
-    from tcmgc_cli.workspace import default_cache_path, latest_run
+    from tcmgc_cli.errors import ConfigError
+    from tcmgc_cli.evaluate import metrics_for, score_split
 
     if chunk < 1:
         raise ConfigError("--chunk must be at least 1.")
-    source = checkpoint or latest_run()
-    if source is None:
-        raise CheckpointError("no trained run in the workspace: train one with `tcmgc train` or pass --checkpoint.")
-    trained = load_trained(source, device)
-    cache = FeatureCache(cache_path or default_cache_path(trained.spec.name))
-    check_cache(cache, trained)
+    trained, cache, source = open_trained(checkpoint, cache_path, device)
     data = load_checked_split(dataset, data_root, annotations, split, cache, skip_missing)
     dist = Dist.from_env(trained.device)
     with make_progress("texts", disable=quiet or dist.rank != 0) as progress:

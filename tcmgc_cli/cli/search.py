@@ -77,18 +77,11 @@ def _queries(query: str | None, path: Path | None) -> list[str]:
 
 
 def _index(cache_path: Path | None, checkpoint: Path | None, device: str) -> Any:
-    from tcmgc_cli.cache import FeatureCache
-    from tcmgc_cli.errors import CacheError, CheckpointError
-    from tcmgc_cli.evaluate import check_cache, load_trained
+    from tcmgc_cli.cli._data import open_trained
+    from tcmgc_cli.errors import CacheError
     from tcmgc_cli.search import SearchIndex
-    from tcmgc_cli.workspace import default_cache_path, latest_run
 
-    source = checkpoint or latest_run()
-    if source is None:
-        raise CheckpointError("no trained run in the workspace: `tcmgc train` one first, or pass --checkpoint.")
-    trained = load_trained(source, device)
-    cache = FeatureCache(cache_path or default_cache_path(trained.spec.name))
-    check_cache(cache, trained)
+    trained, cache, _ = open_trained(cache_path=cache_path, checkpoint=checkpoint, device=device)
     if len(cache) == 0:
         raise CacheError(f"{cache.path} holds no videos: run `tcmgc extract --videos DIR --model {trained.spec.name}`.")
     return SearchIndex.from_cache(trained, cache)

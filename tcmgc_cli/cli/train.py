@@ -10,10 +10,16 @@ import typer
 from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, print_json, stderr, stdout
 from tcmgc_cli.cli._data import (
     AnnotationsOpt,
+    BatchSizeOpt,
     CacheOpt,
     DataRootOpt,
     DatasetName,
     DatasetOpt,
+    EpochsOpt,
+    FreezeOpt,
+    LrOpt,
+    ModelOpt,
+    PretrainedOpt,
     SkipMissingOpt,
     TrainListOpt,
     load_checked_split,
@@ -34,25 +40,17 @@ def train_command(
     output: Annotated[
         Path | None, typer.Option(help="Run folder. Default: a new <workspace>/runs/<time>-<model>.")
     ] = None,
-    model: Annotated[str, typer.Option(help="Model config (see `tcmgc models`).")] = "tcmgc-b32",
-    pretrained: Annotated[
-        str | None, typer.Option(help="CLIP weights: open_clip tag or file. Default: the model config's.")
-    ] = None,
+    model: ModelOpt = "tcmgc-b32",
+    pretrained: PretrainedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs. Default: the model config's (5 for B/32).")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Global batch size. Default: the model config's (128).")
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Learning rate of the new modules (CLIP: lr x train.clip_lr_scale).")
-    ] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --output (default: the newest run).")
     ] = False,
-    freeze_backbone: Annotated[
-        bool, typer.Option("--freeze-backbone", help="Train only the new modules on cached embeddings.")
-    ] = False,
+    freeze_backbone: FreezeOpt = False,
     seed: Annotated[int | None, typer.Option(help="Random seed. Default: 42.")] = None,
     skip_missing: SkipMissingOpt = False,
     train_list: TrainListOpt = "9k",
