@@ -220,3 +220,56 @@ def test_resume_with_another_config_is_refused(
     args = ["train", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny", "--cache", str(sample_cache),
             "--output", str(copy), "--resume", *QUICK, "--set", "train.lr=0.5"]  # fmt: skip
     assert "another config" in one_line_error(runner.invoke(app, args))
+
+
+def test_end_to_end_fine_tuning_from_stored_frames(video_dir: Path, tmp_path: Path) -> None:
+    """--store-frames keeps the frames; training with the image tower unfrozen reads them, and so does evaluate."""
+    import torch
+
+    cache = tmp_path / "frames.h5"
+    args = [
+        "extract",
+        "--videos",
+        str(video_dir),
+        "--model",
+        "tcmgc-tiny",
+        "--cache",
+        str(cache),
+        "--workers",
+        "0",
+        "--store-frames",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    data = tmp_path / "d.csv"
+    data.write_text("video_id,caption,split\nvideo0,a red shape,train\nvideo1,a blue shape,train\nvideo2,a green shape,train\n"
+                    "video3,a white shape,train\nvideo0,a red shape,test\nvideo1,a blue shape,test\n")  # fmt: skip
+    run = tmp_path / "run"
+    train = ["train", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny", "--cache", str(cache),
+             "--output", str(run), "--set", "train.freeze=none", "--set", "train.epochs=3", "--set", "train.batch_size=4"]  # fmt: skip
+    result = runner.invoke(app, train)
+    assert result.exit_code == 0, result.output
+    from tcmgc_cli.checkpoint import read_checkpoint
+    from tcmgc_cli.model.factory import create_model, resolve_spec
+
+    payload = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert payload["data"]["visual_trained"] is True
+    fresh = create_model(resolve_spec("tcmgc-tiny")).state_dict()
+    moved = [k for k in fresh if k.startswith("clip.visual.") and not torch.equal(fresh[k], payload["state_dict"][k])]
+    assert moved, "the image tower did not train"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(run),
+            "--dataset",
+            "csv",
+            "--annotations",
+            str(data),
+            "--cache",
+            str(cache),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_videos"] == 2
