@@ -14,6 +14,7 @@ def layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
     return torch.stack([(xi - mean) / torch.sqrt(var + ln.eps) for xi in x]) * ln.weight + ln.bias
 
 
+@torch.no_grad()
 def lva(model: TcmgcModel, query: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """Section 4 for one query (D,) and one video (T, D) -> normalized pooled vector (D,)."""
     m = model.head.lva
@@ -49,10 +50,11 @@ def keep_and_fuse(x: list[float], k: int) -> list[float]:
     return s[:k] + [sum(ei / sum(e) * r for ei, r in zip(e, rest, strict=True))]
 
 
+@torch.no_grad()
 def pair_scores(model: TcmgcModel, text: TextFeatures, t: int, video: VideoFeatures, v: int) -> list[float]:
     """Section 7 for one (text, video) pair, full TC-MGC (LVA on, SR on): the four tau-scaled scores."""
     cfg, head = model.cfg, model.head
-    tau = float(model.tau)
+    tau = float(model.tau.detach())
     lam = cfg.isa_lambda
     k = cfg.kept(cfg.max_words)
     s, words, frames = text.sentence[t], text.words[t], video.temporal[v]
@@ -82,9 +84,10 @@ def lsa(g: list[float], c: torch.Tensor) -> float:
     return sum(ei / sum(e) * gi for ei, gi in zip(e, g, strict=True))
 
 
+@torch.no_grad()
 def xclip_pair(model: TcmgcModel, text: TextFeatures, t: int, video: VideoFeatures, v: int) -> float:
     """X-CLIP's score for one pair: mean-pooled video, raw frames, single-softmax attention over similarities."""
-    head, lam, tau = model.head, model.cfg.isa_lambda, float(model.tau)
+    head, lam, tau = model.head, model.cfg.isa_lambda, float(model.tau.detach())
 
     def att(x: list[float], a: torch.Tensor) -> float:
         e = [math.exp(lam * (xi - max(x))) for xi in x]
