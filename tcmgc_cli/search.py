@@ -6,15 +6,19 @@ mean of its temporal-encoder frames), over the whole collection. Stage 2: full T
 factorized LVA tensors are computed for the candidates only.
 """
 
+import hashlib
 import logging
+import os
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.cache import FeatureCache, segment_dir
 from tcmgc_cli.errors import ConfigError
 from tcmgc_cli.evaluate import Trained, frame_features
 from tcmgc_cli.model.tcmgc import TextFeatures, VideoFeatures
@@ -91,22 +95,38 @@ class SearchIndex:
 
     @classmethod
     def from_cache(cls, trained: Trained, cache: FeatureCache, batch: int = 512) -> "SearchIndex":
-        """Run the temporal encoder once over every cached video."""
+        """Run the temporal encoder once over every cached video (features kept in float16, as when saved)."""
         ids = cache.ids()
         frames, temporal = [], []
         with torch.no_grad():
             for i in range(0, len(ids), batch):
                 x = frame_features(trained.model, cache, ids[i : i + batch], trained.device, trained.visual_trained)
-                frames.append(x)  # (B, T, D)
-                temporal.append(trained.model.encode_video(x).temporal)
-        records = [cache.record(v) for v in ids]
+                frames.append(x.half())  # (B, T, D)
+                temporal.append(trained.model.encode_video(x).temporal.half())
+        paths = [p.decode() if isinstance(p, bytes) else str(p) for p in cache.load_rows(ids, "paths")]
+        times = list(cache.load_rows(ids, "timestamps"))  # each (T,) seconds
+        return cls(trained, ids, torch.cat(frames).float(), torch.cat(temporal).float(), paths, times)
+
+    def save(self, path: Path, key: str) -> None:
+        """Write the index atomically; `key` identifies the checkpoint and cache state it was built from."""
+        payload = {"key": key, "ids": self.ids, "paths": self.paths, "times": torch.from_numpy(np.stack(self.times)),
+                   "frames": self.frames.half(), "temporal": self.temporal.half()}  # fmt: skip
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, trained: Trained, path: Path, key: str) -> "SearchIndex | None":
+        """The saved index if it was built from the same checkpoint and cache state, else None."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            return None
+        if not isinstance(payload, dict) or payload.get("key") != key:
+            return None
+        times = list(payload["times"].numpy())
         return cls(
-            trained,
-            ids,
-            torch.cat(frames),
-            torch.cat(temporal),
-            [r.path for r in records],
-            [r.timestamps for r in records],
+            trained, payload["ids"], payload["frames"].float(), payload["temporal"].float(), payload["paths"], times
         )
 
     def __len__(self) -> int:
@@ -204,3 +224,28 @@ class SearchIndex:
                 sims = F.normalize(text.words[0, :n], dim=-1) @ F.normalize(self.frames[v], dim=-1).T
                 a = torch.softmax(model.cfg.isa_lambda * sims, dim=-1)
         return words, a.cpu().numpy(), self.times[v]
+
+
+def index_key(checkpoint: Path, cache: FeatureCache) -> str:
+    """Changes whenever the checkpoint file or the cache's contents change."""
+    h = hashlib.sha1()
+    for p in [checkpoint, cache.path, *cache.segments()]:
+        st = p.stat()
+        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def open_index(trained: Trained, checkpoint: Path, cache: FeatureCache) -> SearchIndex:
+    """The search index for this checkpoint and cache: loaded when saved earlier for the same state, else built
+    (the temporal encoder over every video) and saved beside the cache for the next search."""
+    from tcmgc_cli.evaluate import find_checkpoint
+
+    file = find_checkpoint(checkpoint)
+    key = index_key(file, cache)
+    path = segment_dir(cache.path) / f"search-{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]}.pt"
+    index = SearchIndex.load(trained, path, key) if path.is_file() else None
+    if index is None:
+        index = SearchIndex.from_cache(trained, cache)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        index.save(path, key)
+    return index

@@ -100,3 +100,29 @@ def test_blockwise_coarse_topk_equals_full_topk() -> None:
     )  # merging blocks loses nothing
     exact = (queries @ coarse.float().T).topk(5, dim=1).indices  # half precision keeps the clear winners
     assert all(set(e.tolist()) <= set(g.tolist()) for e, g in zip(exact, got, strict=True))
+
+
+def test_index_is_saved_and_reused_until_the_cache_changes(run: Path, sample_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tcmgc_cli.cache import FeatureCache, segment_dir
+    from tcmgc_cli.evaluate import load_trained
+    from tcmgc_cli.search import open_index
+
+    cache_path = tmp_path / "c.h5"
+    shutil.copy(sample_cache, cache_path)
+    trained = load_trained(run, "cpu")
+    first = open_index(trained, run, FeatureCache(cache_path))
+    saved = list(segment_dir(cache_path).glob("search-*.pt"))
+    assert len(saved) == 1
+    stamp = saved[0].stat().st_mtime_ns
+    second = open_index(trained, run, FeatureCache(cache_path))  # loaded, not rebuilt
+    assert saved[0].stat().st_mtime_ns == stamp
+    assert second.ids == first.ids and torch.equal(second.temporal, first.temporal) and second.paths == first.paths
+    text, _ = first.encode_queries(["a red circle moves left"])
+    assert [h.video_id for h in first.search_features(text, 5)[0]] == [
+        h.video_id for h in second.search_features(text, 5)[0]
+    ]
+    cache_path.touch()  # the cache changed: the index is rebuilt
+    open_index(trained, run, FeatureCache(cache_path))
+    assert saved[0].stat().st_mtime_ns != stamp

@@ -79,12 +79,12 @@ def _queries(query: str | None, path: Path | None) -> list[str]:
 def _index(cache_path: Path | None, checkpoint: Path | None, device: str) -> Any:
     from tcmgc_cli.cli._data import open_trained
     from tcmgc_cli.errors import CacheError
-    from tcmgc_cli.search import SearchIndex
+    from tcmgc_cli.search import open_index
 
-    trained, cache, _ = open_trained(cache_path=cache_path, checkpoint=checkpoint, device=device)
+    trained, cache, source = open_trained(cache_path=cache_path, checkpoint=checkpoint, device=device)
     if len(cache) == 0:
         raise CacheError(f"{cache.path} holds no videos: run `tcmgc extract --videos DIR --model {trained.spec.name}`.")
-    return SearchIndex.from_cache(trained, cache)
+    return open_index(trained, source, cache)
 
 
 def _hits_table(query: str, hits: list[Any]) -> Any:
