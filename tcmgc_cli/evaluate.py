@@ -1,6 +1,5 @@
 """Scoring a dataset split with a trained model: texts and videos encoded once, the score matrix in blocks."""
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,6 @@ from tcmgc_cli.metrics import dual_softmax, retrieval_metrics
 from tcmgc_cli.model.encoder import Tokenizer, resolve_device
 from tcmgc_cli.model.factory import ModelSpec, create_model
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -7,7 +7,6 @@ factorized LVA tensors are computed for the candidates only.
 """
 
 import hashlib
-import logging
 import os
 import pickle
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from tcmgc_cli.cache import FeatureCache, segment_dir
 from tcmgc_cli.errors import ConfigError
 from tcmgc_cli.evaluate import Trained, frame_features
 from tcmgc_cli.model.tcmgc import TextFeatures, VideoFeatures
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

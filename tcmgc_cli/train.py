@@ -270,8 +270,8 @@ class Trainer:
         return self.state
 
 
-def check_training_cache(cache: FeatureCache, spec: ModelSpec, cfg: TrainConfig, ids: list[str]) -> list[str]:
-    """Problems that stop training, as one message; returns the ids missing from the cache."""
+def check_training_cache(cache: FeatureCache, spec: ModelSpec, cfg: TrainConfig) -> None:
+    """Raise one message for a cache this training cannot use (other encoder or frame count, frames missing)."""
     settings = cache.settings
     if settings.encoder != spec.name:
         raise CacheError(
@@ -287,7 +287,6 @@ def check_training_cache(cache: FeatureCache, spec: ModelSpec, cfg: TrainConfig,
             f"fine-tuning CLIP end to end needs frames, and {cache.path} holds only embeddings: "
             "re-extract with --store-frames, or train the new modules only with --freeze-backbone."
         )
-    return [v for v in ids if v not in cache]
 
 
 def missing_message(missing: list[str], total: int, cache: Path) -> str:

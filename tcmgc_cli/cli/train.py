@@ -106,7 +106,7 @@ def prepare(
     overrides, cfg = apply_overrides({}, entry.get("train", {}), config, sets)
     cfg = dataclasses.replace(cfg, **flags)
     cache = FeatureCache(cache_path or default_cache_path(model_name))
-    check_training_cache(cache, resolve_spec(model_name, pretrained, overrides), cfg, [])
+    check_training_cache(cache, resolve_spec(model_name, pretrained, overrides), cfg)
     train_split = load_checked_split(dataset, data_root, annotations, "train", cache, skip_missing, train_list)
     val_split = _validation_split(dataset, data_root, annotations, cache, skip_missing)
     return Setup(
