@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from tcmgc_cli.errors import ConfigError
+from tcmgc_cli.fileio import write_text_atomic
 
 COMPONENTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -158,9 +159,7 @@ def run_grid(
                 **run_one(variant, seed, folder),
             }
             result["seconds"] = time.perf_counter() - start
-            tmp = folder / ".result.json"
-            tmp.write_text(json.dumps(result))
-            tmp.replace(done)
+            write_text_atomic(done, json.dumps(result))
             on_event(f"{variant.name} seed {seed}: t2v R@1 {result['t2v_R@1']:.1f} ({result['seconds']:.0f} s)")
             results.append(result)
     return results

@@ -15,7 +15,6 @@ drop their handles when pickled, so DataLoader workers reopen them.
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -28,11 +27,11 @@ import h5py
 import numpy as np
 
 from tcmgc_cli import __version__
-from tcmgc_cli.errors import CacheError
+from tcmgc_cli.errors import BusyError, CacheError
+from tcmgc_cli.fileio import FolderLock, atomic_path, describe_os_error, stale_temp, write_text_atomic
 
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
-_ROW_FIELDS = ("embeddings", "timestamps", "frame_indices", "num_frames", "paths", "sizes", "mtimes", "sha1")
 
 
 @dataclass(frozen=True)
@@ -86,44 +85,44 @@ def _read_settings(f: h5py.File, path: Path) -> CacheSettings:
     return CacheSettings(**json.loads(f.attrs["settings"]))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _atomic_h5(path: Path) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name; it appears at `path` only once complete and synced."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w", locking=False) as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w", locking=False) as f:
             yield f
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as err:  # disk full, read-only, quota (h5py raises both): segments so far stay
+        raise CacheError(f"cannot write {path.name}: {describe_os_error(err, path.parent)}") from err
+
+
+def _dataset(
+    f: h5py.File, name: str, data: Any = None, shape: tuple[int, ...] | None = None, dtype: Any = None
+) -> None:
+    """A row dataset; numbers carry HDF5's Fletcher-32 checksum, one chunk per row, verified on every read."""
+    shape = np.shape(data) if shape is None else shape
+    if dtype is _STR or (data is not None and np.asarray(data).dtype.kind in "OUS"):
+        f.create_dataset(name, data=data, shape=None if data is not None else shape, dtype=_STR)
+        return
+    chunks = (1, *shape[1:]) if len(shape) > 1 else (min(max(shape[0], 1), 4096),)
+    f.create_dataset(name, data=data, shape=None if data is not None else shape, dtype=dtype,
+                     chunks=chunks if shape[0] else None, fletcher32=bool(shape[0]))  # fmt: skip
 
 
 def _write_rows(f: h5py.File, records: Sequence[VideoRecord], store_frames: bool) -> None:
-    f.create_dataset("ids", data=[r.video_id for r in records], dtype=_STR)
-    f.create_dataset("embeddings", data=np.stack([r.embeddings for r in records]).astype(np.float32))
-    f.create_dataset("timestamps", data=np.stack([r.timestamps for r in records]).astype(np.float32))
-    f.create_dataset("frame_indices", data=np.stack([r.frame_indices for r in records]).astype(np.int64))
-    f.create_dataset("num_frames", data=np.array([r.num_frames for r in records], dtype=np.int32))
-    f.create_dataset("paths", data=[r.path for r in records], dtype=_STR)
-    f.create_dataset("sizes", data=np.array([r.size for r in records], dtype=np.int64))
-    f.create_dataset("mtimes", data=np.array([r.mtime_ns for r in records], dtype=np.int64))
-    f.create_dataset("sha1", data=[r.sha1 for r in records], dtype=_STR)
+    _dataset(f, "ids", [r.video_id for r in records], dtype=_STR)
+    _dataset(f, "embeddings", np.stack([r.embeddings for r in records]).astype(np.float32))
+    _dataset(f, "timestamps", np.stack([r.timestamps for r in records]).astype(np.float32))
+    _dataset(f, "frame_indices", np.stack([r.frame_indices for r in records]).astype(np.int64))
+    _dataset(f, "num_frames", np.array([r.num_frames for r in records], dtype=np.int32))
+    _dataset(f, "paths", [r.path for r in records], dtype=_STR)
+    _dataset(f, "sizes", np.array([r.size for r in records], dtype=np.int64))
+    _dataset(f, "mtimes", np.array([r.mtime_ns for r in records], dtype=np.int64))
+    _dataset(f, "sha1", [r.sha1 for r in records], dtype=_STR)
     if store_frames:
         frames = np.stack([r.frames for r in records if r.frames is not None])  # (n, T, S, S, 3)
         if len(frames) != len(records):
             raise ValueError("store_frames is on but a record has no frames")
-        f.create_dataset("frames", data=frames, chunks=(1, *frames.shape[1:]))
+        _dataset(f, "frames", frames)
 
 
 def segment_dir(path: Path) -> Path:
@@ -206,11 +205,16 @@ class FeatureCache:
         if video_id not in self.index:
             raise KeyError(f"video {video_id!r} is not in cache {self.path}")
         source, row = self.index[video_id]
-        return self._file(source)[name][row]
+        try:
+            return self._file(source)[name][row]
+        except OSError as err:  # HDF5's checksum or a damaged chunk
+            raise CacheError(damaged_message(self.path, [video_id], f"{name}: {str(err).splitlines()[0]}")) from err
 
     def embeddings(self, video_id: str) -> np.ndarray:
-        """Frame features (T, D) float32."""
-        return np.asarray(self._row(video_id, "embeddings"), dtype=np.float32)
+        """Frame features (T, D) float32; a damaged or non-finite row is a CacheError that names the video."""
+        out = np.asarray(self._row(video_id, "embeddings"), dtype=np.float32)
+        _check_finite(self.path, [video_id], out[None])
+        return out
 
     def frames(self, video_id: str) -> np.ndarray:
         """Preprocessed frames (T, S, S, 3) uint8; needs a cache extracted with --store-frames."""
@@ -247,7 +251,7 @@ class FeatureCache:
         return stamps
 
     def load_rows(self, ids: Sequence[str], name: str) -> np.ndarray:
-        """One dataset's rows for many videos at once, in the order given (bulk reads per file)."""
+        """One dataset's rows for many videos at once, in the order given (bulk reads per file; repeats allowed)."""
         by_file: dict[Path, list[tuple[int, int]]] = {}
         for pos, vid in enumerate(ids):
             if vid not in self.index:
@@ -256,33 +260,72 @@ class FeatureCache:
             by_file.setdefault(source, []).append((row, pos))
         out: np.ndarray | None = None
         for source, pairs in by_file.items():
-            ds = self._file(source)[name]
             rows = np.array([r for r, _ in pairs])
-            if len(rows) * 4 >= len(ds):
-                data = ds[:][rows]  # most of the file: one sequential read beats h5py point selection
-            else:
-                order = np.argsort(rows)
-                data = np.empty((len(rows), *ds.shape[1:]), dtype=ds.dtype)
-                data[order] = ds[rows[order].tolist()]  # h5py wants increasing rows
+            try:
+                data = _read_rows(self._file(source)[name], rows)
+            except OSError as err:
+                bad = self._damaged_ids([ids[p] for _, p in pairs], name)
+                raise CacheError(damaged_message(self.path, bad, f"{name}: {str(err).splitlines()[0]}")) from err
             if out is None:
-                out = np.empty((len(ids), *ds.shape[1:]), dtype=data.dtype)
+                out = np.empty((len(ids), *data.shape[1:]), dtype=data.dtype)
             out[[p for _, p in pairs]] = data
         return out if out is not None else np.empty((0,))
 
+    def _damaged_ids(self, ids: Sequence[str], name: str) -> list[str]:
+        """The ids whose row of `name` cannot be read (one read each: only after a bulk read failed)."""
+        bad = []
+        for vid in dict.fromkeys(ids):
+            try:
+                self._row(vid, name)
+            except CacheError:
+                bad.append(vid)
+        return bad
+
     def load_embeddings(self, ids: Sequence[str]) -> np.ndarray:
-        """Frame features of many videos at once, (N, T, D) float32, in the order given."""
-        return self.load_rows(ids, "embeddings").astype(np.float32, copy=False)
+        """Frame features of many videos at once, (N, T, D) float32, in the order given; damaged or non-finite
+        rows are a CacheError that names their videos."""
+        out = self.load_rows(ids, "embeddings").astype(np.float32, copy=False)
+        _check_finite(self.path, ids, out)
+        return out
+
+    def verify(self, ids: Sequence[str] | None = None, block: int = 256) -> dict[str, str]:
+        """{video_id: reason} for every cached row (or only `ids`) whose features are damaged or not finite."""
+        ids = self.ids() if ids is None else list(ids)
+        damaged: dict[str, str] = {}
+        for start in range(0, len(ids), block):
+            part = ids[start : start + block]
+            try:
+                self.load_embeddings(part)
+            except CacheError:
+                for vid in part:
+                    try:
+                        self.embeddings(vid)
+                    except CacheError as err:
+                        damaged[vid] = str(err)
+        return damaged
 
 
-def _pid_alive(name: str) -> bool:
-    """Whether the process whose pid ends a temporary file's name still runs."""
-    try:
-        os.kill(int(name.rsplit("-", 1)[-1]), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """ds[rows] for any rows (unsorted, repeated): h5py's point selection wants strictly increasing indices."""
+    if len(rows) * 4 >= len(ds):
+        with contextlib.suppress(OSError):  # a damaged row we may not need (superseded): read only ours below
+            return np.asarray(ds[:][rows])  # most of the file: one sequential read beats point selection
+    unique, inverse = np.unique(rows, return_inverse=True)
+    return np.asarray(ds[unique.tolist()])[inverse]
+
+
+def _check_finite(path: Path, ids: Sequence[str], rows: np.ndarray) -> None:
+    """rows (N, ...) float: a CacheError naming the videos whose rows hold NaN or infinity."""
+    finite = np.isfinite(rows.reshape(len(rows), -1)).all(1)  # (N, ...) -> (N, -1) -> (N,)
+    if not finite.all():
+        bad = list(dict.fromkeys(ids[int(i)] for i in np.flatnonzero(~finite)))
+        raise CacheError(damaged_message(path, bad, "features hold NaN or infinity"))
+
+
+def damaged_message(path: Path, ids: Sequence[str], detail: str) -> str:
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    return (f"{path}: the cached features of {len(ids)} video(s) are damaged ({shown}; {detail}). "
+            "Rerun your `tcmgc extract` command with --verify to re-extract them.")  # fmt: skip
 
 
 class CacheWriter:
@@ -297,15 +340,15 @@ class CacheWriter:
         self.settings = settings
         self.shard = shard
         self.folder = segment_dir(self.path)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.folder / ("lock" if shard is None else f"lock-r{shard}"), "a+")  # noqa: SIM115
+        busy = f"{self.path} is being written by another tcmgc process: wait for it to finish."
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise CacheError(f"{self.path} is being written by another tcmgc process: wait for it to finish.") from None
+            self._lock = FolderLock(self.folder, busy, "lock" if shard is None else f"lock-r{shard}")
+        except BusyError as err:
+            raise CacheError(str(err)) from None
+        except OSError as err:
+            raise CacheError(f"cannot write the cache: {describe_os_error(err, self.folder)}") from err
         for stale in [*self.folder.glob(".tmp-*"), *self.path.parent.glob(f".tmp-{self.path.name}-*")]:
-            if not _pid_alive(stale.name):  # left by a killed writer
+            if stale_temp(stale.name):  # left by a killed writer
                 stale.unlink(missing_ok=True)
         self._check_or_create_root()
 
@@ -358,9 +401,7 @@ class CacheWriter:
         if self.shard is None:
             for old in self.folder.glob("failures-r*.json"):
                 old.unlink()
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        tmp.write_text(json.dumps(failures, indent=1, ensure_ascii=False))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(failures, indent=1, ensure_ascii=False))
 
     def close(self) -> None:
         self._lock.close()
@@ -380,7 +421,7 @@ def _copy_rows(cache: FeatureCache, ids: list[str], f: h5py.File, store_frames: 
         return
     first = cache.record(ids[0], with_frames=store_frames)
     n, t = len(ids), len(first.timestamps)
-    f.create_dataset("ids", data=ids, dtype=_STR)
+    _dataset(f, "ids", ids, dtype=_STR)
     specs: dict[str, tuple[tuple[int, ...], Any]] = {
         "embeddings": ((n, *first.embeddings.shape), np.float32),
         "timestamps": ((n, t), np.float32),
@@ -391,13 +432,12 @@ def _copy_rows(cache: FeatureCache, ids: list[str], f: h5py.File, store_frames: 
         "mtimes": ((n,), np.int64),
         "sha1": ((n,), _STR),
     }
-    for name, (shape, dtype) in specs.items():
-        f.create_dataset(name, shape=shape, dtype=dtype)
     if store_frames:
         assert first.frames is not None
-        f.create_dataset("frames", shape=(n, *first.frames.shape), dtype=np.uint8, chunks=(1, *first.frames.shape))
-    names = [*_ROW_FIELDS, "frames"] if store_frames else list(_ROW_FIELDS)
+        specs["frames"] = ((n, *first.frames.shape), np.uint8)
+    for name, (shape, dtype) in specs.items():
+        _dataset(f, name, shape=shape, dtype=dtype)
     for start in range(0, n, chunk):
         part = ids[start : start + chunk]
-        for name in names:
-            f[name][start : start + len(part)] = [cache._row(vid, name) for vid in part]
+        for name in specs:
+            f[name][start : start + len(part)] = cache.load_rows(part, name)

@@ -1,7 +1,9 @@
 """Checkpoints: our own format (weights + resolved config + tool version), and import of reference TC-MGC weights."""
 
-import os
+import pickle
 import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import torch
 
 from tcmgc_cli import __version__
 from tcmgc_cli.errors import CheckpointError
+from tcmgc_cli.fileio import atomic_path
 from tcmgc_cli.model.factory import ModelSpec
 
 FORMAT = "tcmgc-checkpoint-v1"
@@ -38,26 +41,79 @@ _REFERENCE_IGNORED = re.compile(
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, spec: ModelSpec, extra: dict[str, Any] | None = None) -> None:
-    """Write atomically: a file named `path` is always complete."""
+    """Write atomically: a file named `path` is always complete. Its zip records carry CRC-32 checksums."""
     payload = {"format": FORMAT, "tcmgc_version": __version__, "spec": spec.to_dict(), "state_dict": model.state_dict()}
     payload.update(extra or {})
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    torch.save(payload, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    save_verified(payload, path)
+
+
+def save_verified(payload: Any, path: Path) -> None:
+    """torch.save atomically (see fileio.atomic_path); `load_verified` checks it on the way back."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_verified(path: Path) -> Any:
+    """torch.load (weights only: no code runs) after checking every record against the CRC-32 that torch.save
+    stored in the zip container; torch itself does not check them, so flipped bytes would load as wrong weights.
+
+    Raises CheckpointError naming the file and what is wrong with it.
+    """
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (no zip archive inside; is it the right file?): "
+            "pass a run folder or a .pt file written by `tcmgc train`."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(
+            f"{path} is damaged ({err}); use another checkpoint (last.prev.pt is the one before)."
+        ) from err
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is damaged: its record {bad} fails its checksum (the file changed after it was written). "
+            "Use another checkpoint (checkpoints/last.prev.pt is the one before)."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes about weights_only and pickles are not for our users
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text here suggests weights_only=False: never for us
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path} holds pickled Python objects{what}, and tcmgc reads only tensors and plain values, so that no "
+            "code in a file can run: save just the weights (torch.save(model.state_dict(), FILE)) and load those."
+        ) from None
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first_line(err)}") from err
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line, whole (cut only past 300 characters, at a word)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= 300 else text[:300].rsplit(" ", 1)[0] + " ..."
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a tcmgc checkpoint's payload (weights_only); a clear error for a missing, corrupt or foreign file."""
+    """Load a tcmgc checkpoint's payload; a clear error for a missing, damaged, foreign or non-finite file."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: train one with `tcmgc train` or pass --checkpoint.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0][:120]}).") from err
+    payload = load_verified(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a tcmgc checkpoint; for reference TC-MGC weights use --reference.")
+        raise CheckpointError(
+            f"{path} is not a tcmgc checkpoint. Weights saved by the reference TC-MGC code load with "
+            "tcmgc_cli.checkpoint.import_reference."
+        )
+    state = payload.get("state_dict", {})
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
+            "it comes from a diverged run; use an earlier checkpoint or train again with a lower --lr."
+        )
     return payload
 
 

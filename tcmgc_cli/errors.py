@@ -27,3 +27,19 @@ class EncoderError(TcmgcError):
 
 class CheckpointError(TcmgcError):
     """A checkpoint that is missing, corrupt, or belongs to another config."""
+
+
+class BusyError(TcmgcError):
+    """A folder or file that another tcmgc process is writing."""
+
+
+class RunExistsError(TcmgcError):
+    """A run folder that already holds a run, given to a command that would start over in it."""
+
+
+class NumericsError(TcmgcError):
+    """A NaN or infinity where a loss, weight, feature or score must be finite."""
+
+
+class Interrupted(TcmgcError):
+    """Ctrl-C: finished work is kept; the message says how to continue."""

@@ -11,7 +11,7 @@ from tcmgc_cli.cache import FeatureCache
 from tcmgc_cli.checkpoint import load_into, read_checkpoint
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.distributed import Dist
-from tcmgc_cli.errors import CacheError, CheckpointError
+from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError
 from tcmgc_cli.metrics import dual_softmax, retrieval_metrics
 from tcmgc_cli.model.encoder import Tokenizer, resolve_device
 from tcmgc_cli.model.factory import ModelSpec, create_model
@@ -129,7 +129,31 @@ def score_split(
         if on_progress:
             on_progress(min((n + 1) * chunk * dist.world, q), q)
     blocks = {i: b for shard in dist.gather_objects(mine) for i, b in shard.items()}
-    return np.concatenate([blocks[i] for i in starts])
+    scores = np.concatenate([blocks[i] for i in starts])
+    check_finite_scores(scores, split.video_ids, split.captions)
+    return scores
+
+
+def check_finite_scores(scores: np.ndarray, video_ids: list[str], captions: list[str]) -> None:
+    """NumericsError naming the videos (or texts) whose scores are NaN or infinite: such a score is never a rank."""
+    bad = ~np.isfinite(scores)  # (Q, V)
+    if not bad.any():
+        return
+    if bad.all():
+        raise NumericsError(
+            "every score is NaN or infinite: the checkpoint's weights are broken (a diverged run?); use another checkpoint."
+        )
+    bad_texts, bad_videos = np.flatnonzero(bad.all(1)), [video_ids[j] for j in np.flatnonzero(bad.any(0))]
+    if bad_texts.size and len(bad_videos) == len(video_ids):
+        raise NumericsError(
+            f"{bad_texts.size} text(s) score NaN or infinity against every video (first: {captions[bad_texts[0]][:60]!r}): "
+            "the checkpoint's text side is broken; use another checkpoint."
+        )
+    shown = ", ".join(bad_videos[:5]) + (f" and {len(bad_videos) - 5} more" if len(bad_videos) > 5 else "")
+    raise NumericsError(
+        f"{len(bad_videos)} video(s) score NaN or infinity ({shown}): their cached features or the model are broken. "
+        "Rerun your `tcmgc extract` command with --verify."
+    )
 
 
 def metrics_for(scores: np.ndarray, split: Split, dsl: bool = False) -> dict[str, float]:

@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import hashlib
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -152,12 +153,23 @@ def decode_job(
     )  # fmt: skip
 
 
-def _init_worker() -> None:
-    """One thread per decoder process; decoder libraries' C-level log lines are dropped (failures are reported)."""
+def _init_worker(parent: int) -> None:
+    """One thread per decoder process; decoder libraries' C-level log lines are dropped (failures are reported).
+
+    A worker exits by itself when the extracting process is gone, even after `kill -9` (which runs none of our
+    clean-up): a watchdog thread polls the parent pid (decoders release the GIL while they decode).
+    """
     torch.set_num_threads(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="tcmgc-orphan-watch").start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 DecodeFn = Callable[[VideoJob, str | None], Decoded | Unchanged | Failure]
@@ -172,7 +184,7 @@ def _decode_stream(
             yield decode(job, known)
         return
     ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         pending: deque[tuple[VideoJob, cf.Future[Decoded | Unchanged | Failure]]] = deque()
         todo = iter(jobs)
         while True:
@@ -186,7 +198,7 @@ def _decode_stream(
             except cf.process.BrokenProcessPool:
                 raise TcmgcError(
                     f"a decoder process crashed near {job.path.name}; rerun to continue (finished videos are kept), "
-                    "or try --backend pyav"
+                    "or move that file away"
                 ) from None
 
 
@@ -224,14 +236,20 @@ def _to_records(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool)
 
 
 def _skip_plan(
-    jobs: list[VideoJob], cache_path: Path, settings: CacheSettings
+    jobs: list[VideoJob], cache_path: Path, settings: CacheSettings, verify: bool = False
 ) -> tuple[list[tuple[VideoJob, str | None]], list[str]]:
-    """Split jobs into (to decode, with the cached sha1 if any) and ids already cached with equal size and mtime."""
+    """Split jobs into (to decode, with the cached sha1 if any) and ids already cached with equal size and mtime.
+
+    verify: read every cached row of these jobs first; damaged or non-finite ones are decoded again.
+    """
     if not cache_path.exists():
         return [(j, None) for j in jobs], []
     cache = FeatureCache(cache_path)
     try:
         stamps = cache.source_stamps() if cache.settings.mismatch(settings) is None else {}
+        if verify and stamps:
+            for vid in cache.verify([j.video_id for j in jobs if j.video_id in stamps]):
+                del stamps[vid]
     finally:
         cache.close()
     todo: list[tuple[VideoJob, str | None]] = []
@@ -258,6 +276,7 @@ def extract(
     batch_size: int = 16,
     on_progress: Callable[[int, int], None] | None = None,
     pre_failed: Iterable[Failure] = (),
+    verify: bool = False,
 ) -> ExtractReport:
     """Extract every job into the cache at `cache_path`; resumable, and safe to kill at any moment.
 
@@ -281,6 +300,7 @@ def extract(
             batch_size,
             report,
             on_progress,
+            verify,
         )
         dist.barrier()
         if dist.rank == 0:
@@ -306,8 +326,9 @@ def merge_reports(reports: list[ExtractReport]) -> ExtractReport:
 def _extract_share(
     jobs: list[VideoJob], writer: CacheWriter, encoder: FrameEncoder, settings: CacheSettings, sampling: SamplingConfig,
     backend: VideoBackend, workers: int, batch_size: int, report: ExtractReport, on_progress: Callable[[int, int], None] | None,
+    verify: bool = False,
 ) -> None:  # fmt: skip
-    todo, report.cached = _skip_plan(jobs, writer.path, settings)
+    todo, report.cached = _skip_plan(jobs, writer.path, settings, verify)
     done = len(report.cached)
     decode = _Decoder(sampling, encoder.preprocess, backend)
     batch: list[Decoded] = []

@@ -7,6 +7,8 @@ another candidate are counted in `*_tied`.
 
 import numpy as np
 
+from tcmgc_cli.errors import NumericsError
+
 KEYS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 
 
@@ -33,6 +35,8 @@ def retrieval_metrics(scores: np.ndarray, caption_video: np.ndarray) -> dict[str
     maximum, giving a (V, V) matrix whose diagonal is the ground truth.
     """
     scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise NumericsError("scores hold NaN or infinity: ranks of such scores are meaningless, so none are reported.")
     caption_video = np.asarray(caption_video)
     q, v = scores.shape
     t2v = _summary("t2v", *gt_ranks(scores, caption_video))

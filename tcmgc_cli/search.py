@@ -7,8 +7,6 @@ factorized LVA tensors are computed for the candidates only.
 """
 
 import hashlib
-import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from tcmgc_cli.cache import FeatureCache, segment_dir
-from tcmgc_cli.errors import ConfigError
+from tcmgc_cli.checkpoint import load_verified, save_verified
+from tcmgc_cli.errors import CheckpointError, ConfigError, NumericsError
 from tcmgc_cli.evaluate import Trained, frame_features
 from tcmgc_cli.model.tcmgc import TextFeatures, VideoFeatures
 
@@ -108,16 +107,14 @@ class SearchIndex:
         """Write the index atomically; `key` identifies the checkpoint and cache state it was built from."""
         payload = {"key": key, "ids": self.ids, "paths": self.paths, "times": torch.from_numpy(np.stack(self.times)),
                    "frames": self.frames.half(), "temporal": self.temporal.half()}  # fmt: skip
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        save_verified(payload, path)
 
     @classmethod
     def load(cls, trained: Trained, path: Path, key: str) -> "SearchIndex | None":
-        """The saved index if it was built from the same checkpoint and cache state, else None."""
+        """The saved index if it is intact and was built from the same checkpoint and cache state, else None."""
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            payload = load_verified(path)
+        except CheckpointError:
             return None
         if not isinstance(payload, dict) or payload.get("key") != key:
             return None
@@ -136,8 +133,8 @@ class SearchIndex:
             raise ConfigError(f'query {empty[0] + 1} is empty: write a few words, e.g. tcmgc search "a dog runs".')
         tok = self.trained.tokenizer
         notes = [
-            f"query {q!r} is longer than {tok.length - 2} tokens: only its start is used"
-            for q in queries
+            f"query {i + 1} ({_shorten(q)}) is longer than {tok.length - 2} tokens: only its start is used"
+            for i, q in enumerate(queries)
             if tok.truncated(q)
         ]
         with torch.no_grad():
@@ -176,6 +173,13 @@ class SearchIndex:
 
     def _rerank(self, text: TextFeatures, idx: torch.Tensor, top_k: int) -> list[Hit]:
         scores = self.full_scores(text, idx)[0]  # (C,)
+        bad = idx[~torch.isfinite(scores)].tolist()
+        if bad:
+            names = ", ".join(self.ids[v] for v in bad[:5])
+            raise NumericsError(
+                f"{len(bad)} video(s) score NaN or infinity ({names}): their cached features or the checkpoint are "
+                "broken. Rerun your `tcmgc extract` command with --verify, or use another checkpoint."
+            )
         order = scores.argsort(descending=True)[:top_k]
         top = idx[order]
         weights = self.attention(text, top)  # (k, T)
@@ -232,17 +236,48 @@ def index_key(checkpoint: Path, cache: FeatureCache) -> str:
     return h.hexdigest()
 
 
+KEEP_INDEXES = 3  # saved search indexes kept per folder (the most recently built); older ones are deleted
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+def index_locations(checkpoint: Path, cache: FeatureCache) -> list[Path]:
+    """Where the index of this checkpoint and cache is kept: beside the cache, else (read-only cache folder) in
+    the workspace."""
+    from tcmgc_cli.workspace import workspace_dir
+
+    name = f"search-{hashlib.sha1(f'{checkpoint.resolve()}|{cache.path.resolve()}'.encode()).hexdigest()[:12]}.pt"
+    return [segment_dir(cache.path) / name, workspace_dir() / "search-index" / name]
+
+
 def open_index(trained: Trained, checkpoint: Path, cache: FeatureCache) -> SearchIndex:
     """The search index for this checkpoint and cache: loaded when saved earlier for the same state, else built
-    (the temporal encoder over every video) and saved beside the cache for the next search."""
+    (the temporal encoder over every video) and saved for the next search (beside the cache when its folder is
+    writable, else in the workspace). Each folder keeps the KEEP_INDEXES most recently built indexes."""
     from tcmgc_cli.evaluate import find_checkpoint
 
     file = find_checkpoint(checkpoint)
     key = index_key(file, cache)
-    path = segment_dir(cache.path) / f"search-{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]}.pt"
-    index = SearchIndex.load(trained, path, key) if path.is_file() else None
-    if index is None:
-        index = SearchIndex.from_cache(trained, cache)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        index.save(path, key)
+    places = index_locations(file, cache)
+    for path in places:
+        index = SearchIndex.load(trained, path, key) if path.is_file() else None
+        if index is not None:
+            return index
+    index = SearchIndex.from_cache(trained, cache)
+    for path in places:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            index.save(path, key)
+        except OSError:
+            continue  # not writable here: try the next place (the search itself goes on)
+        _prune(path.parent)
+        break
     return index
+
+
+def _prune(folder: Path) -> None:
+    saved = sorted(folder.glob("search-*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in saved[KEEP_INDEXES:]:
+        old.unlink(missing_ok=True)

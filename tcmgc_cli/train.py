@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,8 +26,9 @@ from tcmgc_cli.checkpoint import read_checkpoint, save_checkpoint
 from tcmgc_cli.config import TrainConfig
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.distributed import Dist
-from tcmgc_cli.errors import CacheError, CheckpointError
+from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError, RunExistsError
 from tcmgc_cli.evaluate import Trained, metrics_for, score_split
+from tcmgc_cli.fileio import FolderLock
 from tcmgc_cli.model.encoder import Tokenizer
 from tcmgc_cli.model.factory import ModelSpec
 from tcmgc_cli.model.losses import tcmgc_loss
@@ -170,6 +172,12 @@ class Trainer:
             local = batch[rank * share : (rank + 1) * share]  # each process's part of the global batch
             lr = self._lr()
             losses = self._loss(local)
+            if not bool(torch.isfinite(losses["loss"])):
+                raise NumericsError(
+                    self._diverged(
+                        f"the loss is {float(losses['loss'].detach())} at epoch {epoch + 1}, step {self.state.step + 1}"
+                    )
+                )
             (losses["loss"] / self.cfg.accumulate).backward()  # type: ignore[no-untyped-call]
             seen += 1
             if seen % self.cfg.accumulate == 0:
@@ -242,10 +250,24 @@ class Trainer:
             return True
         return False
 
+    def _diverged(self, what: str) -> str:
+        """The one-line error for a run whose numbers stopped being finite; no checkpoint of it is written."""
+        last = self.run_dir / "checkpoints" / "last.pt"
+        kept = (f"The last good checkpoint is kept: {last} (epoch {self.state.epoch})." if self.state.epoch
+                else "No checkpoint was written (it diverged in its first epoch).")  # fmt: skip
+        return (f"training diverged: {what}. The likely cause is a learning rate too high (lr {self.cfg.lr:g}: "
+                f"try --lr {self.cfg.lr / 10:g}); a cache row with huge values can do it too. {kept}")  # fmt: skip
+
+    def _check_weights(self, epoch: int) -> None:
+        bad = [n for n, p in self.model.named_parameters() if not bool(p.detach().isfinite().all())]
+        if bad:
+            raise NumericsError(self._diverged(f"weights became NaN or infinite in epoch {epoch} ({bad[0]})"))
+
     def fit(self, val: Split | None) -> TrainState:
         while self.state.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
             self._epoch(self.state.epoch)
+            self._check_weights(self.state.epoch + 1)
             self.state.epoch += 1
             record: Event = {
                 "kind": "epoch",
@@ -268,6 +290,33 @@ class Trainer:
             self.on_event(record)
             self.dist.barrier()
         return self.state
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a folder already holds (part of) a training run."""
+    return (run_dir / "metrics.jsonl").exists() or any((run_dir / "checkpoints").glob("*.pt"))
+
+
+def claim_run(run_dir: Path, resume: bool, overwrite: bool = False) -> FolderLock:
+    """Lock `run_dir` for this process (held until closed; the kernel drops it if the process dies).
+
+    A folder that holds a run is continued only with `resume`, and started over only with `overwrite`, which
+    deletes its checkpoints and logs; otherwise RunExistsError, and nothing in it changes.
+    """
+    lock = FolderLock(
+        run_dir, f"{run_dir} is being written by another tcmgc process: wait for it, or pass another --output."
+    )
+    if not resume and holds_run(run_dir):
+        if not overwrite:
+            lock.close()
+            raise RunExistsError(
+                f"{run_dir} already holds a training run: continue it with --resume, start it again with --overwrite "
+                "(deletes its checkpoints and metrics), or pass another --output."
+            )
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for name in ("metrics.jsonl", "config.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    return lock
 
 
 def check_training_cache(cache: FeatureCache, spec: ModelSpec, cfg: TrainConfig) -> None:

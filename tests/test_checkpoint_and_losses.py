@@ -80,7 +80,7 @@ def test_checkpoint_from_another_config_is_a_clear_error(tmp_path: Path, trained
     with pytest.raises(CheckpointError, match="another model config.*other shapes"):
         load_into(other, model.state_dict(), "c.pt")
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 50)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         read_checkpoint(tmp_path / "bad.pt")
 
 

@@ -107,7 +107,7 @@ def test_bad_inputs_name_the_fix(trained_run: tuple[Path, Path], sample_cache: P
     # a corrupt checkpoint
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"\x80\x02garbage")
-    assert "not a readable checkpoint" in one_line_error(
+    assert "not a PyTorch checkpoint" in one_line_error(
         runner.invoke(app, ["evaluate", "--checkpoint", str(broken), *base])
     )
     # a dataset folder missing a file

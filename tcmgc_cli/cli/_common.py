@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tcmgc_cli.errors import ConfigError, TcmgcError
@@ -21,20 +22,30 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 
 
 @contextlib.contextmanager
-def handle_errors() -> Iterator[None]:
-    """Expected failures become one line on stderr: exit 2 for bad options, 1 for everything else."""
+def handle_errors(interrupted: str = "finished work is kept; rerun the same command to continue.") -> Iterator[None]:
+    """Expected failures become one line on stderr: exit 2 for bad options, 1 for everything else (file-system
+    errors included: they name the file and the fix), 130 for Ctrl-C with `interrupted` saying how to go on."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         yield
     except ConfigError as err:
-        stderr.print(f"[red]Error:[/red] {err}", highlight=False, soft_wrap=True)
+        _error(str(err))
         raise typer.Exit(2) from None
     except TcmgcError as err:
-        stderr.print(f"[red]Error:[/red] {err}", highlight=False, soft_wrap=True)
+        _error(str(err))
+        raise typer.Exit(1) from None
+    except OSError as err:
+        from tcmgc_cli.fileio import describe_os_error
+
+        _error(describe_os_error(err))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        stderr.print("Interrupted: finished work is kept; rerun the same command to continue.")
+        stderr.print(f"Interrupted: {interrupted}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+def _error(message: str) -> None:
+    stderr.print(f"[red]Error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

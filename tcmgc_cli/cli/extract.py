@@ -69,6 +69,12 @@ def extract_command(
     precision: Annotated[
         str, typer.Option(help="fp32, or bf16 autocast on CUDA (faster, slightly different features).")
     ] = "fp32",
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="Read every cached row first (checksums, finite values); re-extract damaged ones."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Decode videos, encode their frames with CLIP and store them in the HDF5 cache.
@@ -81,7 +87,7 @@ def extract_command(
             raise ConfigError("--batch-size must be at least 1 and --workers at least 0.")
         report, cache_path = _run(
             videos, dataset, data_root, annotations, cache, model, pretrained, num_frames, sampling.value, fps,
-            batch_size, workers, store_frames, backend.value, device, precision, json_out,
+            batch_size, workers, store_frames, backend.value, device, precision, json_out, verify,
         )  # fmt: skip
         if int(os.environ.get("RANK", "0")) != 0:
             return  # under torchrun, rank 0 reports for every process
@@ -117,6 +123,7 @@ def _run(
     videos: Path | None, dataset: Dataset | None, data_root: Path | None, annotations: Path | None,
     cache: Path | None, model: str, pretrained: str | None, num_frames: int | None, sampling: str, fps: float,
     batch_size: int, workers: int, store_frames: bool, backend: str, device: str, precision: str, quiet: bool,
+    verify: bool = False,
 ) -> tuple["ExtractReport", Path]:  # fmt: skip
     from tcmgc_cli.cache import CacheSettings
     from tcmgc_cli.config import SamplingConfig
@@ -145,7 +152,7 @@ def _run(
 
         report = extract(
             jobs, cache_path, encoder, settings, samp, backend=VideoBackend(backend),
-            workers=workers, batch_size=batch_size, on_progress=on_progress, pre_failed=pre_failed,
+            workers=workers, batch_size=batch_size, on_progress=on_progress, pre_failed=pre_failed, verify=verify,
         )  # fmt: skip
     report.ignored = ignored
     return report, cache_path
@@ -167,4 +174,9 @@ def _render(report: "ExtractReport", cache_path: Path, json_out: bool) -> None:
                 fails.add_row(f.video_id, f.reason)
             stdout.print(fails)
     if report.failed:
-        stderr.print(f"[yellow]Warning:[/yellow] {len(report.failed)} video(s) failed; see the reasons above.")
+        where = '"failed" in the JSON output' if json_out else "the reasons above"
+        stderr.print(
+            f"[yellow]Warning:[/yellow] {len(report.failed)} video(s) failed; see {where} "
+            f"(also in {cache_path}.d/failures.json). A rerun retries them.",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip

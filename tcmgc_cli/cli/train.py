@@ -24,12 +24,13 @@ from tcmgc_cli.cli._data import (
     TrainListOpt,
     load_checked_split,
 )  # fmt: skip
+from tcmgc_cli.errors import ConfigError
 
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key: model.KEY=VALUE or train.KEY=VALUE (repeatable)."),
 ]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with [model] and [train] tables.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with \\[model] and \\[train] tables.")]
 
 
 def train_command(
@@ -50,6 +51,12 @@ def train_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --output (default: the newest run).")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Start again in an --output that already holds a run (deletes its checkpoints)."
+        ),
+    ] = False,
     freeze_backbone: FreezeOpt = False,
     seed: Annotated[int | None, typer.Option(help="Random seed. Default: 42.")] = None,
     skip_missing: SkipMissingOpt = False,
@@ -61,12 +68,14 @@ def train_command(
 
     Merge order of settings: defaults (the reference recipe) -> the model config -> --config -> --set -> flags.
     """
-    with handle_errors():
+    with handle_errors(interrupted="finished epochs are kept; add --resume to the same command to continue."):
+        if resume and overwrite:
+            raise ConfigError("pass --resume (continue the run) or --overwrite (start it again), not both.")
         flags: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
         if freeze_backbone:
             flags["freeze"] = "all"
         summary = _run(dataset, data_root, annotations, cache, output, model, pretrained, config, set_ or [],
-                       {k: v for k, v in flags.items() if v is not None}, resume, skip_missing, train_list, device, json_out)  # fmt: skip
+                       {k: v for k, v in flags.items() if v is not None}, resume, overwrite, skip_missing, train_list, device, json_out)  # fmt: skip
         if json_out and int(os.environ.get("RANK", "0")) == 0:
             print_json(summary)
 
@@ -115,12 +124,26 @@ def prepare(
 
 
 def train_once(
-    setup: Setup, spec: Any, cfg: Any, run_dir: Path, resume: bool, on_event: Any, say_fresh: bool = True
-) -> Any:
+    setup: Setup, spec: Any, cfg: Any, run_dir: Path, resume: bool, on_event: Any, say_fresh: bool = True,
+    overwrite: bool = False,
+) -> Any:  # fmt: skip
     """Train one model into run_dir (resuming its last checkpoint when asked); returns the TrainState."""
+    import contextlib
+
+    from tcmgc_cli.train import claim_run
+
+    lock = claim_run(run_dir, resume, overwrite) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_locked(setup, spec, cfg, run_dir, resume, on_event, say_fresh)
+
+
+def _train_locked(
+    setup: Setup, spec: Any, cfg: Any, run_dir: Path, resume: bool, on_event: Any, say_fresh: bool
+) -> Any:
     import dataclasses
     import json
 
+    from tcmgc_cli.fileio import write_text_atomic
     from tcmgc_cli.model.encoder import Tokenizer
     from tcmgc_cli.model.factory import create_model
     from tcmgc_cli.train import TrainData, Trainer, seed_everything
@@ -138,17 +161,16 @@ def train_once(
     elif resume:
         stderr.print(f"Resuming {run_dir} after epoch {trainer.state.epoch}.")
     if int(os.environ.get("RANK", "0")) == 0:
-        (run_dir / "config.json").write_text(json.dumps({"spec": spec.to_dict(), "train": dataclasses.asdict(cfg),
-                                                     "dataset": setup.dataset, "cache": str(setup.cache.path)}, indent=1))  # fmt: skip
+        write_text_atomic(run_dir / "config.json", json.dumps({"spec": spec.to_dict(), "train": dataclasses.asdict(cfg),
+                                                              "dataset": setup.dataset, "cache": str(setup.cache.path)}, indent=1))  # fmt: skip
     return trainer.fit(setup.val_split)
 
 
 def _run(
     dataset: DatasetName, data_root: Path | None, annotations: Path | None, cache_path: Path | None, output: Path | None,
     model_name: str, pretrained: str | None, config: Path | None, sets: list[str], flags: dict[str, Any], resume: bool,
-    skip_missing: bool, train_list: str, device: str, quiet: bool,
+    overwrite: bool, skip_missing: bool, train_list: str, device: str, quiet: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    from tcmgc_cli.errors import ConfigError
     from tcmgc_cli.model.factory import resolve_spec
     from tcmgc_cli.workspace import latest_run, new_run_dir
 
@@ -172,7 +194,7 @@ def _run(
     spec = resolve_spec(model_name, pretrained, setup.overrides)
     run_dir = output or ((latest_run() if resume else None) or new_run_dir(model_name))
     with live_view(quiet or rank != 0) as on_event:
-        state = train_once(setup, spec, setup.cfg, run_dir, resume, on_event)
+        state = train_once(setup, spec, setup.cfg, run_dir, resume, on_event, overwrite=overwrite)
     last = state.history[-1] if state.history else {}
     summary = {"run": str(run_dir), "epochs": state.epoch, "steps": state.step, "best_epoch": state.best_epoch,
                "best_t2v_R@1": state.best, "last": last}  # fmt: skip

@@ -13,14 +13,29 @@ MSRVTT_VIDEO_DIRS = ("videos", "MSRVTT_Videos", "all")
 MSRVTT_ID_FILES = ("MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_JSFUSION_test.csv")
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise AnnotationError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8."
+        ) from None
+
+
 def read_csv_checked(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     """Read a comma-separated file with a header, insisting on `required` columns; names the problem if not."""
     if not path.is_file():
         raise AnnotationError(f"{path} does not exist: check --data-root / --annotations.")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise AnnotationError(f"{path} is not a readable CSV file ({err}).") from err
+    except pd.errors.EmptyDataError:
+        raise AnnotationError(f"{path} is empty: it needs a header row ({', '.join(required)}, ...).") from None
+    except UnicodeDecodeError as err:
+        raise AnnotationError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8."
+        ) from None
+    except pd.errors.ParserError as err:
+        raise AnnotationError(f"{path} is not a readable CSV file ({str(err).strip()}).") from err
     missing = [c for c in required if c not in df.columns]
     if missing:
         found = ", ".join(map(str, df.columns))
@@ -45,7 +60,7 @@ def msrvtt_videos(root: Path) -> tuple[Path, list[str]]:
     data_json = root / "MSRVTT_data.json"
     if data_json.is_file():
         try:
-            videos = json.loads(data_json.read_text())["videos"]
+            videos = json.loads(_text(data_json))["videos"]
             return folder, list(dict.fromkeys(str(v["video_id"]) for v in videos))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise AnnotationError(f"{data_json} is not an MSR-VTT data file (need videos[].video_id): {err}") from err
@@ -100,8 +115,8 @@ def video_id_from_name(name: str) -> str:
 
 
 def _from_pairs(dataset: str, split: str, pairs: list[tuple[str, str]], order: list[str] | None = None) -> Split:
-    """Split from (video_id, caption) pairs; videos in `order` (or first appearance)."""
-    ids = order if order is not None else list(dict.fromkeys(v for v, _ in pairs))
+    """Split from (video_id, caption) pairs; videos in `order` (or first appearance), each once."""
+    ids = list(dict.fromkeys(order if order is not None else (v for v, _ in pairs)))
     index = {v: i for i, v in enumerate(ids)}
     kept = [(v, c) for v, c in pairs if v in index]
     return Split(dataset, split, ids, [c for _, c in kept], [index[v] for v, _ in kept])
@@ -117,6 +132,14 @@ def read_msrvtt_test(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except pd.errors.ParserError as err:
         raise AnnotationError(f"{path.name}: {err}. Captions must not contain the separator.") from err
+    except pd.errors.EmptyDataError:
+        raise AnnotationError(
+            f"{path} is empty: it needs a header (video_id,sentence) and one row per test caption."
+        ) from None
+    except UnicodeDecodeError as err:
+        raise AnnotationError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8."
+        ) from None
     df = df.rename(columns={"sentences": "sentence"})
     missing = [c for c in ("video_id", "sentence") if c not in df.columns]
     if missing:
@@ -138,7 +161,7 @@ def msrvtt_split(root: Path, split: str, train_list: str = "9k") -> Split:
     if not data_json.is_file():
         raise AnnotationError(f"{data_json} does not exist: MSR-VTT training captions come from it.")
     try:
-        sentences = json.loads(data_json.read_text())["sentences"]
+        sentences = json.loads(_text(data_json))["sentences"]
         pairs = [(str(s["video_id"]), str(s["caption"])) for s in sentences]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise AnnotationError(f"{data_json} has no sentences[].video_id/caption: {err}") from err
@@ -148,7 +171,7 @@ def msrvtt_split(root: Path, split: str, train_list: str = "9k") -> Split:
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise AnnotationError(f"{path} does not exist: check --data-root.")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in _text(path).splitlines() if line.strip()]
 
 
 def didemo_split(root: Path, split: str) -> Split:
@@ -159,7 +182,7 @@ def didemo_split(root: Path, split: str) -> Split:
         raise AnnotationError(f"{path} does not exist: check --data-root.")
     try:
         paragraphs: dict[str, list[str]] = {}
-        for ann in json.loads(path.read_text()):
+        for ann in json.loads(_text(path)):
             paragraphs.setdefault(ann["video"], []).append(ann["description"].strip())
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise AnnotationError(f"{path} is not a DiDeMo annotation file (need video, description): {err}") from err
@@ -175,7 +198,7 @@ def vatex_split(root: Path, split: str) -> Split:
     if not path.is_file():
         raise AnnotationError(f"{path} does not exist: check --data-root.")
     try:
-        captions = json.loads(path.read_text())
+        captions = json.loads(_text(path))
         pairs = [(vid, str(c)) for vid in ids for c in captions.get(vid, [])]
     except (json.JSONDecodeError, AttributeError) as err:
         raise AnnotationError(f"{path} is not {{video_id: [captions]}}: {err}") from err

@@ -69,21 +69,29 @@ class PyAVReader:
         return np.stack([self._frames[i] for i in indices]), self._times[list(indices)]
 
 
-def open_video(path: Path, backend: VideoBackend = VideoBackend.decord) -> VideoReader:
-    """Open a video, raising VideoDecodeError with a hint when it cannot be read."""
+def _check_file(path: Path) -> None:
+    """Problems no decoder can get past: a missing or empty file."""
     if not path.is_file():
         raise VideoDecodeError(f"{path}: no such file.")
     if path.stat().st_size == 0:
         raise VideoDecodeError(f"{path}: empty file (0 bytes). Re-copy or re-download it.")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def open_video(path: Path, backend: VideoBackend = VideoBackend.decord) -> VideoReader:
+    """Open a video with one backend, raising VideoDecodeError when it cannot be read."""
+    _check_file(path)
     reader: Any
     try:
         reader = DecordReader(path) if backend == VideoBackend.decord else PyAVReader(path)
     except Exception as err:  # decoders raise many types; all mean "cannot read"
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = " Try --backend pyav, or re-encode it to H.264." if backend == VideoBackend.decord else ""
-        raise VideoDecodeError(f"{path.name}: cannot decode with {backend.value}: {msg[:200]}.{hint}") from err
+        raise VideoDecodeError(f"{path.name}: cannot decode with {backend.value}: {_first_line(err)}") from err
     if reader.num_frames < 1:
-        raise VideoDecodeError(f"{path.name}: no decodable frames. Re-encode it to H.264.")
+        raise VideoDecodeError(f"{path.name}: no decodable frames with {backend.value}")
     return reader  # type: ignore[no-any-return]
 
 
@@ -93,7 +101,9 @@ def read_video(
     """Decode the frames that `choose(num_frames, fps)` picks: (T, H, W, 3) uint8, start times (T,), indices.
 
     decord first; when decord cannot open or decode the file (it fails on some frame sizes and codecs), PyAV.
+    When every backend fails, one VideoDecodeError says what each reported and how to fix the file.
     """
+    _check_file(path)
     errors: list[str] = []
     for b in [backend, VideoBackend.pyav] if backend == VideoBackend.decord else [backend]:
         try:
@@ -102,7 +112,8 @@ def read_video(
             frames, times = reader.get_frames(indices)
             return frames, times, indices
         except VideoDecodeError as err:
-            errors.append(str(err))
+            errors.append(str(err).removeprefix(f"{path.name}: "))
         except Exception as err:  # a decoder failing mid-stream (truncated or corrupt data)
-            errors.append(f"{path.name}: decoding failed with {b.value}: {str(err).splitlines()[0][:200]}")
-    raise VideoDecodeError(errors[-1] if len(errors) == 1 else " | ".join(errors))
+            errors.append(f"decoding failed with {b.value}: {_first_line(err)}")
+    tried = "; ".join(dict.fromkeys(errors))
+    raise VideoDecodeError(f"{path.name}: {tried}. Re-encode it (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or remove it.")
