@@ -3,11 +3,14 @@
 Each axis varies one setting away from the base config (not a cross product): keep rates, SDR weights, components
 (each "-x" removes one part) and aggregations. A finished variant leaves `result.json` in its folder and is skipped
 on a rerun; an unfinished one resumes from its last epoch checkpoint.
+
+    summary, folder = ablate(expand_variants([0.05, 0.5], [], [], []), [1, 2], DataSource("csv", annotations=csv),
+                             model="tcmgc-tiny")
 """
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tcmgc_cli.data.annotations import Split
+from tcmgc_cli.data.source import DataSource
 from tcmgc_cli.errors import ConfigError
 from tcmgc_cli.fileio import write_text_atomic
+from tcmgc_cli.metrics import METRIC_KEYS
+from tcmgc_cli.runs import TrainSetup, prepare, train_run
 
 COMPONENTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -26,18 +33,6 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "-sdr": {"sdr_alpha": 0.0},
     "-textcond": {"text_conditioning": False},
 }
-METRICS = (
-    "t2v_R@1",
-    "t2v_R@5",
-    "t2v_R@10",
-    "t2v_MdR",
-    "t2v_MnR",
-    "v2t_R@1",
-    "v2t_R@5",
-    "v2t_R@10",
-    "v2t_MdR",
-    "v2t_MnR",
-)
 EXTRA = ("pairs_per_s", "score_variance")
 
 
@@ -84,7 +79,7 @@ def expand_variants(
     return list({v.name: v for v in variants}.values())
 
 
-def score_variance(parts: torch.Tensor, caption_video: np.ndarray) -> float:
+def score_variance(parts: torch.Tensor, caption_video: Sequence[int] | np.ndarray) -> float:
     """Mean over each text's positive pair of the unbiased variance of its K similarity scores."""
     if parts.shape[-1] < 2:
         return 0.0
@@ -95,7 +90,7 @@ def score_variance(parts: torch.Tensor, caption_video: np.ndarray) -> float:
 def summarize(results: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per variant: settings, seeds, metric means and their _std over seeds; the best R@1 marked."""
     df = pd.DataFrame(results)
-    keys = [k for k in (*METRICS, *EXTRA) if k in df.columns]
+    keys = [k for k in (*METRIC_KEYS, *EXTRA) if k in df.columns]
     rows = []
     for name, group in df.groupby("variant", sort=False):
         row: dict[str, Any] = {
@@ -163,3 +158,48 @@ def run_grid(
             on_event(f"{variant.name} seed {seed}: t2v R@1 {result['t2v_R@1']:.1f} ({result['seconds']:.0f} s)")
             results.append(result)
     return results
+
+
+def evaluate_variant(run_dir: Path, setup: TrainSetup, test: Split) -> dict[str, Any]:
+    """Metrics of a variant's best checkpoint, its scoring speed (pairs/s) and its positive-pair score variance."""
+    from tcmgc_cli.checkpoint import load_trained
+    from tcmgc_cli.evaluate import metrics_for, score_split
+
+    trained = load_trained(run_dir, str(setup.device))
+    parts: list[torch.Tensor] = []
+    start = time.perf_counter()
+    scores = score_split(trained, setup.cache, test, setup.cfg.eval_chunk, parts=parts)
+    seconds = time.perf_counter() - start
+    metrics: dict[str, Any] = metrics_for(scores, test)
+    metrics["pairs_per_s"] = scores.size / seconds
+    metrics["score_variance"] = score_variance(torch.cat(parts), test.caption_video)
+    return metrics
+
+
+def ablate(
+    variants: list[Variant], seeds: list[int], source: DataSource, *, split: str = "test", output: Path | None = None,
+    model: str = "tcmgc-b32", pretrained: str | None = None, cache: Path | None = None, config: Path | None = None,
+    sets: list[str] | None = None, train: dict[str, Any] | None = None, device: str = "auto",
+    on_event: Callable[[str], None] = lambda msg: None,
+) -> tuple[pd.DataFrame, Path]:  # fmt: skip
+    """Train and evaluate every (variant, seed) not finished yet in `output` (default:
+    <workspace>/ablations/<model>); writes ablation.csv and ablation.png there; returns the summary and the folder."""
+    import dataclasses
+
+    from tcmgc_cli.workspace import workspace_dir
+
+    setup = prepare(source, model, pretrained=pretrained, cache=cache, config=config, sets=sets or [], train=train,
+                    device=device)  # fmt: skip
+    test = source.split(split, setup.cache)
+    folder = output or workspace_dir() / "ablations" / model
+
+    def run_one(variant: Variant, seed: int, run_dir: Path) -> dict[str, Any]:
+        spec = setup.spec(variant.overrides)
+        train_run(setup, spec, dataclasses.replace(setup.cfg, seed=seed), run_dir, resume=True, announce=False)
+        return {**evaluate_variant(run_dir, setup, test), "keep_rate": spec.config.keep_rate,
+                "sdr_alpha": spec.config.sdr_alpha}  # fmt: skip
+
+    summary = summarize(run_grid(variants, seeds, folder, run_one, on_event))
+    summary.to_csv(folder / "ablation.csv", index=False)
+    plot(summary, folder / "ablation.png")
+    return summary, folder

@@ -4,6 +4,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import torch
 from tcmgc_cli import __version__
 from tcmgc_cli.errors import CheckpointError
 from tcmgc_cli.fileio import atomic_path
-from tcmgc_cli.model.factory import ModelSpec
+from tcmgc_cli.model.encoder import Tokenizer, resolve_device
+from tcmgc_cli.model.factory import ModelSpec, create_model
+from tcmgc_cli.model.tcmgc import TcmgcModel
 
 FORMAT = "tcmgc-checkpoint-v1"
 
@@ -115,6 +118,45 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "it comes from a diverged run; use an earlier checkpoint or train again with a lower --lr."
         )
     return payload
+
+
+@dataclass
+class Trained:
+    """A model loaded from a checkpoint, with what it needs to read a cache."""
+
+    model: TcmgcModel
+    spec: ModelSpec
+    tokenizer: Tokenizer
+    device: torch.device
+    encoder_fingerprint: str  # the cache encoder it was trained on
+    visual_trained: bool  # True when the image tower was fine-tuned: frames must be re-encoded
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A run folder -> its best checkpoint (else last); a file is returned as is."""
+    if path.is_file():
+        return path
+    for name in ("best.pt", "last.pt"):
+        candidate = path / "checkpoints" / name
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"no checkpoint in {path}: expected checkpoints/best.pt or last.pt (train with `tcmgc train`)."
+    )
+
+
+def load_trained(path: Path, device: str = "auto") -> Trained:
+    """A run folder (its best checkpoint) or checkpoint file, as a model in eval mode on `device`."""
+    file = find_checkpoint(path)
+    payload = read_checkpoint(file)
+    spec = ModelSpec.from_dict(payload["spec"])
+    model = create_model(ModelSpec(spec.name, spec.clip, None, spec.config), weights_follow=True)
+    load_into(model, payload["state_dict"], str(file))
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    info = payload.get("data", {})
+    return Trained(model, spec, Tokenizer(spec.clip, spec.config.max_words), dev,
+                   info.get("encoder_fingerprint", ""), bool(info.get("visual_trained", False)))  # fmt: skip
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

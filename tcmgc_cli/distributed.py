@@ -7,6 +7,15 @@ from typing import Any
 import torch
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun (0 without it), read before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @dataclass
 class Dist:
     """The process group as torchrun sets it up (world 1 without torchrun)."""
@@ -16,7 +25,7 @@ class Dist:
 
     @classmethod
     def from_env(cls, device: torch.device) -> "Dist":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = world_size()
         if world == 1:
             return cls()
         import torch.distributed as dist
@@ -33,15 +42,16 @@ class Dist:
 
         return torch.cat(all_gather(x))  # type: ignore[no-untyped-call]
 
-    def average_gradients(self, model: torch.nn.Module) -> None:
+    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """DistributedDataParallel around `module` (gradients averaged across processes in buckets, overlapped
+        with the backward pass); the module itself in one process."""
         if self.world == 1:
-            return
-        import torch.distributed as dist
+            return module
+        from torch.nn.parallel import DistributedDataParallel
 
-        for p in model.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters: configs switch parts off (LSA, SR's ISA weights), so some weights get no gradient
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every process's `obj`, in rank order (pickled; for small results such as reports and score blocks)."""

@@ -1,59 +1,28 @@
-"""Scoring a dataset split with a trained model: texts and videos encoded once, the score matrix in blocks."""
+"""Scoring a dataset split with a trained model: texts and videos encoded once, the score matrix in blocks.
 
+from tcmgc_cli.evaluate import evaluate
+metrics = evaluate(DataSource("msrvtt", Path("MSRVTT")))  # the newest run's best checkpoint, 1k-A test
+metrics["t2v_R@1"]
+"""
+
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from tcmgc_cli.cache import FeatureCache
-from tcmgc_cli.checkpoint import load_into, read_checkpoint
+from tcmgc_cli.checkpoint import Trained, load_trained
 from tcmgc_cli.data.annotations import Split
+from tcmgc_cli.data.source import DataSource
 from tcmgc_cli.distributed import Dist
-from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError
+from tcmgc_cli.errors import CacheError, CheckpointError, ConfigError, NumericsError
 from tcmgc_cli.metrics import dual_softmax, retrieval_metrics
-from tcmgc_cli.model.encoder import Tokenizer, resolve_device
-from tcmgc_cli.model.factory import ModelSpec, create_model
+from tcmgc_cli.model.encoder import Tokenizer
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures
-
-
-@dataclass
-class Trained:
-    """A model loaded from a checkpoint, with what it needs to read a cache."""
-
-    model: TcmgcModel
-    spec: ModelSpec
-    tokenizer: Tokenizer
-    device: torch.device
-    encoder_fingerprint: str  # the cache encoder it was trained on
-    visual_trained: bool  # True when the image tower was fine-tuned: frames must be re-encoded
-
-
-def find_checkpoint(path: Path) -> Path:
-    """A run folder -> its best checkpoint (else last); a file is returned as is."""
-    if path.is_file():
-        return path
-    for name in ("best.pt", "last.pt"):
-        candidate = path / "checkpoints" / name
-        if candidate.is_file():
-            return candidate
-    raise CheckpointError(
-        f"no checkpoint in {path}: expected checkpoints/best.pt or last.pt (train with `tcmgc train`)."
-    )
-
-
-def load_trained(path: Path, device: str = "auto") -> Trained:
-    file = find_checkpoint(path)
-    payload = read_checkpoint(file)
-    spec = ModelSpec.from_dict(payload["spec"])
-    model = create_model(ModelSpec(spec.name, spec.clip, None, spec.config))  # weights come from the checkpoint
-    load_into(model, payload["state_dict"], str(file))
-    dev = resolve_device(device)
-    model = model.eval().to(dev)
-    info = payload.get("data", {})
-    return Trained(model, spec, Tokenizer(spec.clip, spec.config.max_words), dev,
-                   info.get("encoder_fingerprint", ""), bool(info.get("visual_trained", False)))  # fmt: skip
+from tcmgc_cli.workspace import default_cache_path, latest_run
 
 
 def check_cache(cache: FeatureCache, trained: Trained) -> None:
@@ -166,3 +135,40 @@ def metrics_for(scores: np.ndarray, split: Split, dsl: bool = False) -> dict[str
         **{k: v for k, v in t2v.items() if not k.startswith("v2t")},
         **{k: v for k, v in v2t.items() if k.startswith("v2t")},
     }
+
+
+def open_trained(
+    checkpoint: Path | None = None, cache: Path | None = None, device: str = "auto"
+) -> tuple[Trained, FeatureCache, Path]:
+    """The checkpoint (default: the newest run's best), the cache it reads (default: the workspace's cache for its
+    model), checked against each other, and where the checkpoint came from."""
+    source = checkpoint or latest_run()
+    if source is None:
+        raise CheckpointError("no trained run in the workspace: train one with `tcmgc train` or pass --checkpoint.")
+    trained = load_trained(source, device)
+    features = FeatureCache(cache or default_cache_path(trained.spec.name))
+    check_cache(features, trained)
+    return trained, features, source
+
+
+def evaluate(
+    source: DataSource, checkpoint: Path | None = None, *, split: str = "test", cache: Path | None = None,
+    dsl: bool = False, chunk: int = 64, save_scores: Path | None = None, device: str = "auto",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Retrieval metrics (`metrics.METRIC_KEYS`, ties, `num_queries`, `num_videos`, `pairs_per_s`, `checkpoint`)
+    of a checkpoint on one split. Under torchrun every process scores a share and gets the same result."""
+    if chunk < 1:
+        raise ConfigError("--chunk must be at least 1.")
+    trained, features, where = open_trained(checkpoint, cache, device)
+    data = source.split(split, features)
+    start = time.perf_counter()
+    scores = score_split(trained, features, data, chunk, on_progress, dist=Dist.from_env(trained.device))
+    seconds = time.perf_counter() - start
+    if save_scores is not None and Dist.from_env(trained.device).rank == 0:
+        np.savez_compressed(save_scores, scores=scores, video_ids=np.array(data.video_ids), captions=np.array(data.captions),
+                            caption_video=np.array(data.caption_video))  # fmt: skip
+    metrics: dict[str, Any] = metrics_for(scores, data, dsl)
+    metrics["pairs_per_s"] = scores.size / seconds
+    metrics["checkpoint"] = str(where)
+    return metrics

@@ -72,9 +72,11 @@ class ExtractReport:
     decode_s: float = 0.0  # summed over workers
     encode_s: float = 0.0
     wall_s: float = 0.0
+    cache: str = ""  # the cache file extracted into
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "cache": self.cache,
             "extracted": self.extracted,
             "cached": self.cached,
             "failed": [f.to_dict() for f in self.failed],
@@ -310,6 +312,39 @@ def extract(
         writer.close()
     report.wall_s = time.perf_counter() - start
     return merge_reports(dist.gather_objects(report)) if dist.world > 1 else report
+
+
+def extract_folder(
+    videos: Path, model: str = "tcmgc-b32", *, ids: list[str] | None = None, cache: Path | None = None,
+    pretrained: str | None = None, num_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
+    batch_size: int = 16, workers: int = 2, store_frames: bool = False, backend: str = "decord", device: str = "auto",
+    precision: str = "fp32", verify: bool = False, on_progress: Callable[[int, int], None] | None = None,
+) -> ExtractReport:  # fmt: skip
+    """Extract every video under `videos` (or only `ids`) with `model`'s image tower into `cache` (default: the
+    workspace's cache for `model`, where later commands look). Resumable, like `tcmgc extract`.
+
+        report = extract_folder(Path("my_videos"), "tcmgc-b32", pretrained="ViT-B-32.pt")
+        report.extracted, report.failed, report.cache
+    """
+    from tcmgc_cli.errors import ConfigError
+    from tcmgc_cli.model.registry import get_model_config
+    from tcmgc_cli.workspace import default_cache_path
+
+    if batch_size < 1 or workers < 0:
+        raise ConfigError("--batch-size must be at least 1 and --workers at least 0.")
+    entry = get_model_config(model)
+    jobs, pre_failed, ignored = plan_jobs(videos, ids)
+    if not jobs and not pre_failed:
+        raise ConfigError(f"no video files found in {videos}.")
+    samp = SamplingConfig(entry["num_frames"] if num_frames is None else num_frames, sampling, fps)
+    weights = entry["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
+    encoder = FrameEncoder.load(entry["clip"], weights, device, precision)
+    settings = CacheSettings(model, encoder.fingerprint, samp.to_dict(), encoder.preprocess.size, store_frames)
+    path = cache or default_cache_path(model)
+    report = extract(jobs, path, encoder, settings, samp, backend=VideoBackend(backend), workers=workers,
+                     batch_size=batch_size, on_progress=on_progress, pre_failed=pre_failed, verify=verify)  # fmt: skip
+    report.ignored, report.cache = ignored, str(path)
+    return report
 
 
 def merge_reports(reports: list[ExtractReport]) -> ExtractReport:

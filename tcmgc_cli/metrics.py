@@ -10,6 +10,7 @@ import numpy as np
 from tcmgc_cli.errors import NumericsError
 
 KEYS = ("R@1", "R@5", "R@10", "MdR", "MnR")
+METRIC_KEYS = tuple(f"{d}_{k}" for d in ("t2v", "v2t") for k in KEYS)  # the keys of every metrics dict and JSON
 
 
 def gt_ranks(scores: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, int]:

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from tcmgc_cli.cache import FeatureCache, segment_dir
-from tcmgc_cli.checkpoint import load_verified, save_verified
+from tcmgc_cli.checkpoint import Trained, find_checkpoint, load_verified, save_verified
 from tcmgc_cli.errors import CheckpointError, ConfigError, NumericsError
-from tcmgc_cli.evaluate import Trained, frame_features
+from tcmgc_cli.evaluate import frame_features
 from tcmgc_cli.model.tcmgc import TextFeatures, VideoFeatures
 
 
@@ -256,8 +256,6 @@ def open_index(trained: Trained, checkpoint: Path, cache: FeatureCache) -> Searc
     """The search index for this checkpoint and cache: loaded when saved earlier for the same state, else built
     (the temporal encoder over every video) and saved for the next search (beside the cache when its folder is
     writable, else in the workspace). Each folder keeps the KEEP_INDEXES most recently built indexes."""
-    from tcmgc_cli.evaluate import find_checkpoint
-
     file = find_checkpoint(checkpoint)
     key = index_key(file, cache)
     places = index_locations(file, cache)
@@ -281,3 +279,17 @@ def _prune(folder: Path) -> None:
     saved = sorted(folder.glob("search-*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for old in saved[KEEP_INDEXES:]:
         old.unlink(missing_ok=True)
+
+
+def open_search(checkpoint: Path | None = None, cache: Path | None = None, device: str = "auto") -> SearchIndex:
+    """The search index of a checkpoint (default: the newest run) over a cache (default: the workspace's for its
+    model), ready for `search(["a dog runs"])`."""
+    from tcmgc_cli.errors import CacheError
+    from tcmgc_cli.evaluate import open_trained
+
+    trained, features, source = open_trained(checkpoint, cache, device)
+    if len(features) == 0:
+        raise CacheError(
+            f"{features.path} holds no videos: run `tcmgc extract --videos DIR --model {trained.spec.name}`."
+        )
+    return open_index(trained, source, features)

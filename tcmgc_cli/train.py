@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from tcmgc_cli.cache import FeatureCache
-from tcmgc_cli.checkpoint import read_checkpoint, save_checkpoint
+from tcmgc_cli.checkpoint import Trained, read_checkpoint, save_checkpoint
 from tcmgc_cli.config import TrainConfig
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError, RunExistsError
-from tcmgc_cli.evaluate import Trained, metrics_for, score_split
+from tcmgc_cli.evaluate import metrics_for, score_split
 from tcmgc_cli.fileio import FolderLock
 from tcmgc_cli.model.encoder import Tokenizer
 from tcmgc_cli.model.factory import ModelSpec
@@ -82,6 +82,33 @@ def epoch_order(cfg: TrainConfig, data: TrainData, epoch: int) -> torch.Tensor:
     return pick[torch.randperm(n_videos, generator=g)]
 
 
+class TrainStep(torch.nn.Module):
+    """One forward pass of training: texts and videos encoded on this process, gathered across processes, scored.
+
+    A module of its own so that DistributedDataParallel wraps exactly the computation whose gradients it averages.
+    """
+
+    def __init__(self, model: TcmgcModel, dist: Dist, text_trains: bool) -> None:
+        super().__init__()
+        self.model, self.dist, self.text_trains = model, dist, text_trains
+
+    def forward(self, tokens: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, L); frames (B, T, D) features or (B, T, S, S, 3) uint8 -> logits (N, N), parts (N, N, K),
+        N = B x processes."""
+        model, g = self.model, self.dist.gather
+        with torch.set_grad_enabled(self.text_trains and torch.is_grad_enabled()):
+            text = model.encode_text(tokens)
+        if frames.dtype == torch.uint8:
+            from tcmgc_cli.data.transforms import normalize
+
+            b, t = frames.shape[:2]
+            x = normalize(frames.flatten(0, 1), model.preprocess)  # (B, T, S, S, 3) -> (B*T, 3, S, S)
+            frames = model.clip.visual(x).view(b, t, -1)  # (B*T, D) -> (B, T, D)
+        text = TextFeatures(g(text.words), g(text.sentence), None if text.mask is None else g(text.mask))
+        out = model(text, model.encode_video(g(frames)))
+        return out["logits"], out["parts"]
+
+
 class Trainer:
     def __init__(
         self,
@@ -98,6 +125,7 @@ class Trainer:
         self.device, self.cache, self.on_event = device, cache, on_event or (lambda e: None)
         self.dist = Dist.from_env(device)
         self._freeze()
+        self.step = self.dist.wrap(TrainStep(model, self.dist, text_trains=cfg.freeze != "all"), device)
         self.batches_per_epoch = max(1, math.ceil(len(epoch_order(cfg, data, 0)) / cfg.batch_size))
         self.total_steps = max(1, cfg.epochs * self.batches_per_epoch // cfg.accumulate)
         faithful = cfg.optimizer == "bert"
@@ -119,27 +147,18 @@ class Trainer:
 
     # ---- one step -------------------------------------------------------------------------------------------
     def _frames(self, videos: torch.Tensor) -> torch.Tensor:
+        """Cached frame features (B, T, D), or the cached uint8 frames (B, T, S, S, 3) when CLIP's image tower trains."""
         if self.data.frames is not None:
-            return self.data.frames[videos].to(self.device)  # (B, T, D)
-        from tcmgc_cli.data.transforms import normalize
-
-        raw = torch.stack([torch.from_numpy(self.cache.frames(self.data.video_ids[v])) for v in videos.tolist()])
-        b, t = raw.shape[:2]
-        x = normalize(raw.to(self.device).flatten(0, 1), self.model.preprocess)  # (B*T, 3, S, S)
-        out: torch.Tensor = self.model.clip.visual(x).view(b, t, -1)  # (B*T, D) -> (B, T, D)
-        return out
+            return self.data.frames[videos].to(self.device)
+        raw = [torch.from_numpy(self.cache.frames(self.data.video_ids[v])) for v in videos.tolist()]
+        return torch.stack(raw).to(self.device)
 
     def _loss(self, captions: torch.Tensor) -> dict[str, torch.Tensor]:
         videos = self.data.caption_video[captions]
         amp = self.device.type == "cuda" and self.cfg.precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            with torch.set_grad_enabled(self.cfg.freeze != "all"):
-                text = self.model.encode_text(self.data.tokens[captions].to(self.device))
-            frames = self._frames(videos)
-            g = self.dist.gather
-            text = TextFeatures(g(text.words), g(text.sentence), None if text.mask is None else g(text.mask))
-            out = self.model(text, self.model.encode_video(g(frames)))
-        return tcmgc_loss(out["logits"].float(), out["parts"].float(), self.spec.config.sdr_alpha)
+            logits, parts = self.step(self.data.tokens[captions].to(self.device), self._frames(videos))
+        return tcmgc_loss(logits.float(), parts.float(), self.spec.config.sdr_alpha)
 
     def _lr(self) -> float:
         factor = warmup_cosine(self.state.step / self.total_steps, self.cfg.warmup)
@@ -148,7 +167,6 @@ class Trainer:
         return self.cfg.lr * factor
 
     def _optimizer_step(self) -> None:
-        self.dist.average_gradients(self.model)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.grad is not None], self.cfg.grad_clip

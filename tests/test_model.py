@@ -1,6 +1,7 @@
 """TC-MGC head numerics against the loop oracles of tests/oracle.py, and the two scoring paths against each other."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,39 @@ def test_sentence_feature_equals_open_clip_text_embedding(clip: torch.nn.Module)
     words, sentence = encode_tokens(clip, tokens)
     assert words.shape == (2, 16, 32)
     torch.testing.assert_close(sentence, clip.encode_text(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_temporal_encoder_starts_from_clip_text_blocks_when_widths_match(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reference's init (method doc, section 3): layers from CLIP's first text blocks, positions from its table."""
+    import json
+
+    import open_clip
+
+    from tcmgc_cli.model.factory import ModelSpec, create_model, resolve_spec
+
+    cfg = {"embed_dim": 32, "quick_gelu": True,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}}  # fmt: skip
+    (tmp_path / "tcmgc-test-width32.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path)
+    tiny = resolve_spec("tcmgc-tiny")
+    model = create_model(ModelSpec(tiny.name, "tcmgc-test-width32", None, tiny.config))
+    text, temporal = model.clip.transformer.resblocks, model.head.temporal
+    assert len(temporal.resblocks) == 2
+    for ours, theirs in zip(temporal.resblocks, text, strict=False):
+        for key, value in ours.state_dict().items():
+            torch.testing.assert_close(value, theirs.state_dict()[key], rtol=0, atol=0)
+    rows = temporal.frame_position_embeddings.weight.shape[0]
+    torch.testing.assert_close(temporal.frame_position_embeddings.weight, model.clip.positional_embedding[:rows])
+    import logging
+
+    logger = logging.getLogger("tcmgc_cli")
+    logger.addHandler(caplog.handler)  # the command line may have stopped propagation to the root logger
+    try:
+        with caplog.at_level("INFO", logger="tcmgc_cli"):
+            create_model(tiny)  # text width 64, joint width 32: cannot seed it, and says so
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "starts from random weights" in caplog.text

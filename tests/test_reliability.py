@@ -381,7 +381,7 @@ def test_long_query_note_is_short(data: Path, sample_cache: Path, tmp_path: Path
 
 
 def test_saved_search_indexes_do_not_pile_up(sample_cache: Path, tmp_path: Path, data: Path) -> None:
-    from tcmgc_cli.evaluate import load_trained
+    from tcmgc_cli.checkpoint import load_trained
     from tcmgc_cli.search import KEEP_INDEXES, open_index
 
     cache = tmp_path / "c.h5"
@@ -399,7 +399,7 @@ def test_saved_search_indexes_do_not_pile_up(sample_cache: Path, tmp_path: Path,
 def test_search_on_a_read_only_cache_folder_saves_its_index_in_the_workspace(
     sample_cache: Path, tmp_path: Path, data: Path
 ) -> None:
-    from tcmgc_cli.evaluate import load_trained
+    from tcmgc_cli.checkpoint import load_trained
     from tcmgc_cli.search import index_locations, open_index
 
     run = tmp_path / "run"

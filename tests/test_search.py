@@ -56,7 +56,7 @@ def test_search_json_lines(run: Path, sample_cache: Path, tmp_path: Path) -> Non
 
 def test_two_stage_equals_exhaustive_when_shortlist_is_everything(run: Path, sample_cache: Path) -> None:
     from tcmgc_cli.cache import FeatureCache
-    from tcmgc_cli.evaluate import load_trained
+    from tcmgc_cli.checkpoint import load_trained
     from tcmgc_cli.search import SearchIndex
 
     index = SearchIndex.from_cache(load_trained(run, "cpu"), FeatureCache(sample_cache))
@@ -106,7 +106,7 @@ def test_index_is_saved_and_reused_until_the_cache_changes(run: Path, sample_cac
     import shutil
 
     from tcmgc_cli.cache import FeatureCache, segment_dir
-    from tcmgc_cli.evaluate import load_trained
+    from tcmgc_cli.checkpoint import load_trained
     from tcmgc_cli.search import open_index
 
     cache_path = tmp_path / "c.h5"

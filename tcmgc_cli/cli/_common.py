@@ -25,7 +25,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 def handle_errors(interrupted: str = "finished work is kept; rerun the same command to continue.") -> Iterator[None]:
     """Expected failures become one line on stderr: exit 2 for bad options, 1 for everything else (file-system
     errors included: they name the file and the fix), 130 for Ctrl-C with `interrupted` saying how to go on."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _show_library_notes()
     try:
         yield
     except ConfigError as err:
@@ -42,6 +42,22 @@ def handle_errors(interrupted: str = "finished work is kept; rerun the same comm
     except KeyboardInterrupt:
         stderr.print(f"Interrupted: {interrupted}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+class _StderrNotes(logging.Handler):
+    """The library's log lines (split summaries, skipped videos, resumes) as plain lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        style = "yellow" if record.levelno >= logging.WARNING else None
+        stderr.print(record.getMessage(), style=style, highlight=False, markup=False, soft_wrap=True)
+
+
+def _show_library_notes() -> None:
+    logger = logging.getLogger("tcmgc_cli")
+    if not any(isinstance(h, _StderrNotes) for h in logger.handlers):
+        logger.addHandler(_StderrNotes())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _error(message: str) -> None:

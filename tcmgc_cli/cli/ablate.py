@@ -10,6 +10,7 @@ from tcmgc_cli.cli._data import (
     AnnotationsOpt,
     BatchSizeOpt,
     CacheOpt,
+    ConfigOpt,
     DataRootOpt,
     DatasetName,
     DatasetOpt,
@@ -18,10 +19,11 @@ from tcmgc_cli.cli._data import (
     LrOpt,
     ModelOpt,
     PretrainedOpt,
+    SetOpt,
     SkipMissingOpt,
     TrainListOpt,
+    source,
 )
-from tcmgc_cli.cli.train import ConfigOpt, SetOpt
 
 
 def ablate_command(
@@ -76,11 +78,15 @@ def ablate_command(
             seed_list = [int(s) for s in names(seeds)]
         except ValueError:
             raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
+        from tcmgc_cli.ablate import ablate
+
         flags: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-        if freeze_backbone:
-            flags["freeze"] = "all"
-        summary, folder = _run(variants, seed_list or [42], dataset, data_root, annotations, split, cache, output, model, pretrained,
-                               config, set_ or [], {k: v for k, v in flags.items() if v is not None}, skip_missing, train_list, device)  # fmt: skip
+        train = {k: v for k, v in flags.items() if v is not None} | ({"freeze": "all"} if freeze_backbone else {})
+        summary, folder = ablate(
+            variants, seed_list or [42], source(dataset, data_root, annotations, skip_missing, train_list), split=split,
+            output=output, model=model, pretrained=pretrained, cache=cache, config=config, sets=set_ or [], train=train,
+            device=device, on_event=lambda msg: stderr.print(msg),
+        )  # fmt: skip
         _render(summary, folder, json_out)
 
 
@@ -88,77 +94,12 @@ def names(text: str | None) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()] if text else []
 
 
-def _run(
-    variants: list[Any], seeds: list[int], dataset: DatasetName, data_root: Path | None, annotations: Path | None,
-    split: str, cache: Path | None, output: Path | None, model_name: str, pretrained: str | None, config: Path | None,
-    sets: list[str], flags: dict[str, Any], skip_missing: bool, train_list: str, device: str,
-) -> tuple[Any, Path]:  # fmt: skip
-    import dataclasses
-
-    from tcmgc_cli.ablate import plot, run_grid, summarize
-    from tcmgc_cli.cli._data import load_checked_split
-    from tcmgc_cli.cli.train import prepare, train_once
-    from tcmgc_cli.model.factory import resolve_spec
-    from tcmgc_cli.workspace import workspace_dir
-
-    setup = prepare(
-        dataset,
-        data_root,
-        annotations,
-        cache,
-        model_name,
-        pretrained,
-        config,
-        sets,
-        flags,
-        skip_missing,
-        train_list,
-        device,
-    )
-    test = load_checked_split(dataset, data_root, annotations, split, setup.cache, skip_missing)
-    folder = output or workspace_dir() / "ablations" / model_name
-
-    def run_one(variant: Any, seed: int, run_dir: Path) -> dict[str, Any]:
-        spec = resolve_spec(model_name, pretrained, {**setup.overrides, **variant.overrides})
-        cfg = dataclasses.replace(setup.cfg, seed=seed)
-        train_once(setup, spec, cfg, run_dir, resume=True, on_event=lambda e: None, say_fresh=False)
-        return {
-            **_evaluate(run_dir, setup, test),
-            "keep_rate": spec.config.keep_rate,
-            "sdr_alpha": spec.config.sdr_alpha,
-        }
-
-    results = run_grid(variants, seeds, folder, run_one, on_event=lambda msg: stderr.print(msg))
-    summary = summarize(results)
-    summary.to_csv(folder / "ablation.csv", index=False)
-    plot(summary, folder / "ablation.png")
-    return summary, folder
-
-
-def _evaluate(run_dir: Path, setup: Any, test: Any) -> dict[str, Any]:
-    import time
-
-    import torch
-
-    from tcmgc_cli.ablate import score_variance
-    from tcmgc_cli.evaluate import load_trained, metrics_for, score_split
-
-    trained = load_trained(run_dir, str(setup.device))
-    parts: list[torch.Tensor] = []
-    start = time.perf_counter()
-    scores = score_split(trained, setup.cache, test, setup.cfg.eval_chunk, parts=parts)
-    seconds = time.perf_counter() - start
-    metrics: dict[str, Any] = metrics_for(scores, test)
-    metrics["pairs_per_s"] = scores.size / seconds
-    metrics["score_variance"] = score_variance(torch.cat(parts), test.caption_video)
-    return metrics
-
-
 def _render(summary: Any, folder: Path, json_out: bool) -> None:
-    from tcmgc_cli.ablate import EXTRA, METRICS
+    from tcmgc_cli.ablate import EXTRA
+    from tcmgc_cli.metrics import METRIC_KEYS
 
     if json_out:
-        keys = [*METRICS, *EXTRA]
+        keys = [*METRIC_KEYS, *EXTRA]
         rows = []
         for _, r in summary.iterrows():
             row = {

@@ -1,6 +1,5 @@
 """`tcmgc extract`: fill the feature cache from a folder of videos or a dataset."""
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -83,15 +82,25 @@ def extract_command(
     Exit 0 when all (or some, with a warning) videos are in the cache, 1 when none succeeded, 2 for bad options.
     """
     with handle_errors():
-        if batch_size < 1 or workers < 0:
-            raise ConfigError("--batch-size must be at least 1 and --workers at least 0.")
-        report, cache_path = _run(
-            videos, dataset, data_root, annotations, cache, model, pretrained, num_frames, sampling.value, fps,
-            batch_size, workers, store_frames, backend.value, device, precision, json_out, verify,
-        )  # fmt: skip
-        if int(os.environ.get("RANK", "0")) != 0:
+        from tcmgc_cli.distributed import process_rank
+        from tcmgc_cli.extract import extract_folder
+
+        folder, ids = _resolve_jobs(videos, dataset, data_root, annotations)
+        with make_progress("videos", disable=json_out or process_rank() != 0) as progress:
+            task = progress.add_task("extract", total=None, rate="")
+
+            def on_progress(done: int, total: int) -> None:
+                speed = progress.tasks[task].speed
+                progress.update(task, completed=done, total=total, rate=f"{speed:.1f} videos/s" if speed else "")
+
+            report = extract_folder(
+                folder, model, ids=ids, cache=cache, pretrained=pretrained, num_frames=num_frames, sampling=sampling.value,
+                fps=fps, batch_size=batch_size, workers=workers, store_frames=store_frames, backend=backend.value,
+                device=device, precision=precision, verify=verify, on_progress=on_progress,
+            )  # fmt: skip
+        if process_rank() != 0:
             return  # under torchrun, rank 0 reports for every process
-        _render(report, cache_path, json_out)
+        _render(report, json_out)
         if report.failed and not (report.extracted or report.cached):
             raise typer.Exit(1)
 
@@ -119,52 +128,14 @@ def _resolve_jobs(
     return folder, ids
 
 
-def _run(
-    videos: Path | None, dataset: Dataset | None, data_root: Path | None, annotations: Path | None,
-    cache: Path | None, model: str, pretrained: str | None, num_frames: int | None, sampling: str, fps: float,
-    batch_size: int, workers: int, store_frames: bool, backend: str, device: str, precision: str, quiet: bool,
-    verify: bool = False,
-) -> tuple["ExtractReport", Path]:  # fmt: skip
-    from tcmgc_cli.cache import CacheSettings
-    from tcmgc_cli.config import SamplingConfig
-    from tcmgc_cli.data.video import VideoBackend
-    from tcmgc_cli.extract import extract, plan_jobs
-    from tcmgc_cli.model.encoder import FrameEncoder
-    from tcmgc_cli.model.registry import get_model_config
-    from tcmgc_cli.workspace import default_cache_path
-
-    spec = get_model_config(model)
-    folder, ids = _resolve_jobs(videos, dataset, data_root, annotations)
-    jobs, pre_failed, ignored = plan_jobs(folder, ids)
-    if not jobs and not pre_failed:
-        raise ConfigError(f"no video files found in {folder}.")
-    samp = SamplingConfig(spec["num_frames"] if num_frames is None else num_frames, sampling, fps)
-    weights = spec["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
-    encoder = FrameEncoder.load(spec["clip"], weights, device, precision)
-    settings = CacheSettings(model, encoder.fingerprint, samp.to_dict(), encoder.preprocess.size, store_frames)
-    cache_path = cache or default_cache_path(model)
-    with make_progress("videos", disable=quiet or int(os.environ.get("RANK", "0")) != 0) as progress:
-        task = progress.add_task("extract", total=len(jobs), rate="")
-
-        def on_progress(done: int, total: int) -> None:
-            speed = progress.tasks[task].speed
-            progress.update(task, completed=done, rate=f"{speed:.1f} videos/s" if speed else "")
-
-        report = extract(
-            jobs, cache_path, encoder, settings, samp, backend=VideoBackend(backend),
-            workers=workers, batch_size=batch_size, on_progress=on_progress, pre_failed=pre_failed, verify=verify,
-        )  # fmt: skip
-    report.ignored = ignored
-    return report, cache_path
-
-
-def _render(report: "ExtractReport", cache_path: Path, json_out: bool) -> None:
+def _render(report: "ExtractReport", json_out: bool) -> None:
+    cache_path = report.cache
     if json_out:
-        print_json({**report.to_dict(), "cache": str(cache_path)})
+        print_json(report.to_dict())
     else:
         from rich.table import Table
 
-        table = Table("extracted", "already cached", "failed", "ignored files", "seconds", title=str(cache_path))
+        table = Table("extracted", "already cached", "failed", "ignored files", "seconds", title=cache_path)
         table.add_row(*map(str, (len(report.extracted), len(report.cached), len(report.failed))),
                       str(len(report.ignored)), f"{report.wall_s:.1f}")  # fmt: skip
         stdout.print(table)

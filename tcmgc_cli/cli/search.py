@@ -45,7 +45,9 @@ def search_command(
     """
     with handle_errors():
         texts = _queries(query, queries)
-        index = _index(cache, checkpoint, device)
+        from tcmgc_cli.search import open_search
+
+        index = open_search(checkpoint, cache, device)
         results, notes = index.search(texts, top_k, candidates)
         for note in notes:
             stderr.print(f"Note: {note}.")
@@ -74,17 +76,6 @@ def _queries(query: str | None, path: Path | None) -> list[str]:
     if not lines:
         raise ConfigError(f"--queries {path} has no queries (one per line).")
     return lines
-
-
-def _index(cache_path: Path | None, checkpoint: Path | None, device: str) -> Any:
-    from tcmgc_cli.cli._data import open_trained
-    from tcmgc_cli.errors import CacheError
-    from tcmgc_cli.search import open_index
-
-    trained, cache, source = open_trained(cache_path=cache_path, checkpoint=checkpoint, device=device)
-    if len(cache) == 0:
-        raise CacheError(f"{cache.path} holds no videos: run `tcmgc extract --videos DIR --model {trained.spec.name}`.")
-    return open_index(trained, source, cache)
 
 
 def _hits_table(query: str, hits: list[Any]) -> Any:

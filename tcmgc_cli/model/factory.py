@@ -1,10 +1,13 @@
 """Build a TcmgcModel from a registered name: config -> CLIP towers -> head -> initialization."""
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from tcmgc_cli.config import ModelConfig
 from tcmgc_cli.model.registry import get_model_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,21 @@ def resolve_spec(
     return ModelSpec(name, entry["clip"], weights, cfg)
 
 
-def create_model(spec: ModelSpec) -> Any:
-    """A TcmgcModel on CPU in train mode; the temporal encoder starts from CLIP's text blocks when widths match."""
+def create_model(spec: ModelSpec, weights_follow: bool = False) -> Any:
+    """A TcmgcModel on CPU in train mode; the temporal encoder starts from CLIP's text blocks when widths match
+    (the reference's init), else from random weights, which is logged. weights_follow: a checkpoint's weights
+    replace these at once (no init, no log)."""
     from tcmgc_cli.model.encoder import load_clip
     from tcmgc_cli.model.tcmgc import TcmgcModel
 
     clip, preprocess = load_clip(spec.clip, spec.pretrained)
     model = TcmgcModel(spec.config, clip)
     model.preprocess = preprocess
-    model.head.temporal.init_from_clip_text(clip.transformer.resblocks, clip.positional_embedding)
+    if not weights_follow and not model.head.temporal.init_from_clip_text(
+        clip.transformer.resblocks, clip.positional_embedding
+    ):
+        log.info(
+            "The temporal encoder starts from random weights: %s's text blocks (width %d) cannot seed it (width %d).",
+            spec.clip, clip.positional_embedding.shape[-1], spec.config.embed_dim,
+        )  # fmt: skip
     return model.train()

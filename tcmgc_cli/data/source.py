@@ -1,0 +1,56 @@
+"""A dataset as a run names it (layout, folder, files) and its splits, checked against a feature cache."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.data.annotations import Split, load_split
+from tcmgc_cli.errors import AnnotationError, CacheError
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("msrvtt", "didemo", "vatex", "csv")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the captions come from: `dataset` msrvtt|didemo|vatex in the reference layout under `data_root`, or
+    csv with `annotations` (video_id,caption[,split])."""
+
+    dataset: str = "msrvtt"
+    data_root: Path | None = None
+    annotations: Path | None = None
+    train_list: str = "9k"  # MSR-VTT training list: 9k or 7k
+    skip_missing: bool = False  # go on without videos that have no cached features
+
+    def split(self, name: str, cache: FeatureCache) -> Split:
+        """Split `name`, whose videos must all be in the cache (or, with skip_missing, only those that are)."""
+        data = load_split(self.dataset, self.data_root, name, self.annotations, self.train_list)
+        missing = [v for v in data.video_ids if v not in cache]
+        if missing and not self.skip_missing:
+            raise CacheError(missing_message(missing, len(data.video_ids), cache.path))
+        if missing:
+            log.warning("Skipping %d videos without features (first: %s).", len(missing), ", ".join(missing[:3]))
+            data = data.restrict(set(cache.ids()))
+        if not data.captions:
+            raise CacheError(f"{data.summary()}: nothing left to use.")
+        log.info(data.summary())
+        return data
+
+    def validation_split(self, cache: FeatureCache) -> Split | None:
+        """The split the reference validates on: MSR-VTT's 1k-A test set; val where a dataset has one, else test."""
+        for name in ("test",) if self.dataset == "msrvtt" else ("val", "test"):
+            try:
+                if not load_split(self.dataset, self.data_root, name, self.annotations).captions:
+                    continue
+            except AnnotationError:
+                continue
+            return self.split(name, cache)
+        log.info("No validation split: every epoch's checkpoint counts as the best.")
+        return None
+
+
+def missing_message(missing: list[str], total: int, cache: Path) -> str:
+    return (f"{len(missing)} of {total} videos have no features in {cache} (first: {', '.join(missing[:5])}). "
+            "Run `tcmgc extract` for them, or pass --skip-missing to go on without them.")  # fmt: skip
