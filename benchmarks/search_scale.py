@@ -1,6 +1,6 @@
 """The coarse stage of `tcmgc search` at 100,000 and 1,000,000 videos (512 dims, float16 storage), CPU.
 
-Per query: the coarse shortlist (`tcmgc_cli.search.coarse_topk` over the float16 index, float32 blocks), then full
+Per query: the coarse shortlist (`tcmgc_cli.search.coarse_topk` over the float16 index, multiplied in float16 blocks), then full
 TC-MGC scoring of the C candidates (ViT-B/32 sizes: D = 512, 12 frames, 32 words, random weights). Top-10
 agreement: the fraction of queries whose two-stage top-10 set equals the exhaustive TC-MGC top-10 over the whole
 collection, which is computed block by block so that 1M videos never sit in memory at once.

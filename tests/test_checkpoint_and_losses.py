@@ -136,3 +136,58 @@ def test_models_command_prints_head_sizes() -> None:
 
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["tcmgc-b32"]["head_parameters"]["lva"] == 265_728
+
+
+# The method doc's section 15 table, role by role: reference key -> the module of ours that plays that role.
+DOC_TABLE = {
+    "frame_position_embeddings.weight": "head.temporal.frame_position_embeddings.weight",  # position table
+    "conditional_transformer.pool_frames.layer_norm1.weight": "head.lva.layer_norm1.weight",  # LVA's LN1
+    "conditional_transformer.pool_frames.layer_norm2.bias": "head.lva.layer_norm2.bias",  # LVA's LN2
+    "conditional_transformer.pool_frames.layer_norm3.weight": "head.lva.layer_norm3.weight",  # LVA's LN3
+    "conditional_transformer.pool_frames.linear_proj.weight": "head.lva.linear_proj.weight",  # LVA's linear layer
+    "global_mat_weight": "head.global_mat_weight",  # G (video-sentence)
+    "local_mat_weight": "head.local_mat_weight",  # L (frame-word)
+    "attentive_word_logit_weight": "head.isa_vw.weight",  # A1: video-word ISA, [k, k]
+    "concat_frame_word_logit_weight": "head.isa_sf.weight",  # A2: sentence-frame ISA (keep and fuse), [k+1, k+1]
+    "attentive_word_mat_weight": "head.isa_fw_words.weight",  # B1: over words, per frame column
+    "attentive_frame_word_mat_weight": "head.isa_fw_frames.weight",  # B2: over frames, per word row
+    "attentive_frame_word_mat_weight2": "head.isa_fw_u.weight",  # B3: over the frame-indexed vector u
+    "attentive_word_mat_weight2": "head.isa_fw_z.weight",  # B4: over the word-indexed vector z
+    "logit_weight": "head.aggregation.weight",  # C (LSA)
+}
+
+
+def test_reference_file_built_from_the_method_doc_table_lands_role_by_role() -> None:
+    """A reference state dict written from the doc's key table (not from our own mapping), with distinct random
+    values: every tensor must land in the module that plays its role, and the doc's shapes must be ours."""
+    model = create_model(resolve_spec("tcmgc-tiny"))
+    cfg, d = model.cfg, model.cfg.embed_dim
+    k = int(cfg.max_words * cfg.keep_rate)  # k = floor(Nw * r)
+    g = torch.Generator().manual_seed(11)
+    shapes = {"frame_position_embeddings.weight": (cfg.temporal_positions, d),
+              "conditional_transformer.pool_frames.layer_norm1.weight": (d,),
+              "conditional_transformer.pool_frames.layer_norm2.bias": (d,),
+              "conditional_transformer.pool_frames.layer_norm3.weight": (d,),
+              "conditional_transformer.pool_frames.linear_proj.weight": (d, d),
+              "global_mat_weight": (d, d), "local_mat_weight": (d, d), "attentive_word_logit_weight": (k, k),
+              "concat_frame_word_logit_weight": (k + 1, k + 1), "attentive_word_mat_weight": (k, k),
+              "attentive_frame_word_mat_weight": (k, k), "attentive_frame_word_mat_weight2": (k, k),
+              "attentive_word_mat_weight2": (k, k), "logit_weight": (4, 4)}  # fmt: skip
+    state = {key: torch.randn(shape, generator=g) for key, shape in shapes.items()}
+    for key, value in model.clip.state_dict().items():  # the CLIP towers: `clip.` + CLIP's own names
+        state[f"clip.{key}"] = value.clone()
+    rest = {"conditional_transformer.pool_frames.layer_norm1.bias", "conditional_transformer.pool_frames.layer_norm2.weight",
+            "conditional_transformer.pool_frames.layer_norm3.bias", "conditional_transformer.pool_frames.linear_proj.bias"}  # fmt: skip
+    for key in rest:
+        state[key] = torch.randn(d, generator=g)
+    for n, block in enumerate(model.head.temporal.resblocks):  # transformerClip.resblocks.N.* in CLIP text-block names
+        for key, value in block.state_dict().items():
+            state[f"transformerClip.resblocks.{n}.{key}"] = torch.randn(value.shape, generator=g)
+    state["conditional_transformer.pool_frames.cross_attn.q_proj.weight"] = torch.zeros(d, d)  # present, unused
+    import_reference(model, state)
+    ours = model.state_dict()
+    for theirs, mine in DOC_TABLE.items():
+        assert torch.equal(ours[mine], state[theirs]), f"{theirs} did not land in {mine}"
+    assert torch.equal(
+        ours["head.temporal.resblocks.1.attn.in_proj_weight"], state["transformerClip.resblocks.1.attn.in_proj_weight"]
+    )

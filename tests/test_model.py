@@ -206,3 +206,18 @@ def test_temporal_encoder_starts_from_clip_text_blocks_when_widths_match(
     finally:
         logger.removeHandler(caplog.handler)
     assert "starts from random weights" in caplog.text
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6])
+@pytest.mark.parametrize("dim", [-1, -2, 0])
+def test_top_values_equals_a_sorted_python_list(k: int, dim: int) -> None:
+    """The tournament selection against the obvious oracle: sort each line in Python, take the first k."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(-3, 4, (5, 7, 9), generator=g).float()  # many ties
+    x[x == -3] = float("-inf")  # masked entries
+    got = reorganize.top_values(x, k, dim)
+    moved = x.movedim(dim, -1)
+    want = torch.tensor(
+        [sorted(line, reverse=True)[: min(k, len(line))] for line in moved.reshape(-1, moved.shape[-1]).tolist()]
+    ).view(*moved.shape[:-1], -1)
+    assert torch.equal(got, want.movedim(-1, dim))

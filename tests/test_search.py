@@ -62,9 +62,15 @@ def test_two_stage_equals_exhaustive_when_shortlist_is_everything(run: Path, sam
     index = SearchIndex.from_cache(load_trained(run, "cpu"), FeatureCache(sample_cache))
     text, _ = index.encode_queries(["a green triangle moves down"])
     hits = index.search_features(text, top_k=10, candidates=len(index))[0]
-    scores = index.full_scores(text, torch.arange(len(index)))[0]
-    want = [index.ids[i] for i in scores.argsort(descending=True)[:10].tolist()]
+    # the independent side: the training path (direct LVA, one pooled vector per pair) over the same features
+    from tcmgc_cli.model.tcmgc import VideoFeatures
+
+    with torch.no_grad():
+        direct = index.trained.model(text, VideoFeatures(index.frames, index.temporal, None, None))["logits"][0]
+    want = [index.ids[i] for i in direct.argsort(descending=True)[:10].tolist()]
     assert [h.video_id for h in hits] == want
+    for h in hits:
+        assert h.score == pytest.approx(float(direct[index.ids.index(h.video_id)]), rel=1e-4)
     few = index.search_features(text, top_k=3, candidates=5)[0]
     assert len(few) == 3 and {h.video_id for h in few} <= set(index.ids)
 

@@ -1,6 +1,9 @@
 """Pure functions that choose which frames of a video to decode."""
 
 import math
+from collections.abc import Sequence
+
+import numpy as np
 
 from tcmgc_cli.config import SamplingConfig
 
@@ -31,3 +34,24 @@ def sample_frame_indices(total_frames: int, video_fps: float, cfg: SamplingConfi
         return spread(total_frames, cfg.num_frames)
     candidates = fps_candidates(total_frames, video_fps, cfg.fps)
     return [candidates[i] for i in spread(len(candidates), cfg.num_frames)]
+
+
+def clip_spans(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
+    """Windows of `window` seconds every `stride` seconds over [0, duration], the last one ending at the end, so that
+    they cover the video without gaps (stride <= window). A video no longer than one window, or window 0, is one
+    span (0, duration)."""
+    if window <= 0 or duration <= window:
+        return [(0.0, duration)]
+    if not 0 < stride <= window:
+        raise ValueError(f"stride must be in (0, window], got stride={stride}, window={window}")
+    count = math.ceil((duration - window) / stride - 1e-9)  # windows that start before the last one
+    spans = [(k * stride, k * stride + window) for k in range(count)]
+    return [*spans, (duration - window, duration)]
+
+
+def clip_frame_indices(frame_times: Sequence[float], start: float, end: float, num: int) -> list[int]:
+    """`num` frames of one clip: the frame shown at each of `num` evenly spaced times start + j (end - start) / num
+    (the last frame starting at or before that time). frame_times: every frame's start time, non-decreasing."""
+    times = np.asarray(frame_times, dtype=np.float64)
+    targets = start + (end - start) * np.arange(num) / num
+    return np.clip(np.searchsorted(times, targets + 1e-9, side="right") - 1, 0, len(times) - 1).tolist()  # type: ignore[no-any-return]
