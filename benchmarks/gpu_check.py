@@ -112,7 +112,8 @@ def check_scoring(device: str, n: int) -> dict[str, Any]:
             m = model.to(dev)
             text = TextFeatures(words[:64].to(dev), sentence[:64].to(dev))
             with torch.no_grad():
-                corner[(name, dev)] = m.score_chunked(text, m.encode_video(frames[:64].to(dev), factorized=True))["logits"].cpu()
+                video = m.encode_video(frames[:64].to(dev), factorized=True)
+                corner[(name, dev)] = m.score_chunked(text, video)["logits"].cpu()
         m = model.to(device)
         text = TextFeatures(words.to(device), sentence.to(device))
         with torch.no_grad():
@@ -147,7 +148,7 @@ def main() -> None:
         work = Path(tmp)
         for step in (check_extract, check_train_evaluate):
             summary.update(step(args.device, work))
-            print(json.dumps({k: v for k, v in summary.items()}), flush=True)
+            print(json.dumps(summary), flush=True)
     summary.update(check_scoring(args.device, args.scoring_size))
     summary["all_agree"] = all(v for k, v in summary.items() if k.endswith("agrees"))
     summary["wall_s"] = round(time.perf_counter() - start, 1)
