@@ -5,7 +5,13 @@ root attributes with the settings (schema, tool version, encoder and its weights
 and one row per video in stacked datasets:
 
     ids (n,) str | embeddings (n, T, D) f4 | timestamps (n, T) f4 | frame_indices (n, T) i8 | num_frames (n,) i4
-    paths (n,) str | sizes (n,) i8 | mtimes (n,) i8 | sha1 (n,) str | [frames (n, T, S, S, 3) u1]
+    paths (n,) str | sizes (n,) i8 | mtimes (n,) i8 | sha1 (n,) str | videos (n,) str | spans (n, 2) f4
+    [frames (n, T, S, S, 3) u1]
+
+A row is one entry: a whole video (its id is the video's), or one clip of a long video (id "<video>@<n>"); `videos`
+names each row's source video and `spans` its (start, end) seconds there. Files written before clips existed have
+neither: each row is then a whole video, its span derived from its frame times. A video's rows are written
+together, and a later file's rows of a video replace all of that video's earlier rows.
 
 Crash safety. No file is ever modified in place: a writer builds each segment under a temporary name, fsyncs it and
 renames it into place, so a SIGKILL at any moment leaves only whole segments. `compact()` merges the segments into a
@@ -15,8 +21,10 @@ drop their handles when pickled, so DataLoader workers reopen them.
 """
 
 import contextlib
+import io
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,10 +51,11 @@ class CacheSettings:
     sampling: dict[str, Any]  # SamplingConfig.to_dict()
     image_size: int  # crop side in pixels
     store_frames: bool = False  # whether preprocessed uint8 frames are kept
+    clips: dict[str, float] | None = None  # {"seconds", "stride"}: long videos as overlapping clips; None: whole
 
     def mismatch(self, other: "CacheSettings") -> str | None:
         """A sentence naming the first difference, or None when `other` may share this cache."""
-        for key in ("encoder_fingerprint", "sampling", "image_size", "store_frames"):
+        for key in ("encoder_fingerprint", "sampling", "image_size", "store_frames", "clips"):
             mine, theirs = getattr(self, key), getattr(other, key)
             if mine != theirs:
                 return f"{key} is {mine} in the cache but {theirs} in this run"
@@ -67,6 +76,8 @@ class VideoRecord:
     mtime_ns: int
     sha1: str  # content fingerprint of the source file
     frames: np.ndarray | None = field(default=None, repr=False)  # (T, S, S, 3) uint8, with store_frames
+    video: str = ""  # the source video's id ("" = video_id: a whole video)
+    span: tuple[float, float] | None = None  # (start, end) seconds of this entry in its video (None: whole video)
 
 
 def _write_attrs(f: h5py.File, settings: CacheSettings, merged: Sequence[str] = ()) -> None:
@@ -87,12 +98,19 @@ def _read_settings(f: h5py.File, path: Path) -> CacheSettings:
 
 @contextlib.contextmanager
 def _atomic_h5(path: Path) -> Iterator[h5py.File]:
-    """Write an HDF5 file under a temporary name; it appears at `path` only once complete and synced."""
+    """Write an HDF5 file under a temporary name; it appears at `path` only once complete and synced.
+
+    A failed write (disk full, read-only, quota; h5py raises OSError or RuntimeError) is one CacheError, and the
+    segments written before stay. h5py's objects of the failed file print the same error again as they are freed,
+    with a traceback, straight to stderr: what they print while the file is open is held back and dropped then.
+    """
+    echoes = io.StringIO()
     try:
-        with atomic_path(path) as tmp, h5py.File(tmp, "w", locking=False) as f:
+        with atomic_path(path) as tmp, contextlib.redirect_stderr(echoes), h5py.File(tmp, "w", locking=False) as f:
             yield f
-    except (OSError, RuntimeError) as err:  # disk full, read-only, quota (h5py raises both): segments so far stay
-        raise CacheError(f"cannot write {path.name}: {describe_os_error(err, path.parent)}") from err
+    except (OSError, RuntimeError) as err:
+        raise CacheError(f"cannot write {path.name}: {describe_os_error(err, path.parent)}") from None
+    sys.stderr.write(echoes.getvalue())
 
 
 def _dataset(
@@ -118,11 +136,20 @@ def _write_rows(f: h5py.File, records: Sequence[VideoRecord], store_frames: bool
     _dataset(f, "sizes", np.array([r.size for r in records], dtype=np.int64))
     _dataset(f, "mtimes", np.array([r.mtime_ns for r in records], dtype=np.int64))
     _dataset(f, "sha1", [r.sha1 for r in records], dtype=_STR)
+    _dataset(f, "videos", [r.video or r.video_id for r in records], dtype=_STR)
+    _dataset(f, "spans", np.array([r.span or _whole_span(r.timestamps) for r in records], dtype=np.float32))
     if store_frames:
         frames = np.stack([r.frames for r in records if r.frames is not None])  # (n, T, S, S, 3)
         if len(frames) != len(records):
             raise ValueError("store_frames is on but a record has no frames")
         _dataset(f, "frames", frames)
+
+
+def _whole_span(times: np.ndarray) -> tuple[float, float]:
+    """(0, end) of a whole video known only by its sampled frame times: the last one plus one typical gap."""
+    times = np.unique(np.asarray(times, dtype=np.float64))
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    return 0.0, float(times[-1]) + step if len(times) else 0.0
 
 
 def segment_dir(path: Path) -> Path:
@@ -137,6 +164,7 @@ class FeatureCache:
         if not self.path.is_file():
             raise CacheError(f"no cache at {self.path}: run `tcmgc extract` first, or pass --cache FILE.")
         self._index: dict[str, tuple[Path, int]] | None = None
+        self._rows_of: dict[str, list[str]] = {}
         self._settings: CacheSettings | None = None
         self._handles: dict[Path, h5py.File] = {}
 
@@ -163,15 +191,24 @@ class FeatureCache:
         self._settings = _read_settings(root, self.path)
         merged = set(json.loads(root.attrs.get("merged_segments", "[]")))
         index: dict[str, tuple[Path, int]] = {}
+        rows_of: dict[str, list[str]] = {}  # video id -> its row ids
         for source in [self.path, *self.segments(exclude=merged)]:
             f = self._file(source)
             if source != self.path and (settings := _read_settings(f, source)) != self._settings:
                 raise CacheError(
                     f"segment {source} was written with other settings ({settings.mismatch(self._settings)})."
                 )
-            if "ids" in f:
-                for row, vid in enumerate(f["ids"].asstr()[:]):
-                    index[vid] = (source, row)
+            if "ids" not in f:
+                continue
+            ids = list(f["ids"].asstr()[:])
+            videos = list(f["videos"].asstr()[:]) if "videos" in f else ids
+            for video in set(videos) & rows_of.keys():  # re-extracted: drop every earlier row of that video
+                for old in rows_of.pop(video):
+                    index.pop(old, None)
+            for row, (rid, video) in enumerate(zip(ids, videos, strict=True)):
+                index[rid] = (source, row)
+                rows_of.setdefault(video, []).append(rid)
+        self._rows_of = rows_of
         return index
 
     def segments(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[Path]:
@@ -199,7 +236,27 @@ class FeatureCache:
         return video_id in self.index
 
     def ids(self) -> list[str]:
+        """Every entry: whole videos by their id, clips of long videos as "<video>@<n>"."""
         return list(self.index)
+
+    def videos(self) -> list[str]:
+        """The source videos, each once."""
+        _ = self.index
+        return list(self._rows_of)
+
+    def clip_ids(self, video_id: str) -> list[str]:
+        """The entries of one video in time order: [video_id] for a whole video."""
+        _ = self.index
+        if video_id not in self._rows_of:
+            raise KeyError(f"video {video_id!r} is not in cache {self.path}")
+        rows = self._rows_of[video_id]
+        return [r for _, r in sorted(zip(self.load_rows(rows, "spans")[:, 0].tolist(), rows, strict=True))]
+
+    def clips(self, video_id: str) -> list[tuple[float, float]]:
+        """The (start_sec, end_sec) of each indexed clip of a video, in time order; together they cover it from
+        start to end (one span for a video no longer than one clip)."""
+        rows = self.clip_ids(video_id)
+        return [(float(a), float(b)) for a, b in self.load_rows(rows, "spans")]
 
     def _row(self, video_id: str, name: str) -> Any:
         if video_id not in self.index:
@@ -211,7 +268,11 @@ class FeatureCache:
             raise CacheError(damaged_message(self.path, [video_id], f"{name}: {str(err).splitlines()[0]}")) from err
 
     def embeddings(self, video_id: str) -> np.ndarray:
-        """Frame features (T, D) float32; a damaged or non-finite row is a CacheError that names the video."""
+        """Frame features (T, D) float32 of an entry (a whole video, or a clip id from `clip_ids`); a damaged or
+        non-finite row is a CacheError that names it."""
+        if video_id not in self.index and video_id in self._rows_of:
+            raise KeyError(f"video {video_id!r} is indexed as {len(self._rows_of[video_id])} clips: "
+                           "read them by the ids of cache.clip_ids(video_id)")  # fmt: skip
         out = np.asarray(self._row(video_id, "embeddings"), dtype=np.float32)
         _check_finite(self.path, [video_id], out[None])
         return out
@@ -237,16 +298,21 @@ class FeatureCache:
             frames=self.frames(video_id) if with_frames else None,
         )
 
+    def rows_by_video(self) -> dict[str, list[str]]:
+        _ = self.index
+        return dict(self._rows_of)
+
     def source_stamps(self) -> dict[str, tuple[int, int, str]]:
         """(size, mtime_ns, sha1) of every cached video's source file, for skipping unchanged videos."""
         stamps: dict[str, tuple[int, int, str]] = {}
         by_file: dict[Path, list[tuple[str, int]]] = {}
-        for vid, (source, row) in self.index.items():
-            by_file.setdefault(source, []).append((vid, row))
-        for source, rows in by_file.items():
+        for video, row_ids in self.rows_by_video().items():
+            source, row = self.index[row_ids[0]]
+            by_file.setdefault(source, []).append((video, row))
+        for source, pairs in by_file.items():
             f = self._file(source)
             sizes, mtimes, sha1 = f["sizes"][:], f["mtimes"][:], f["sha1"].asstr()[:]
-            for vid, row in rows:
+            for vid, row in pairs:
                 stamps[vid] = (int(sizes[row]), int(mtimes[row]), str(sha1[row]))
         return stamps
 
@@ -261,11 +327,15 @@ class FeatureCache:
         out: np.ndarray | None = None
         for source, pairs in by_file.items():
             rows = np.array([r for r, _ in pairs])
-            try:
-                data = _read_rows(self._file(source)[name], rows)
-            except OSError as err:
-                bad = self._damaged_ids([ids[p] for _, p in pairs], name)
-                raise CacheError(damaged_message(self.path, bad, f"{name}: {str(err).splitlines()[0]}")) from err
+            f = self._file(source)
+            if name not in f and name in ("videos", "spans"):  # written before clips: whole videos
+                data = _derived(f, name, rows)
+            else:
+                try:
+                    data = _read_rows(f[name], rows)
+                except OSError as err:
+                    bad = self._damaged_ids([ids[p] for _, p in pairs], name)
+                    raise CacheError(damaged_message(self.path, bad, f"{name}: {str(err).splitlines()[0]}")) from err
             if out is None:
                 out = np.empty((len(ids), *data.shape[1:]), dtype=data.dtype)
             out[[p for _, p in pairs]] = data
@@ -312,6 +382,14 @@ def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
             return np.asarray(ds[:][rows])  # most of the file: one sequential read beats point selection
     unique, inverse = np.unique(rows, return_inverse=True)
     return np.asarray(ds[unique.tolist()])[inverse]
+
+
+def _derived(f: h5py.File, name: str, rows: np.ndarray) -> np.ndarray:
+    """The videos and spans of a file written before clips existed: every row a whole video."""
+    if name == "videos":
+        picked: np.ndarray = np.asarray(f["ids"][:], dtype=object)[rows]
+        return picked
+    return np.array([_whole_span(t) for t in _read_rows(f["timestamps"], rows)], dtype=np.float32)
 
 
 def _check_finite(path: Path, ids: Sequence[str], rows: np.ndarray) -> None:
@@ -431,6 +509,8 @@ def _copy_rows(cache: FeatureCache, ids: list[str], f: h5py.File, store_frames: 
         "sizes": ((n,), np.int64),
         "mtimes": ((n,), np.int64),
         "sha1": ((n,), _STR),
+        "videos": ((n,), _STR),
+        "spans": ((n, 2), np.float32),
     }
     if store_frames:
         assert first.frames is not None

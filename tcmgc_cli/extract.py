@@ -21,9 +21,9 @@ import torch
 
 from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache, VideoRecord
 from tcmgc_cli.config import SamplingConfig
-from tcmgc_cli.data.sampling import sample_frame_indices
+from tcmgc_cli.data.sampling import ClipPlan
 from tcmgc_cli.data.transforms import Preprocess, resize_crop
-from tcmgc_cli.data.video import VIDEO_EXTENSIONS, VideoBackend, read_video
+from tcmgc_cli.data.video import VIDEO_EXTENSIONS, VideoBackend, read_clips
 from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import TcmgcError
 from tcmgc_cli.model.encoder import FrameEncoder
@@ -46,16 +46,26 @@ class Failure:
 
 
 @dataclass
-class Decoded:
-    job: VideoJob
+class Clip:
+    """One indexed entry of a video: the whole video, or one window of a long one."""
+
+    row_id: str  # the cache id: the video id, or "<video id>@<clip number>" for a window of a long video
+    span: tuple[float, float]  # (start, end) seconds in the source video
     frames: np.ndarray  # (T, S, S, 3) uint8, resized and cropped
     timestamps: np.ndarray  # (T,) seconds
     frame_indices: np.ndarray  # (T,)
     num_frames: int  # distinct frames available
+
+
+@dataclass
+class Decoded:
+    job: VideoJob
+    clips: list[Clip]
     size: int
     mtime_ns: int
     sha1: str
     seconds: float  # time spent hashing and decoding
+    failed_clips: list[tuple[str, tuple[float, float]]] = field(default_factory=list)  # (row id, span) not decoded
 
 
 @dataclass
@@ -69,6 +79,7 @@ class ExtractReport:
     cached: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # files in the folder that are not videos
+    entries: int = 0  # cache rows written: one per extracted video, or one per clip of a long one
     decode_s: float = 0.0  # summed over workers
     encode_s: float = 0.0
     wall_s: float = 0.0
@@ -81,6 +92,7 @@ class ExtractReport:
             "cached": self.cached,
             "failed": [f.to_dict() for f in self.failed],
             "ignored": self.ignored,
+            "entries": self.entries,
             "decode_s": round(self.decode_s, 3),
             "encode_s": round(self.encode_s, 3),
             "wall_s": round(self.wall_s, 3),
@@ -135,24 +147,31 @@ def file_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
+def clip_id(video_id: str, number: int) -> str:
+    return f"{video_id}@{number:04d}"
+
+
 def decode_job(
-    job: VideoJob, sampling: SamplingConfig, pp: Preprocess, backend: VideoBackend, known_sha1: str | None
-) -> Decoded | Unchanged | Failure:
-    """Hash, decode and preprocess one video. Never raises for bad input: returns a Failure instead."""
+    job: VideoJob, sampling: SamplingConfig, pp: Preprocess, backend: VideoBackend, known_sha1: str | None,
+    window: float = 0.0, stride: float = 0.0,
+) -> Decoded | Unchanged | Failure:  # fmt: skip
+    """Hash, decode and preprocess one video: one clip, or overlapping `window`-second clips every `stride` seconds
+    when it is longer than one window. Never raises for bad input: returns a Failure instead."""
     start = time.perf_counter()
+    plan = ClipPlan(sampling, window, stride)
     try:
         stat = job.path.stat()
         sha1 = file_sha1(job.path)
         if known_sha1 == sha1:
             return Unchanged(job)
-        frames, times, indices = read_video(job.path, lambda n, fps: sample_frame_indices(n, fps, sampling), backend)
-        frames = resize_crop(frames, pp)  # (T, H, W, 3) -> (T, S, S, 3)
+        video = read_clips(job.path, plan, backend, lambda frames: resize_crop(frames, pp))  # each (T, S, S, 3)
     except (TcmgcError, OSError) as err:
         return Failure(job.video_id, str(job.path), str(err))
-    return Decoded(
-        job, frames, times, np.asarray(indices, dtype=np.int64), len(set(indices)),
-        stat.st_size, stat.st_mtime_ns, sha1, time.perf_counter() - start,
-    )  # fmt: skip
+    whole = len(plan.spans) == 1
+    clips = [Clip(job.video_id if whole else clip_id(job.video_id, c.number), plan.spans[c.number], c.frames, c.times,
+                  np.asarray(c.indices, dtype=np.int64), len(set(c.indices))) for c in video.clips]  # fmt: skip
+    failed = [(clip_id(job.video_id, n), plan.spans[n]) for n in video.failed]
+    return Decoded(job, clips, stat.st_size, stat.st_mtime_ns, sha1, time.perf_counter() - start, failed)
 
 
 def _init_worker(parent: int) -> None:
@@ -211,30 +230,40 @@ class _Decoder:
     sampling: SamplingConfig
     pp: Preprocess
     backend: VideoBackend
+    window: float = 0.0
+    stride: float = 0.0
 
     def __call__(self, job: VideoJob, known: str | None) -> Decoded | Unchanged | Failure:
-        return decode_job(job, self.sampling, self.pp, self.backend, known)
+        return decode_job(job, self.sampling, self.pp, self.backend, known, self.window, self.stride)
 
 
-def _to_records(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool) -> list[VideoRecord]:
-    frames = torch.from_numpy(np.stack([d.frames for d in batch]))  # (B, T, S, S, 3) uint8
-    b, t = frames.shape[:2]
-    emb = encoder(frames.flatten(0, 1)).view(b, t, -1).numpy()  # (B*T, D) -> (B, T, D)
-    return [
-        VideoRecord(
-            d.job.video_id,
-            emb[i],
-            d.timestamps,
-            d.frame_indices,
-            d.num_frames,
-            str(d.job.path.resolve()),
-            d.size,
-            d.mtime_ns,
-            d.sha1,
-            d.frames if store_frames else None,
-        )  # fmt: skip
-        for i, d in enumerate(batch)
-    ]
+def _to_records(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool, block: int = 64) -> list[VideoRecord]:
+    """One record per clip; the image tower sees `block` clips at a time (a long video has hundreds)."""
+    pairs = [(d, c) for d in batch for c in d.clips]
+    records = []
+    for start in range(0, len(pairs), block):
+        part = pairs[start : start + block]
+        frames = torch.from_numpy(np.stack([c.frames for _, c in part]))  # (B, T, S, S, 3) uint8
+        b, t = frames.shape[:2]
+        emb = encoder(frames.flatten(0, 1)).view(b, t, -1).numpy()  # (B*T, D) -> (B, T, D)
+        records += [
+            VideoRecord(
+                c.row_id,
+                emb[i],
+                c.timestamps,
+                c.frame_indices,
+                c.num_frames,
+                str(d.job.path.resolve()),
+                d.size,
+                d.mtime_ns,
+                d.sha1,
+                c.frames if store_frames else None,
+                d.job.video_id,
+                c.span,
+            )  # fmt: skip
+            for i, (d, c) in enumerate(part)
+        ]
+    return records
 
 
 def _skip_plan(
@@ -319,9 +348,11 @@ def extract_folder(
     pretrained: str | None = None, num_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
     batch_size: int = 16, workers: int = 2, store_frames: bool = False, backend: str = "decord", device: str = "auto",
     precision: str = "fp32", verify: bool = False, on_progress: Callable[[int, int], None] | None = None,
+    clip_seconds: float = 0.0, clip_stride: float | None = None,
 ) -> ExtractReport:  # fmt: skip
     """Extract every video under `videos` (or only `ids`) with `model`'s image tower into `cache` (default: the
-    workspace's cache for `model`, where later commands look). Resumable, like `tcmgc extract`.
+    workspace's cache for `model`, where later commands look). Resumable, like `tcmgc extract`. A video longer than
+    `clip_seconds` (0: never) is indexed as overlapping clips every `clip_stride` seconds (default: half a clip).
 
         report = extract_folder(Path("my_videos"), "tcmgc-b32", pretrained="ViT-B-32.pt")
         report.extracted, report.failed, report.cache
@@ -333,13 +364,15 @@ def extract_folder(
     if batch_size < 1 or workers < 0:
         raise ConfigError("--batch-size must be at least 1 and --workers at least 0.")
     entry = get_model_config(model)
+    clip_settings(clip_seconds, clip_stride)  # bad values fail before the model loads
     jobs, pre_failed, ignored = plan_jobs(videos, ids)
     if not jobs and not pre_failed:
         raise ConfigError(f"no video files found in {videos}.")
     samp = SamplingConfig(entry["num_frames"] if num_frames is None else num_frames, sampling, fps)
     weights = entry["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
     encoder = FrameEncoder.load(entry["clip"], weights, device, precision)
-    settings = CacheSettings(model, encoder.fingerprint, samp.to_dict(), encoder.preprocess.size, store_frames)
+    clips = clip_settings(clip_seconds, clip_stride)
+    settings = CacheSettings(model, encoder.fingerprint, samp.to_dict(), encoder.preprocess.size, store_frames, clips)
     path = cache or default_cache_path(model)
     report = extract(jobs, path, encoder, settings, samp, backend=VideoBackend(backend), workers=workers,
                      batch_size=batch_size, on_progress=on_progress, pre_failed=pre_failed, verify=verify)  # fmt: skip
@@ -347,10 +380,26 @@ def extract_folder(
     return report
 
 
+def clip_settings(seconds: float, stride: float | None) -> dict[str, float] | None:
+    """The cache's clip settings: None for one entry per video; refuses windows that would leave gaps."""
+    from tcmgc_cli.errors import ConfigError
+
+    if seconds < 0 or (stride is not None and stride <= 0):
+        raise ConfigError("--clip-seconds must be at least 0 and --clip-stride more than 0.")
+    if seconds == 0:
+        return None
+    stride = seconds / 2 if stride is None else stride
+    if stride > seconds:
+        raise ConfigError(f"--clip-stride {stride:g} is longer than --clip-seconds {seconds:g}: parts of the videos "
+                          "would fall between clips. Use a stride no longer than the clip.")  # fmt: skip
+    return {"seconds": float(seconds), "stride": float(stride)}
+
+
 def merge_reports(reports: list[ExtractReport]) -> ExtractReport:
     merged = ExtractReport(wall_s=max(r.wall_s for r in reports))
     for r in reports:
         merged.extracted += r.extracted
+        merged.entries += r.entries
         merged.cached += r.cached
         merged.failed += r.failed
         merged.decode_s += r.decode_s
@@ -365,7 +414,8 @@ def _extract_share(
 ) -> None:  # fmt: skip
     todo, report.cached = _skip_plan(jobs, writer.path, settings, verify)
     done = len(report.cached)
-    decode = _Decoder(sampling, encoder.preprocess, backend)
+    clips = settings.clips or {}
+    decode = _Decoder(sampling, encoder.preprocess, backend, clips.get("seconds", 0.0), clips.get("stride", 0.0))
     batch: list[Decoded] = []
 
     def flush() -> None:
@@ -373,12 +423,15 @@ def _extract_share(
         records = _to_records(batch, encoder, settings.store_frames)
         report.encode_s += time.perf_counter() - t0
         writer.add(records)
-        report.extracted.extend(r.video_id for r in records)
+        report.extracted.extend(dict.fromkeys(r.video or r.video_id for r in records))
+        report.entries += len(records)
         batch.clear()
 
     for result in _decode_stream(todo, decode, workers, window=max(2 * workers, 2 * batch_size)):
         if isinstance(result, Decoded):
             report.decode_s += result.seconds
+            report.failed += [Failure(row, str(result.job.path), f"the clip {a:.1f}-{b:.1f} s does not decode; the "
+                                      "video's other clips are kept") for row, (a, b) in result.failed_clips]  # fmt: skip
             batch.append(result)
             if len(batch) == batch_size:
                 flush()

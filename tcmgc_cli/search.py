@@ -1,15 +1,21 @@
-"""Two-stage text-to-video search over a cache with a trained model.
+"""Text-to-video search over a cache: results are videos, each with its best moments.
 
-Stage 1 (coarse): one matrix product of the normalized sentence features with one vector per video (the normalized
-mean of its temporal-encoder frames), over the whole collection. Stage 2: full TC-MGC scoring of each query's top
-`candidates` through the factorized path. The temporal encoder runs once per video when the index is built; the
-factorized LVA tensors are computed for the candidates only.
+Entries of the cache are whole videos or clips of long ones; scores are per entry, results per video (the best
+entry, at most `per_video` results from one video) with the attended time span in the source video and the best few
+clips as `moments`. Two scorers:
+
+- "tcmgc" (a trained checkpoint): stage 1 (coarse) is one matrix product of the normalized sentence features with
+  one vector per entry (the normalized mean of its temporal-encoder frames), over the whole collection; stage 2 is
+  full TC-MGC scoring of each query's best `candidates` through the factorized path. The temporal encoder runs once
+  per entry when the index is built (and the index is saved); LVA's tensors are computed for the candidates only.
+- "clip" (no checkpoint needed): CLIP's own similarity of the sentence with the mean of the entry's frames, exact
+  over the whole collection, and the moment from the sentence's similarity with each frame.
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,21 +25,26 @@ from tcmgc_cli.cache import FeatureCache, segment_dir
 from tcmgc_cli.checkpoint import Trained, find_checkpoint, load_verified, save_verified
 from tcmgc_cli.errors import CheckpointError, ConfigError, NumericsError
 from tcmgc_cli.evaluate import frame_features
+from tcmgc_cli.model.encoder import TextEncoder, Tokenizer, encode_tokens
 from tcmgc_cli.model.tcmgc import TextFeatures, VideoFeatures
 
 
 @dataclass
 class Hit:
     rank: int
-    video_id: str
+    video_id: str  # the source video
     score: float
     path: str
-    start_sec: float  # the span of frames the query attends to most
+    start_sec: float  # the span of frames the query attends to most, absolute in the source video
     end_sec: float
+    moments: list[dict[str, float]] = field(default_factory=list)  # the video's best clips: start_sec, end_sec, score
+    scorer: str = "tcmgc"  # "tcmgc" or "clip"
+    entry: str = ""  # the cache entry the span comes from (the video id, or "<video>@<n>" for a clip)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "video_id": self.video_id, "score": round(self.score, 6), "path": self.path,
-                "start_sec": round(self.start_sec, 3), "end_sec": round(self.end_sec, 3)}  # fmt: skip
+                "start_sec": round(self.start_sec, 3), "end_sec": round(self.end_sec, 3), "moments": self.moments,
+                "scorer": self.scorer, "entry": self.entry}  # fmt: skip
 
 
 def attended_span(
@@ -77,51 +88,155 @@ def coarse_topk(coarse: torch.Tensor, queries: torch.Tensor, k: int, block: int 
     return best_idx
 
 
-class SearchIndex:
-    """The videos of a cache prepared for one trained model."""
+class Ranker(Protocol):
+    """What a scorer brings to a search index."""
 
-    def __init__(
-        self, trained: Trained, ids: list[str], frames: torch.Tensor, temporal: torch.Tensor,
-        paths: list[str], times: list[np.ndarray],
-    ) -> None:  # fmt: skip
-        self.trained, self.ids, self.paths, self.times = trained, ids, paths, times
-        self.frames = frames  # (V, T, D) CLIP frame features
-        self.temporal = temporal  # (V, T, D) after the temporal encoder
-        self.coarse = F.normalize(temporal.mean(1), dim=-1).half()  # (V, D) float16: 1 KB a video at D = 512
+    name: str  # "tcmgc" or "clip"
+    tokenizer: Tokenizer
+
+    def encode(self, tokens: torch.Tensor) -> TextFeatures: ...
+
+    def temporal(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) frame features -> (B, T, D) the features the coarse vectors and scores read."""
+        ...
+
+    def scores(self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        """One query's full scores against C entries: frames, temporal (C, T, D) -> (C,)."""
+        ...
+
+    def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        """How each query vector (n, D) spreads over one entry's frames (T, D) -> (n, T), rows summing to 1."""
+        ...
+
+
+class TcmgcRanker:
+    name = "tcmgc"
+
+    def __init__(self, trained: Trained) -> None:
+        self.trained, self.tokenizer = trained, trained.tokenizer
+
+    def encode(self, tokens: torch.Tensor) -> TextFeatures:
+        return self.trained.model.encode_text(tokens.to(self.trained.device))
+
+    def temporal(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.trained.model.encode_video(frames).temporal
+
+    def scores(self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        model = self.trained.model
+        lva = model.head.lva.precompute(temporal) if model.head.lva is not None else None
+        out: torch.Tensor = model.score_chunked(text, VideoFeatures(frames, temporal, None, lva), 64, len(frames))[
+            "logits"
+        ]
+        return out[0]
+
+    def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        """LVA's attention weights, else (no text conditioning) softmax frame similarities."""
+        model = self.trained.model
+        if model.head.lva is not None:
+            keys = model.head.lva.layer_norm1(temporal[None])  # (1, T, D)
+            return model.head.lva.weights(queries[:, None], keys, None)[:, 0, 0]
+        sims = F.normalize(queries, dim=-1) @ F.normalize(frames, dim=-1).T  # (n, T)
+        return torch.softmax(model.cfg.isa_lambda * sims, dim=-1)
+
+
+class ClipRanker:
+    """CLIP's own similarity: sentence . normalized mean of the frames; moments from sentence . each frame."""
+
+    name = "clip"
+
+    def __init__(self, text: TextEncoder, sharpness: float = 100.0) -> None:
+        self.text, self.tokenizer, self.sharpness = text, text.tokenizer, sharpness
+
+    def encode(self, tokens: torch.Tensor) -> TextFeatures:
+        words, sentence = encode_tokens(self.text.clip, tokens.to(self.text.device))
+        return TextFeatures(words, sentence)
+
+    def temporal(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames
+
+    def scores(self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        return F.normalize(frames.mean(1), dim=-1) @ F.normalize(text.sentence[0], dim=-1)  # (C,)
+
+    def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        sims = F.normalize(queries, dim=-1) @ F.normalize(frames, dim=-1).T  # (n, T)
+        return torch.softmax(self.sharpness * sims, dim=-1)
+
+
+@dataclass
+class Entries:
+    """The cache's entries as a search reads them (E entries, T frames, D dims)."""
+
+    ids: list[str]  # entry ids: a video id, or "<video>@<n>" for a clip
+    videos: list[str]  # each entry's source video
+    spans: np.ndarray  # (E, 2) start and end seconds in the source video
+    paths: list[str]
+    times: np.ndarray  # (E, T) frame start times, seconds
+    frames: torch.Tensor  # (E, T, D) CLIP frame features
+    temporal: torch.Tensor  # (E, T, D) after the ranker's temporal encoder
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"ids": self.ids, "videos": self.videos, "spans": torch.from_numpy(self.spans), "paths": self.paths,
+                "times": torch.from_numpy(self.times), "frames": self.frames.half(), "temporal": self.temporal.half()}  # fmt: skip
 
     @classmethod
-    def from_cache(cls, trained: Trained, cache: FeatureCache, batch: int = 512) -> "SearchIndex":
-        """Run the temporal encoder once over every cached video (features kept in float16, as when saved)."""
+    def from_payload(cls, p: dict[str, Any]) -> "Entries":
+        return cls(p["ids"], p["videos"], p["spans"].numpy(), p["paths"], p["times"].numpy(), p["frames"].float(),
+                   p["temporal"].float())  # fmt: skip
+
+
+class SearchIndex:
+    """The entries of a cache prepared for one scorer."""
+
+    def __init__(self, ranker: Ranker, entries: Entries) -> None:
+        self.ranker, self.entries = ranker, entries
+        self.ids, self.frames, self.temporal = entries.ids, entries.frames, entries.temporal
+        self.coarse = F.normalize(entries.temporal.mean(1), dim=-1).half()  # (E, D) float16: 1 KB an entry at D = 512
+
+    @property
+    def scorer(self) -> str:
+        return self.ranker.name
+
+    @property
+    def trained(self) -> Trained:
+        assert isinstance(self.ranker, TcmgcRanker), "the clip scorer has no trained model"
+        return self.ranker.trained
+
+    @classmethod
+    def from_cache(cls, ranker: Ranker | Trained, cache: FeatureCache, batch: int = 512) -> "SearchIndex":
+        """Read every entry and run the ranker's temporal encoder once over it (features kept in float16)."""
+        ranker = TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker
         ids = cache.ids()
         frames, temporal = [], []
         with torch.no_grad():
             for i in range(0, len(ids), batch):
-                x = frame_features(trained.model, cache, ids[i : i + batch], trained.device, trained.visual_trained)
-                frames.append(x.half())  # (B, T, D)
-                temporal.append(trained.model.encode_video(x).temporal.half())
+                if isinstance(ranker, TcmgcRanker):
+                    t = ranker.trained
+                    x = frame_features(t.model, cache, ids[i : i + batch], t.device, t.visual_trained)
+                else:
+                    assert isinstance(ranker, ClipRanker)
+                    x = torch.from_numpy(cache.load_embeddings(ids[i : i + batch])).to(ranker.text.device)
+                frames.append(x.half().cpu())  # (B, T, D)
+                temporal.append(ranker.temporal(x).half().cpu())
         paths = [p.decode() if isinstance(p, bytes) else str(p) for p in cache.load_rows(ids, "paths")]
-        times = list(cache.load_rows(ids, "timestamps"))  # each (T,) seconds
-        return cls(trained, ids, torch.cat(frames).float(), torch.cat(temporal).float(), paths, times)
+        videos = [v.decode() if isinstance(v, bytes) else str(v) for v in cache.load_rows(ids, "videos")]
+        entries = Entries(ids, videos, cache.load_rows(ids, "spans").astype(np.float64), paths,
+                          cache.load_rows(ids, "timestamps"), torch.cat(frames).float(), torch.cat(temporal).float())  # fmt: skip
+        return cls(ranker, entries)
 
     def save(self, path: Path, key: str) -> None:
         """Write the index atomically; `key` identifies the checkpoint and cache state it was built from."""
-        payload = {"key": key, "ids": self.ids, "paths": self.paths, "times": torch.from_numpy(np.stack(self.times)),
-                   "frames": self.frames.half(), "temporal": self.temporal.half()}  # fmt: skip
-        save_verified(payload, path)
+        save_verified({"key": key, **self.entries.to_payload()}, path)
 
     @classmethod
-    def load(cls, trained: Trained, path: Path, key: str) -> "SearchIndex | None":
+    def load(cls, ranker: Ranker | Trained, path: Path, key: str) -> "SearchIndex | None":
         """The saved index if it is intact and was built from the same checkpoint and cache state, else None."""
         try:
             payload = load_verified(path)
         except CheckpointError:
             return None
-        if not isinstance(payload, dict) or payload.get("key") != key:
+        if not isinstance(payload, dict) or payload.get("key") != key or "videos" not in payload:
             return None
-        times = list(payload["times"].numpy())
-        return cls(
-            trained, payload["ids"], payload["frames"].float(), payload["temporal"].float(), payload["paths"], times
-        )
+        return cls(TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker, Entries.from_payload(payload))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -131,47 +246,53 @@ class SearchIndex:
         empty = [i for i, q in enumerate(queries) if not q.strip()]
         if empty:
             raise ConfigError(f'query {empty[0] + 1} is empty: write a few words, e.g. tcmgc search "a dog runs".')
-        tok = self.trained.tokenizer
+        tok = self.ranker.tokenizer
         notes = [
             f"query {i + 1} ({_shorten(q)}) is longer than {tok.length - 2} tokens: only its start is used"
             for i, q in enumerate(queries)
             if tok.truncated(q)
         ]
         with torch.no_grad():
-            text = self.trained.model.encode_text(tok(queries).to(self.trained.device))
+            text = self.ranker.encode(tok(queries))
         return text, notes
 
-    def search(self, queries: list[str], top_k: int = 10, candidates: int = 500) -> tuple[list[list[Hit]], list[str]]:
+    def search(
+        self, queries: list[str], top_k: int = 10, candidates: int = 500, per_video: int = 1
+    ) -> tuple[list[list[Hit]], list[str]]:
         """Hits for each query, and notes about queries that were cut."""
         text, notes = self.encode_queries(queries)
-        return self.search_features(text, top_k, candidates), notes
+        return self.search_features(text, top_k, candidates, per_video), notes
 
     @torch.no_grad()
     def shortlist(self, text: TextFeatures, candidates: int) -> torch.Tensor:
-        """Coarse stage: the `candidates` best videos per query by sentence . video vector, (Q, C)."""
-        return coarse_topk(self.coarse, F.normalize(text.sentence, dim=-1), candidates)
+        """Coarse stage: the `candidates` best entries per query by sentence . entry vector, (Q, C)."""
+        return coarse_topk(self.coarse, F.normalize(text.sentence.float().cpu(), dim=-1), candidates)
 
     @torch.no_grad()
-    def search_features(self, text: TextFeatures, top_k: int = 10, candidates: int = 500) -> list[list[Hit]]:
-        if top_k < 1 or candidates < 1:
-            raise ConfigError("--top-k and --candidates must be at least 1.")
-        shortlist = self.shortlist(text, max(candidates, top_k))
-        return [self._rerank(text.select(slice(q, q + 1)), shortlist[q], top_k) for q in range(len(shortlist))]
-
-    def _video(self, idx: torch.Tensor) -> VideoFeatures:
-        model = self.trained.model
-        temporal = self.temporal[idx]
-        lva = model.head.lva.precompute(temporal) if model.head.lva is not None else None
-        return VideoFeatures(self.frames[idx], temporal, None, lva)
+    def search_features(
+        self, text: TextFeatures, top_k: int = 10, candidates: int = 500, per_video: int = 1
+    ) -> list[list[Hit]]:
+        if top_k < 1 or candidates < 1 or per_video < 1:
+            raise ConfigError("--top-k, --candidates and --per-video must be at least 1.")
+        wanted = len(self) if self.scorer == "clip" else max(candidates, top_k)  # CLIP scores are exact and cheap
+        shortlist = self.shortlist(text, wanted)
+        return [
+            self._rerank(text.select(slice(q, q + 1)), shortlist[q], top_k, per_video) for q in range(len(shortlist))
+        ]
 
     @torch.no_grad()
     def full_scores(self, text: TextFeatures, idx: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-        """TC-MGC scores (Q, len(idx)) of the given videos."""
-        out = [self.trained.model.score_chunked(text, self._video(idx[i : i + chunk]), 64, chunk)["logits"]
-               for i in range(0, len(idx), chunk)]  # fmt: skip
-        return torch.cat(out, dim=1)
+        """The scorer's scores (Q, len(idx)) of the given entries."""
+        dev = text.sentence.device
+        rows = []
+        for q in range(len(text.sentence)):
+            one = text.select(slice(q, q + 1))
+            parts = [self.ranker.scores(one, self.frames[idx[i : i + chunk]].to(dev), self.temporal[idx[i : i + chunk]].to(dev))
+                     for i in range(0, len(idx), chunk)]  # fmt: skip
+            rows.append(torch.cat(parts).float().cpu())
+        return torch.stack(rows)
 
-    def _rerank(self, text: TextFeatures, idx: torch.Tensor, top_k: int) -> list[Hit]:
+    def _rerank(self, text: TextFeatures, idx: torch.Tensor, top_k: int, per_video: int) -> list[Hit]:
         scores = self.full_scores(text, idx)[0]  # (C,)
         bad = idx[~torch.isfinite(scores)].tolist()
         if bad:
@@ -180,51 +301,62 @@ class SearchIndex:
                 f"{len(bad)} video(s) score NaN or infinity ({names}): their cached features or the checkpoint are "
                 "broken. Rerun your `tcmgc extract` command with --verify, or use another checkpoint."
             )
-        order = scores.argsort(descending=True)[:top_k]
-        top = idx[order]
-        weights = self.attention(text, top)  # (k, T)
-        hits = []
-        for rank, (v, s) in enumerate(zip(top.tolist(), scores[order].tolist(), strict=True), start=1):
-            times = self.times[v]
-            start, end = attended_span(weights[rank - 1], times, float(times[-1]) + self._step(times))
-            hits.append(Hit(rank, self.ids[v], s, self.paths[v], start, end))
-        return hits
+        order = scores.argsort(descending=True)
+        ranked = [(int(idx[i]), float(scores[i])) for i in order.tolist()]
+        return [self._hit(rank, entry, score, text, moments)
+                for rank, (entry, score, moments) in enumerate(pick(ranked, self.entries.videos, top_k, per_video), 1)]  # fmt: skip
 
-    @staticmethod
-    def _step(times: np.ndarray) -> float:
-        steps = np.diff(np.unique(times))
-        return float(np.median(steps)) if len(steps) else 1.0
+    def _hit(self, rank: int, entry: int, score: float, text: TextFeatures, moments: list[tuple[int, float]]) -> Hit:
+        e = self.entries
+        weights = self.attention_of(text.sentence[:1], entry)[0]  # (T,)
+        start, end = attended_span(weights, e.times[entry], float(e.spans[entry, 1]))
+        best = [{"start_sec": round(float(e.spans[m, 0]), 3), "end_sec": round(float(e.spans[m, 1]), 3),
+                 "score": round(s, 6)} for m, s in moments]  # fmt: skip
+        return Hit(rank, e.videos[entry], score, e.paths[entry], start, end, best, self.scorer, e.ids[entry])
 
-    def attention(self, text: TextFeatures, idx: torch.Tensor) -> np.ndarray:
-        """How one query's sentence spreads over each video's frames: LVA's weights, else frame similarities."""
-        model = self.trained.model
-        if model.head.lva is not None:
-            keys = model.head.lva.layer_norm1(self.temporal[idx])
-            a = model.head.lva.weights(text.sentence[:, None], keys, None)[0, 0]  # (V, T)
-        else:
-            sims = F.normalize(self.frames[idx], dim=-1) @ F.normalize(text.sentence[0], dim=-1)  # (V, T)
-            a = torch.softmax(model.cfg.isa_lambda * sims, dim=-1)
-        return a.cpu().numpy()
+    def attention_of(self, queries: torch.Tensor, entry: int) -> np.ndarray:
+        """How each query vector (n, D) spreads over one entry's frames: (n, T)."""
+        dev = queries.device
+        with torch.no_grad():
+            a = self.ranker.attention(queries, self.frames[entry].to(dev), self.temporal[entry].to(dev))
+        return a.float().cpu().numpy()
 
     def word_attention(self, query: str, video_id: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """For --explain: the words of a query, their attention over the video's frames (words, T), frame times."""
-        if video_id not in self.ids:
+        """For --explain: the words of a query, their attention over the frames of the video's best entry for it
+        (words, T), and those frames' times."""
+        rows = [i for i, v in enumerate(self.entries.videos) if v == video_id] or [
+            i for i, e in enumerate(self.ids) if e == video_id
+        ]
+        if not rows:
             raise ConfigError(f"video {video_id!r} is not in the cache: pick one from the results.")
-        v = self.ids.index(video_id)
         text, _ = self.encode_queries([query])
-        tok = self.trained.tokenizer
+        entry = rows[int(self.full_scores(text, torch.tensor(rows))[0].argmax())] if len(rows) > 1 else rows[0]
+        tok = self.ranker.tokenizer
         ids = tok([query])[0]
         n = int(ids.argmax()) + 1  # up to the end token
         words = [tok.decode_one(int(t)) for t in ids[:n]]
-        model = self.trained.model
-        with torch.no_grad():
-            if model.head.lva is not None:
-                keys = model.head.lva.layer_norm1(self.temporal[v : v + 1])
-                a = model.head.lva.weights(text.words[:, :n], keys, None)[0, :, 0]  # (n, T)
-            else:
-                sims = F.normalize(text.words[0, :n], dim=-1) @ F.normalize(self.frames[v], dim=-1).T
-                a = torch.softmax(model.cfg.isa_lambda * sims, dim=-1)
-        return words, a.cpu().numpy(), self.times[v]
+        return words, self.attention_of(text.words[0, :n], entry), self.entries.times[entry]
+
+
+def pick(
+    ranked: list[tuple[int, float]], videos: list[str], top_k: int, per_video: int, moments: int = 3
+) -> list[tuple[int, float, list[tuple[int, float]]]]:
+    """From entries ranked best first: the top_k results with at most per_video from one video, each with the
+    `moments` best entries of its video (entry, score)."""
+    best_of: dict[str, list[tuple[int, float]]] = {}
+    for entry, score in ranked:
+        best_of.setdefault(videos[entry], []).append((entry, score))
+    taken: dict[str, int] = {}
+    out = []
+    for entry, score in ranked:
+        video = videos[entry]
+        if taken.get(video, 0) >= per_video:
+            continue
+        taken[video] = taken.get(video, 0) + 1
+        out.append((entry, score, best_of[video][:moments]))
+        if len(out) == top_k:
+            break
+    return out
 
 
 def index_key(checkpoint: Path, cache: FeatureCache) -> str:
@@ -281,15 +413,64 @@ def _prune(folder: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def open_search(checkpoint: Path | None = None, cache: Path | None = None, device: str = "auto") -> SearchIndex:
-    """The search index of a checkpoint (default: the newest run) over a cache (default: the workspace's for its
-    model), ready for `search(["a dog runs"])`."""
+SCORERS = ("auto", "tcmgc", "clip")
+
+
+def open_search(
+    checkpoint: Path | None = None, cache: Path | None = None, device: str = "auto", scorer: str = "auto",
+    pretrained: str | None = None,
+) -> SearchIndex:  # fmt: skip
+    """A search index ready for `search(["a dog runs"])`. scorer "tcmgc": a trained checkpoint (default: the
+    newest run) over its cache (default: the workspace's for its model); "clip": the cache's own CLIP embeddings,
+    no checkpoint needed (default cache: the workspace's only one); "auto": tcmgc when there is a checkpoint."""
     from tcmgc_cli.errors import CacheError
     from tcmgc_cli.evaluate import open_trained
+    from tcmgc_cli.workspace import latest_run
 
-    trained, features, source = open_trained(checkpoint, cache, device)
-    if len(features) == 0:
+    if scorer not in SCORERS:
+        raise ConfigError(f"unknown scorer {scorer!r}: use {', '.join(SCORERS)}.")
+    source = checkpoint or (latest_run() if scorer != "clip" else None)
+    if scorer == "tcmgc" and source is None:
+        raise CheckpointError("no trained run in the workspace: train one, pass --checkpoint, or use --scorer clip.")
+    if source is not None and scorer != "clip":
+        trained, features, where = open_trained(source, cache, device)
+        _check_not_empty(features, trained.spec.name)
+        return open_index(trained, where, features)
+    features = FeatureCache(cache or _only_workspace_cache())
+    _check_not_empty(features, features.settings.encoder)
+    text = _text_encoder(features, pretrained, device)
+    if text.fingerprint != features.settings.encoder_fingerprint.removesuffix(":bf16"):
         raise CacheError(
-            f"{features.path} holds no videos: run `tcmgc extract --videos DIR --model {trained.spec.name}`."
+            f"{features.path} was extracted with other {features.settings.encoder} weights than these: pass the "
+            "--pretrained you extracted with."
         )
-    return open_index(trained, source, features)
+    return SearchIndex.from_cache(ClipRanker(text), features)
+
+
+def _check_not_empty(cache: FeatureCache, model: str) -> None:
+    from tcmgc_cli.errors import CacheError
+
+    if len(cache) == 0:
+        raise CacheError(f"{cache.path} holds no videos: run `tcmgc extract --videos DIR --model {model}`.")
+
+
+def _only_workspace_cache() -> Path:
+    from tcmgc_cli.errors import CacheError
+    from tcmgc_cli.workspace import workspace_dir
+
+    found = sorted((workspace_dir() / "cache").glob("*.h5"))
+    if not found:
+        raise CacheError("no cache in the workspace: run `tcmgc extract --videos DIR` first, or pass --cache FILE.")
+    if len(found) > 1:
+        raise ConfigError(
+            f"the workspace holds {len(found)} caches ({', '.join(p.name for p in found)}): pass --cache."
+        )
+    return found[0]
+
+
+def _text_encoder(cache: FeatureCache, pretrained: str | None, device: str) -> TextEncoder:
+    from tcmgc_cli.model.registry import get_model_config
+
+    entry = get_model_config(cache.settings.encoder)
+    weights = entry["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
+    return TextEncoder.load(entry["clip"], weights, device)

@@ -49,7 +49,8 @@ def test_search_json_lines(run: Path, sample_cache: Path, tmp_path: Path) -> Non
         assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
         assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:], strict=False))
         for h in hits:
-            assert set(h) == {"rank", "video_id", "score", "path", "start_sec", "end_sec"}
+            assert set(h) == {"rank", "video_id", "score", "path", "start_sec", "end_sec", "moments", "scorer", "entry"}
+            assert h["scorer"] == line["scorer"] == "tcmgc" and h["moments"][0]["score"] == h["score"]
             assert Path(h["path"]).is_file() and h["path"].endswith(h["video_id"] + ".mp4")
             assert 0 <= h["start_sec"] < h["end_sec"] <= 4.5
 
@@ -124,7 +125,11 @@ def test_index_is_saved_and_reused_until_the_cache_changes(run: Path, sample_cac
     stamp = saved[0].stat().st_mtime_ns
     second = open_index(trained, run, FeatureCache(cache_path))  # loaded, not rebuilt
     assert saved[0].stat().st_mtime_ns == stamp
-    assert second.ids == first.ids and torch.equal(second.temporal, first.temporal) and second.paths == first.paths
+    assert (
+        second.ids == first.ids
+        and torch.equal(second.temporal, first.temporal)
+        and second.entries.paths == first.entries.paths
+    )
     text, _ = first.encode_queries(["a red circle moves left"])
     assert [h.video_id for h in first.search_features(text, 5)[0]] == [
         h.video_id for h in second.search_features(text, 5)[0]

@@ -25,6 +25,20 @@ def search_command(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Run folder or checkpoint file. Default: the newest run.")
     ] = None,
+    scorer: Annotated[
+        str,
+        typer.Option(
+            help="tcmgc: a trained checkpoint; clip: the cache's own CLIP embeddings, no training needed; auto: tcmgc "
+            "when the workspace holds a trained run, else clip."
+        ),
+    ] = "auto",
+    per_video: Annotated[
+        int, typer.Option(help="Results one video may take (its other good clips are listed as moments).")
+    ] = 1,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(help="With the clip scorer: the CLIP weights the cache was extracted with. Default: the model's."),
+    ] = None,
     explain: Annotated[
         bool, typer.Option("--explain", help="Show which words attend to which frames (table and PNG).")
     ] = False,
@@ -39,23 +53,27 @@ def search_command(
         bool, typer.Option("--json", help="One JSON object per query and line: {query, results}.")
     ] = False,
 ) -> None:
-    """Search the cached videos: a coarse pass over the whole collection, then full TC-MGC on the best candidates.
+    """Search the cached videos: with a trained checkpoint, a coarse pass over the whole collection, then full
+    TC-MGC on the best candidates; without one, CLIP's own similarity.
 
-    Each result has its rank, video id, score, path and the time span the query attends to most.
+    Each result is a video with its score, path, the time span the query attends to most (in the best clip of a long
+    video, in seconds from the video's start) and its best few clips as moments.
     """
     with handle_errors():
         texts = _queries(query, queries)
         from tcmgc_cli.search import open_search
 
-        index = open_search(checkpoint, cache, device)
-        results, notes = index.search(texts, top_k, candidates)
+        index = open_search(checkpoint, cache, device, scorer, pretrained)
+        results, notes = index.search(texts, top_k, candidates, per_video)
         for note in notes:
             stderr.print(f"Note: {note}.")
+        if index.scorer == "clip" and not json_out:
+            stderr.print("Scoring with CLIP's own similarity (no trained TC-MGC checkpoint is used).")
         for text, hits in zip(texts, results, strict=True):
             if json_out:
-                print_json({"query": text, "results": [h.to_dict() for h in hits]})
+                print_json({"query": text, "scorer": index.scorer, "results": [h.to_dict() for h in hits]})
             else:
-                stdout.print(_hits_table(text, hits))
+                stdout.print(_hits_table(text, hits, index.scorer))
         if explain:
             target = video or (results[0][0].video_id if results[0] else None)
             if target is not None:
@@ -78,12 +96,18 @@ def _queries(query: str | None, path: Path | None) -> list[str]:
     return lines
 
 
-def _hits_table(query: str, hits: list[Any]) -> Any:
+def _hits_table(query: str, hits: list[Any], scorer: str) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table("rank", "video", "score", "moment (s)", "path", title=f"“{query}”")
+    how = "CLIP similarity, no trained checkpoint" if scorer == "clip" else "TC-MGC"
+    table = Table(
+        "rank", "video", "score", "moment (s)", "other moments (s)", "path", title=f"“{escape(query)}” ({how})"
+    )
     for h in hits:
-        table.add_row(str(h.rank), h.video_id, f"{h.score:.3f}", f"{h.start_sec:.1f}–{h.end_sec:.1f}", h.path)
+        others = ", ".join(f"{m['start_sec']:.0f}–{m['end_sec']:.0f}" for m in h.moments[1:])
+        table.add_row(str(h.rank), escape(h.video_id), f"{h.score:.3f}", f"{h.start_sec:.1f}–{h.end_sec:.1f}", others,
+                      escape(h.path))  # fmt: skip
     return table
 
 

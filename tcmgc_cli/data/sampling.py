@@ -2,6 +2,8 @@
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -55,3 +57,30 @@ def clip_frame_indices(frame_times: Sequence[float], start: float, end: float, n
     times = np.asarray(frame_times, dtype=np.float64)
     targets = start + (end - start) * np.arange(num) / num
     return np.clip(np.searchsorted(times, targets + 1e-9, side="right") - 1, 0, len(times) - 1).tolist()  # type: ignore[no-any-return]
+
+
+def video_duration(frame_times: np.ndarray, fps: float) -> float:
+    """The end of the last frame: its start plus one frame (1 / fps, or the median gap between frames)."""
+    if len(frame_times) == 0:
+        return 0.0
+    gaps = np.diff(frame_times)
+    step = 1.0 / fps if fps > 0 else (float(np.median(gaps)) if len(gaps) else 0.0)
+    return float(frame_times[-1]) + step
+
+
+@dataclass
+class ClipPlan:
+    """Which frames of a video to decode: one clip over the whole video (the `sampling` of a whole video), or, for
+    a video longer than `window` seconds, overlapping clips every `stride` seconds of num_frames frames each."""
+
+    sampling: SamplingConfig
+    window: float = 0.0  # 0: one clip per video
+    stride: float = 0.0
+    spans: list[tuple[float, float]] = field(default_factory=list)  # filled by __call__: (start, end) seconds
+
+    def __call__(self, reader: Any) -> list[list[int]]:
+        """reader: has num_frames, fps and times (every frame's start, seconds) -> frame indices of each clip."""
+        self.spans = clip_spans(video_duration(reader.times, reader.fps), self.window, self.stride)
+        if len(self.spans) == 1:
+            return [sample_frame_indices(reader.num_frames, reader.fps, self.sampling)]
+        return [clip_frame_indices(reader.times, start, end, self.sampling.num_frames) for start, end in self.spans]

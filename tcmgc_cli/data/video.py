@@ -4,6 +4,7 @@ This is the only module that imports decord or av.
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,16 +21,59 @@ class VideoBackend(StrEnum):
     pyav = "pyav"
 
 
+Transform = Callable[[np.ndarray], np.ndarray]  # (n, H, W, 3) uint8 -> (n, S, S, 3) uint8, applied as frames arrive
+CHUNK = 16  # frames decoded before the transform shrinks them: bounds the full-resolution frames held at once
+
+
 class VideoReader(Protocol):
     num_frames: int
     fps: float
+    times: np.ndarray  # (num_frames,) start time of every frame in presentation order, seconds
+    failed: set[int]  # frames that could not be decoded by the last get_frames (returned as zeros)
 
-    def get_frames(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Frames (T, H, W, 3) uint8 RGB and their start times in seconds (T,)."""
+    def get_frames(self, indices: Sequence[int], transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Frames (T, H, W, 3) uint8 RGB (transformed when asked) and their start times in seconds (T,)."""
         ...
 
 
+class _Collector:
+    """Decoded frames of sorted `unique` indices, shrunk by `transform` CHUNK at a time; missing ones become zeros."""
+
+    def __init__(self, unique: list[int], transform: Transform | None) -> None:
+        self.unique, self.transform = unique, transform
+        self.pos = {idx: n for n, idx in enumerate(unique)}
+        self.out: np.ndarray | None = None
+        self.pending: list[tuple[int, np.ndarray]] = []
+        self.done: set[int] = set()
+
+    def add(self, index: int, frame: np.ndarray) -> None:
+        if index in self.pos and index not in self.done:
+            self.pending.append((index, frame))
+            self.done.add(index)
+            if len(self.pending) == CHUNK:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch = np.stack([f for _, f in self.pending])  # (n, H, W, 3)
+        small = self.transform(batch) if self.transform else batch
+        if self.out is None:
+            self.out = np.zeros((len(self.unique), *small.shape[1:]), dtype=small.dtype)
+        self.out[[self.pos[i] for i, _ in self.pending]] = small
+        self.pending = []
+
+    def result(self, indices: Sequence[int], times: np.ndarray) -> tuple[np.ndarray, np.ndarray, set[int]]:
+        self.flush()
+        if self.out is None:
+            raise VideoDecodeError("no frame could be decoded")
+        pos = [self.pos[i] for i in indices]
+        return self.out[pos], times[list(indices)].astype(np.float32), set(self.unique) - self.done
+
+
 class DecordReader:
+    """decord decodes whole stretches or fails (then PyAV, which tolerates damaged packets, takes over)."""
+
     def __init__(self, path: Path) -> None:
         import decord
 
@@ -37,36 +81,79 @@ class DecordReader:
         self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         self.num_frames = len(self._vr)
         self.fps = float(self._vr.get_avg_fps() or 0.0)
+        self.times = np.asarray(self._vr.get_frame_timestamp(range(self.num_frames))[:, 0], dtype=np.float64)
+        self.failed: set[int] = set()
 
-    def get_frames(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def get_frames(self, indices: Sequence[int], transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
         unique = sorted(set(indices))
-        batch = self._vr.get_batch(unique).asnumpy()  # (U, H, W, 3)
-        times = self._vr.get_frame_timestamp(unique)[:, 0]  # (U,) start seconds
-        pos = [unique.index(i) for i in indices]
-        return batch[pos], times[pos].astype(np.float32)
+        got = _Collector(unique, transform)
+        for i in range(0, len(unique), CHUNK):  # a few full-resolution frames at a time
+            part = unique[i : i + CHUNK]
+            batch = self._vr.get_batch(part).asnumpy()  # (n, H, W, 3); a failure here means: try PyAV
+            if batch.ndim != 4 or batch.shape[-1] != 3:
+                raise VideoDecodeError(f"decord returned frames of shape {batch.shape[1:]}")
+            for idx, frame in zip(part, batch, strict=True):
+                got.add(idx, frame)
+        frames, times, self.failed = got.result(indices, self.times)
+        return frames, times
 
 
 class PyAVReader:
-    """Decodes every frame once (PyAV cannot count frames reliably without decoding)."""
+    """Counts frames from the packets (no decoding), then decodes once, keeping only the frames asked for.
+
+    Decoded frames are matched to indices by timestamp, so a packet that fails to decode costs only its frames.
+    """
 
     def __init__(self, path: Path) -> None:
         import av
 
+        self._path = path
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            frames: list[np.ndarray] = []
-            times: list[float] = []
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                times.append(float(frame.time) if frame.time is not None else len(times) / 25.0)
+            self._base = float(stream.time_base) if stream.time_base else 0.0
+            pts = [p.pts for p in container.demux(stream) if p.size > 0]
             rate = stream.average_rate
-        self._frames = frames
-        self._times = np.asarray(times, dtype=np.float32)
-        self.num_frames = len(frames)
+        self.num_frames = len(pts)
         self.fps = float(rate) if rate else 0.0
+        self.failed: set[int] = set()
+        self._pts: np.ndarray | None = None
+        if self._base and pts and all(p is not None for p in pts):
+            self._pts = np.sort(np.asarray(pts, dtype=np.int64))
+            self.times = (self._pts - min(int(self._pts[0]), 0)) * self._base
+        elif self.fps > 0:
+            self.times = np.arange(self.num_frames) / self.fps
+        else:
+            raise VideoDecodeError(f"{path.name}: no frame rate and no timestamps; re-encode it")
+        if self.fps <= 0 and self.num_frames > 1:  # a zero-fps stream: the rate its timestamps show
+            step = float(np.median(np.diff(self.times)))
+            self.fps = 1.0 / step if step > 0 else 0.0
 
-    def get_frames(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        return np.stack([self._frames[i] for i in indices]), self._times[list(indices)]
+    def _index(self, frame: Any, n: int) -> int:
+        if self._pts is None or frame.pts is None:
+            return n
+        return int(np.searchsorted(self._pts, frame.pts))
+
+    def get_frames(self, indices: Sequence[int], transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
+        import av
+
+        unique = sorted(set(indices))
+        got, n = _Collector(unique, transform), 0
+        with av.open(str(self._path)) as container:
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError:  # a damaged packet: its frames are missing, the rest go on
+                    continue
+                for frame in frames:
+                    index = self._index(frame, n)
+                    n += 1
+                    if index in got.pos:
+                        got.add(index, frame.to_ndarray(format="rgb24"))
+                if len(got.done) == len(unique):
+                    break
+        frames_out, times, self.failed = got.result(indices, self.times)
+        return frames_out, times
 
 
 def _check_file(path: Path) -> None:
@@ -95,10 +182,40 @@ def open_video(path: Path, backend: VideoBackend = VideoBackend.decord) -> Video
     return reader  # type: ignore[no-any-return]
 
 
+Plan = Callable[[VideoReader], list[list[int]]]  # frame indices of each clip to decode
+
+
 def read_video(
-    path: Path, choose: Callable[[int, float], list[int]], backend: VideoBackend = VideoBackend.decord
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Decode the frames that `choose(num_frames, fps)` picks: (T, H, W, 3) uint8, start times (T,), indices.
+    path: Path, choose: Callable[[int, float], list[int]], backend: VideoBackend = VideoBackend.decord,
+    transform: Transform | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
+    """Decode the frames that `choose(num_frames, fps)` picks: (T, H, W, 3) uint8 (or transformed), start times
+    (T,), indices. See `read_clips` for the fallback between backends."""
+    decoded = read_clips(path, lambda r: [choose(r.num_frames, r.fps)], backend, transform)
+    return decoded.clips[0].frames, decoded.clips[0].times, decoded.clips[0].indices
+
+
+@dataclass
+class ClipFrames:
+    number: int  # position in the plan
+    frames: np.ndarray  # (T, H, W, 3) uint8, or transformed
+    times: np.ndarray  # (T,) start seconds
+    indices: list[int]
+
+
+@dataclass
+class DecodedVideo:
+    times: np.ndarray  # (N,) every frame's start time
+    clips: list[ClipFrames]  # the clips of the plan whose frames all decoded
+    failed: list[int]  # the clips of the plan with a frame that did not decode
+
+
+def read_clips(
+    path: Path, plan: Plan, backend: VideoBackend = VideoBackend.decord, transform: Transform | None = None
+) -> DecodedVideo:
+    """The clips that `plan(reader)` lays out, each frame decoded once however many clips share it and shrunk by
+    `transform` a few frames at a time: memory does not grow with the length of the video at full resolution.
+    A clip with a frame that does not decode is left out and listed in `failed`.
 
     decord first; when decord cannot open or decode the file (it fails on some frame sizes and codecs), PyAV.
     When every backend fails, one VideoDecodeError says what each reported and how to fix the file.
@@ -108,9 +225,19 @@ def read_video(
     for b in [backend, VideoBackend.pyav] if backend == VideoBackend.decord else [backend]:
         try:
             reader = open_video(path, b)
-            indices = choose(reader.num_frames, reader.fps)
-            frames, times = reader.get_frames(indices)
-            return frames, times, indices
+            clips = plan(reader)
+            frames, times = reader.get_frames([i for clip in clips for i in clip], transform)
+            out, failed, start = [], [], 0
+            for number, clip in enumerate(clips):
+                span = slice(start, start + len(clip))
+                start += len(clip)
+                if reader.failed.intersection(clip):
+                    failed.append(number)
+                else:
+                    out.append(ClipFrames(number, frames[span], times[span], clip))
+            if not out:
+                raise VideoDecodeError(f"no clip decodes with {b.value}")
+            return DecodedVideo(reader.times, out, failed)
         except VideoDecodeError as err:
             errors.append(str(err).removeprefix(f"{path.name}: "))
         except Exception as err:  # a decoder failing mid-stream (truncated or corrupt data)

@@ -181,3 +181,25 @@ class Tokenizer:
     def truncated(self, text: str) -> bool:
         """True when `text` has more word tokens than fit (they are cut)."""
         return len(self._tok.encode(text)) > self.length - 2
+
+
+@dataclass
+class TextEncoder:
+    """CLIP's text tower with its tokenizer (the whole context), for scoring a cache without a trained checkpoint."""
+
+    clip: Any  # the open_clip model
+    tokenizer: Tokenizer
+    device: torch.device
+    fingerprint: str  # of the image tower: must equal the fingerprint of the cache being searched
+
+    @classmethod
+    def load(cls, clip_name: str, pretrained: str | None, device: str = "auto") -> "TextEncoder":
+        model, _ = load_clip(clip_name, pretrained)
+        dev = resolve_device(device)
+        fingerprint = f"{clip_name}:{module_fingerprint(model.visual)}"
+        return cls(model.to(dev), Tokenizer(clip_name, int(model.context_length)), dev, fingerprint)
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """texts -> token features (Q, L, D) and sentence features (Q, D)."""
+        return encode_tokens(self.clip, self.tokenizer(texts).to(self.device))

@@ -43,7 +43,7 @@ def top_values(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
         if ranks[0].shape[dim] % 2:
             pad = torch.full_like(ranks[0].narrow(dim, 0, 1), float("-inf"))
             ranks = [torch.cat([r, pad], dim) for r in ranks]
-        pairs = [r.unflatten(dim, (-1, 2)) for r in ranks]  # (..., m, ...) -> (..., m/2, 2, ...): two blocks merge
+        pairs = [r.unflatten(dim, (-1, 2)) for r in ranks]  # type: ignore[no-untyped-call]  # (..., m, ...) -> (..., m/2, 2, ...): two blocks merge
         a, b = [p.select(dim + 1, 0) for p in pairs], [p.select(dim + 1, 1) for p in pairs]
         n = min(2 * len(ranks), k)
         merged = []
