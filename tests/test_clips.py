@@ -136,3 +136,101 @@ def test_a_clip_that_fails_to_decode_is_left_out_and_the_others_kept(
     decoded = video_module.read_clips(path, plan, video_module.VideoBackend.pyav)
     assert decoded.failed == [2, 3]  # 10-20 s and 15-25 s hold frames 30-33
     assert [c.number for c in decoded.clips] == [0, 1, 4, 5, 6]
+
+
+def search_json(*args: str) -> dict[str, object]:
+    result = runner.invoke(app, ["search", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout.splitlines()[0]))
+
+
+def test_search_without_a_checkpoint_returns_videos_with_their_moments(long_dir: Path, tmp_path: Path) -> None:
+    """No trained run in the workspace: CLIP's own similarity, one result per video, moments from its clips."""
+    from tcmgc_cli.workspace import default_cache_path
+
+    extract(long_dir, default_cache_path("tcmgc-tiny"))
+    line = search_json("a yellow square", "--top-k", "5")
+    assert line["scorer"] == "clip"
+    hits = line["results"]
+    assert isinstance(hits, list) and sorted(h["video_id"] for h in hits) == ["short", "walk"]  # one each
+    walk = next(h for h in hits if h["video_id"] == "walk")
+    spans = FeatureCache(default_cache_path("tcmgc-tiny")).clips("walk")
+    assert len(walk["moments"]) == 3 and walk["moments"][0]["score"] == walk["score"]
+    assert all(a["score"] >= b["score"] for a, b in zip(walk["moments"], walk["moments"][1:], strict=False))
+    assert all(
+        (m["start_sec"], m["end_sec"]) in [(round(a, 3), round(b, 3)) for a, b in spans] for m in walk["moments"]
+    )
+    best = walk["moments"][0]
+    assert best["start_sec"] <= walk["start_sec"] < walk["end_sec"] <= best["end_sec"]  # absolute, inside the clip
+    assert walk["entry"].startswith("walk@")
+    several = search_json("a yellow square", "--top-k", "5", "--per-video", "3")["results"]
+    assert isinstance(several, list) and [h["video_id"] for h in several].count("walk") == 3
+
+
+def test_clip_scorer_equals_open_clips_own_similarity(long_dir: Path, tmp_path: Path) -> None:
+    """The independent side: open_clip's encode_text and the cache's frames, cosine with their mean."""
+    import open_clip
+    import torch
+
+    from tcmgc_cli.model.encoder import load_clip
+    from tcmgc_cli.search import open_search
+
+    cache = tmp_path / "c.h5"
+    extract(long_dir, cache)
+    index = open_search(cache=cache, scorer="clip")
+    query = "a blue square moves"
+    got = {h.entry: h.score for h in index.search([query], top_k=10, per_video=20)[0][0]}
+    model, _ = load_clip("tcmgc-clip-tiny", None)
+    tokens = open_clip.get_tokenizer("tcmgc-clip-tiny")([query])
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)[0]
+    features = FeatureCache(cache)
+    for entry, score in got.items():
+        video = torch.nn.functional.normalize(torch.from_numpy(features.embeddings(entry)).mean(0), dim=0)
+        assert score == pytest.approx(float(text @ video), abs=2e-3)  # the index keeps frames in float16
+
+
+def test_clip_scorer_refuses_other_weights(long_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from tcmgc_cli.model.encoder import load_clip
+
+    cache = tmp_path / "c.h5"
+    extract(long_dir, cache)
+    model, _ = load_clip("tcmgc-clip-tiny", None)
+    with torch.no_grad():
+        model.visual.proj.add_(0.1)
+    weights = tmp_path / "other.pt"
+    torch.save(model.state_dict(), weights)
+    result = runner.invoke(
+        app, ["search", "a dog", "--cache", str(cache), "--scorer", "clip", "--pretrained", str(weights)]
+    )
+    assert result.exit_code == 1 and "--pretrained you extracted with" in result.output
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_a_container_that_misreports_its_duration_is_clipped_by_its_frames(tmp_path: Path, backend: str) -> None:
+    """A cut file whose header (at the front: faststart) still says 40 s and 80 frames: the frames that are really
+    there decide the clips, never the header."""
+    import av
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    frames = np.random.default_rng(0).integers(0, 256, (80, 32, 32, 3), dtype=np.uint8)  # incompressible
+    full = tmp_path / "full.mp4"
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264rgb", rate=2)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 32, 32, "rgb24", {"crf": "0"}
+        for img in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+    raw = full.read_bytes()
+    cut = folder / "cut.mp4"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with av.open(str(cut)) as container:  # the header still promises the whole video
+        assert container.duration / 1e6 == pytest.approx(40.0) and container.streams.video[0].frames == 80
+    cache = tmp_path / "c.h5"
+    extract(folder, cache, "--backend", backend)
+    spans = FeatureCache(cache).clips("cut")
+    assert spans[0][0] == 0.0 and 15.0 <= spans[-1][1] <= 25.0  # about half of the 40 s decodes
+    assert all(b - a == pytest.approx(10.0) for a, b in spans)

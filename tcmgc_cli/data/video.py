@@ -3,6 +3,8 @@
 This is the only module that imports decord or av.
 """
 
+import functools
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,7 +30,7 @@ CHUNK = 16  # frames decoded before the transform shrinks them: bounds the full-
 class VideoReader(Protocol):
     num_frames: int
     fps: float
-    times: np.ndarray  # (num_frames,) start time of every frame in presentation order, seconds
+    times: np.ndarray  # (num_frames,) start time of every frame in presentation order, seconds (the first is 0)
     failed: set[int]  # frames that could not be decoded by the last get_frames (returned as zeros)
 
     def get_frames(self, indices: Sequence[int], transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +83,8 @@ class DecordReader:
         self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         self.num_frames = len(self._vr)
         self.fps = float(self._vr.get_avg_fps() or 0.0)
-        self.times = np.asarray(self._vr.get_frame_timestamp(range(self.num_frames))[:, 0], dtype=np.float64)
+        starts = np.asarray(self._vr.get_frame_timestamp(range(self.num_frames))[:, 0], dtype=np.float64)
+        self.times = starts - starts[0] if len(starts) else starts  # the first frame is time 0, as for PyAV
         self.failed: set[int] = set()
 
     def get_frames(self, indices: Sequence[int], transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +122,7 @@ class PyAVReader:
         self._pts: np.ndarray | None = None
         if self._base and pts and all(p is not None for p in pts):
             self._pts = np.sort(np.asarray(pts, dtype=np.int64))
-            self.times = (self._pts - min(int(self._pts[0]), 0)) * self._base
+            self.times = (self._pts - self._pts[0]) * self._base  # the first frame is time 0, as for decord
         elif self.fps > 0:
             self.times = np.arange(self.num_frames) / self.fps
         else:
@@ -154,6 +157,12 @@ class PyAVReader:
                     break
         frames_out, times, self.failed = got.result(indices, self.times)
         return frames_out, times
+
+
+@functools.cache
+def has_decord() -> bool:
+    """decord has no wheels for ARM machines; there PyAV decodes everything, with no extra step."""
+    return importlib.util.find_spec("decord") is not None
 
 
 def _check_file(path: Path) -> None:
@@ -222,7 +231,7 @@ def read_clips(
     """
     _check_file(path)
     errors: list[str] = []
-    for b in [backend, VideoBackend.pyav] if backend == VideoBackend.decord else [backend]:
+    for b in [backend, VideoBackend.pyav] if backend == VideoBackend.decord and has_decord() else [VideoBackend.pyav]:
         try:
             reader = open_video(path, b)
             clips = plan(reader)
