@@ -33,15 +33,15 @@ def make_video(path: Path, seconds: int, width: int, height: int) -> Path:
     """A moving bright square over a slowly changing gradient: cheap to encode, not trivially compressible."""
     import av
 
-    yy, xx = np.mgrid[0:height, 0:width]
+    yy, xx = (a.astype(np.uint8) for a in np.mgrid[0:height, 0:width])  # uint8: adding n wraps around for free
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "ultrafast", "crf": "30", "g": str(2 * FPS)}
         for n in range(seconds * FPS):
             frame = np.empty((height, width, 3), dtype=np.uint8)
-            frame[..., 0] = (xx + n) % 256
-            frame[..., 1] = (yy + 2 * n) % 256
+            frame[..., 0] = xx + np.uint8(n % 256)
+            frame[..., 1] = yy + np.uint8(2 * n % 256)
             frame[..., 2] = (n // FPS * 10) % 256
             x, y = (n * 7) % (width - 64), (n * 3) % (height - 64)
             frame[y : y + 64, x : x + 64] = 255

@@ -105,7 +105,7 @@ class Ranker(Protocol):
         ...
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
-        """How each query vector (n, D) spreads over one entry's frames (T, D) -> (n, T), rows summing to 1."""
+        """How each query vector (n, D) spreads over the frames of E entries (E, T, D) -> (n, E, T), summing to 1."""
         ...
 
 
@@ -133,9 +133,9 @@ class TcmgcRanker:
         """LVA's attention weights, else (no text conditioning) softmax frame similarities."""
         model = self.trained.model
         if model.head.lva is not None:
-            keys = model.head.lva.layer_norm1(temporal[None])  # (1, T, D)
-            return model.head.lva.weights(queries[:, None], keys, None)[:, 0, 0]
-        sims = F.normalize(queries, dim=-1) @ F.normalize(frames, dim=-1).T  # (n, T)
+            keys = model.head.lva.layer_norm1(temporal)  # (E, T, D)
+            return model.head.lva.weights(queries[:, None], keys, None)[:, 0]  # (n, 1, E, T) -> (n, E, T)
+        sims = torch.einsum("nd,etd->net", F.normalize(queries, dim=-1), F.normalize(frames, dim=-1))
         return torch.softmax(model.cfg.isa_lambda * sims, dim=-1)
 
 
@@ -158,7 +158,7 @@ class ClipRanker:
         return F.normalize(frames.mean(1), dim=-1) @ F.normalize(text.sentence[0], dim=-1)  # (C,)
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
-        sims = F.normalize(queries, dim=-1) @ F.normalize(frames, dim=-1).T  # (n, T)
+        sims = torch.einsum("nd,etd->net", F.normalize(queries, dim=-1), F.normalize(frames, dim=-1))  # (n, E, T)
         return torch.softmax(self.sharpness * sims, dim=-1)
 
 
@@ -187,8 +187,8 @@ class Entries:
 class SearchIndex:
     """The entries of a cache prepared for one scorer."""
 
-    def __init__(self, ranker: Ranker, entries: Entries) -> None:
-        self.ranker, self.entries = ranker, entries
+    def __init__(self, ranker: Ranker, entries: Entries, cache_path: Path | None = None) -> None:
+        self.ranker, self.entries, self.cache_path = ranker, entries, cache_path
         self.ids, self.frames, self.temporal = entries.ids, entries.frames, entries.temporal
         self.coarse = F.normalize(entries.temporal.mean(1), dim=-1).half()  # (E, D) float16: 1 KB an entry at D = 512
 
@@ -221,7 +221,7 @@ class SearchIndex:
         videos = [v.decode() if isinstance(v, bytes) else str(v) for v in cache.load_rows(ids, "videos")]
         entries = Entries(ids, videos, cache.load_rows(ids, "spans").astype(np.float64), paths,
                           cache.load_rows(ids, "timestamps"), torch.cat(frames).float(), torch.cat(temporal).float())  # fmt: skip
-        return cls(ranker, entries)
+        return cls(ranker, entries, cache.path)
 
     def save(self, path: Path, key: str) -> None:
         """Write the index atomically; `key` identifies the checkpoint and cache state it was built from."""
@@ -303,22 +303,25 @@ class SearchIndex:
             )
         order = scores.argsort(descending=True)
         ranked = [(int(idx[i]), float(scores[i])) for i in order.tolist()]
-        return [self._hit(rank, entry, score, text, moments)
-                for rank, (entry, score, moments) in enumerate(pick(ranked, self.entries.videos, top_k, per_video), 1)]  # fmt: skip
+        picked = pick(ranked, self.entries.videos, top_k, per_video)
+        weights = self.attention_of(text.sentence[:1], [entry for entry, _, _ in picked])[0]  # (k, T)
+        return [self._hit(rank, entry, score, w, moments)
+                for rank, ((entry, score, moments), w) in enumerate(zip(picked, weights, strict=True), 1)]  # fmt: skip
 
-    def _hit(self, rank: int, entry: int, score: float, text: TextFeatures, moments: list[tuple[int, float]]) -> Hit:
+    def _hit(self, rank: int, entry: int, score: float, weights: np.ndarray, moments: list[tuple[int, float]]) -> Hit:
         e = self.entries
-        weights = self.attention_of(text.sentence[:1], entry)[0]  # (T,)
         start, end = attended_span(weights, e.times[entry], float(e.spans[entry, 1]))
         best = [{"start_sec": round(float(e.spans[m, 0]), 3), "end_sec": round(float(e.spans[m, 1]), 3),
                  "score": round(s, 6)} for m, s in moments]  # fmt: skip
         return Hit(rank, e.videos[entry], score, e.paths[entry], start, end, best, self.scorer, e.ids[entry])
 
-    def attention_of(self, queries: torch.Tensor, entry: int) -> np.ndarray:
-        """How each query vector (n, D) spreads over one entry's frames: (n, T)."""
-        dev = queries.device
+    def attention_of(self, queries: torch.Tensor, entries: list[int]) -> np.ndarray:
+        """How each query vector (n, D) spreads over the frames of each entry: (n, E, T)."""
+        if not entries:
+            return np.zeros((len(queries), 0, self.frames.shape[1]), dtype=np.float32)
+        dev, idx = queries.device, torch.tensor(entries)
         with torch.no_grad():
-            a = self.ranker.attention(queries, self.frames[entry].to(dev), self.temporal[entry].to(dev))
+            a = self.ranker.attention(queries, self.frames[idx].to(dev), self.temporal[idx].to(dev))
         return a.float().cpu().numpy()
 
     def word_attention(self, query: str, video_id: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -335,7 +338,7 @@ class SearchIndex:
         ids = tok([query])[0]
         n = int(ids.argmax()) + 1  # up to the end token
         words = [tok.decode_one(int(t)) for t in ids[:n]]
-        return words, self.attention_of(text.words[0, :n], entry), self.entries.times[entry]
+        return words, self.attention_of(text.words[0, :n], [entry])[:, 0], self.entries.times[entry]
 
 
 def pick(
@@ -394,6 +397,7 @@ def open_index(trained: Trained, checkpoint: Path, cache: FeatureCache) -> Searc
     for path in places:
         index = SearchIndex.load(trained, path, key) if path.is_file() else None
         if index is not None:
+            index.cache_path = cache.path
             return index
     index = SearchIndex.from_cache(trained, cache)
     for path in places:

@@ -10,11 +10,12 @@ from tcmgc_cli.cli import evaluate as _evaluate
 from tcmgc_cli.cli import extract as _extract
 from tcmgc_cli.cli import models as _models
 from tcmgc_cli.cli import search as _search
+from tcmgc_cli.cli import serve as _serve
 from tcmgc_cli.cli import train as _train
 
 app = typer.Typer(
     name="tcmgc",
-    help="Text-to-video retrieval with TC-MGC: extract features, train, evaluate, search and ablate.",
+    help="Text-to-video retrieval with TC-MGC: extract features, train, evaluate, search, ablate and serve a search page.",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
@@ -44,6 +45,7 @@ app.command("evaluate")(_evaluate.evaluate_command)
 app.command("search")(_search.search_command)
 app.command("ablate")(_ablate.ablate_command)
 app.command("models")(_models.models_command)
+app.command("serve")(_serve.serve_command)
 
 
 def main() -> None:

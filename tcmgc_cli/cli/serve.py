@@ -1,0 +1,60 @@
+"""`tcmgc serve`: a search page with keyframes and playable moments, and its HTTP API."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tcmgc_cli.cli._common import DeviceOpt, handle_errors, stderr
+
+
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    cache: Annotated[Path | None, typer.Option(help="Feature cache. Default: as `tcmgc search` finds it.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Run folder or checkpoint file. Default: the newest run.")
+    ] = None,
+    scorer: Annotated[
+        str, typer.Option(help="tcmgc, clip, or auto (tcmgc when the workspace holds a trained run), as for search.")
+    ] = "auto",
+    pretrained: Annotated[
+        str | None, typer.Option(help="With the clip scorer: the CLIP weights the cache was extracted with.")
+    ] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve the search page at http://HOST:PORT/ and the API under /api (docs at /docs).
+
+    The model and the index load once; each query then takes milliseconds. Videos and thumbnails are served by
+    video id only, never by a path from the request.
+    """
+    with handle_errors(interrupted="the server stopped."):
+        import socket
+
+        from tcmgc_cli.errors import TcmgcError
+
+        with socket.socket() as probe:  # say it now, in one line, instead of after the model has loaded
+            try:
+                probe.bind((host, port))
+            except OSError as err:
+                raise TcmgcError(f"cannot listen on {host}:{port} ({err.strerror}): pass another --port.") from None
+        import os
+
+        import torch
+        import uvicorn
+
+        from tcmgc_cli.search import open_search
+        from tcmgc_cli.serve.app import create_app
+        from tcmgc_cli.serve.media import Thumbnails
+        from tcmgc_cli.workspace import workspace_dir
+
+        index = open_search(checkpoint, cache, device, scorer, pretrained)
+        assert index.cache_path is not None
+        cache_path = index.cache_path
+        thumbs = Thumbnails([cache_path.with_name(cache_path.name + ".d") / "thumbs", workspace_dir() / "thumbs"])
+        stderr.print(
+            f"Serving {len(set(index.entries.videos))} videos ({index.scorer} scorer) at http://{host}:{port}/"
+        )
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(1)  # one search per core beats every core on one small search
+        uvicorn.run(create_app(index, thumbs, parallel=cores), host=host, port=port, log_level="warning")
