@@ -196,24 +196,24 @@ def map_reference_state(state: dict[str, torch.Tensor], max_words: int) -> dict[
             unmatched.append(key)
     if unmatched:
         raise CheckpointError(f"reference checkpoint has keys tcmgc cannot place: {', '.join(unmatched[:10])}.")
-    if "head.isa_vw.weight" in out:
-        k = out["head.isa_vw.weight"].shape[0]
-        out["_implied_keep_rate"] = torch.tensor([k / max_words, (k + 1) / max_words])
     return out
+
+
+def implied_keep_rate(k: int, max_words: int) -> float:
+    """A keep rate r with floor(max_words * r) == k, safe from rounding: the middle of [k, k + 1) / max_words."""
+    return (k + 0.5) / max_words
 
 
 def import_reference(model: Any, state: dict[str, torch.Tensor], source: str = "reference checkpoint") -> None:
     """Load reference weights into a TcmgcModel; k-sized matrices must agree with its keep rate and Nw."""
     cfg = model.cfg
     mapped = map_reference_state(state, cfg.max_words)
-    implied = mapped.pop("_implied_keep_rate", None)
     want = model.head.isa_vw.weight.shape[0] if model.head.isa_vw is not None else None
-    if implied is not None and want is not None and mapped["head.isa_vw.weight"].shape[0] != want:
-        lo, hi = implied.tolist()
+    if want is not None and "head.isa_vw.weight" in mapped and (k := mapped["head.isa_vw.weight"].shape[0]) != want:
+        r = implied_keep_rate(k, cfg.max_words)
         raise CheckpointError(
-            f"{source} was trained with keep rate r in [{lo:.3f}, {hi:.3f}) for Nw = {cfg.max_words} "
-            f"(k = {round(lo * cfg.max_words)}), but this config keeps k = {want} (r = {cfg.keep_rate}): "
-            f"pass --set model.keep_rate={lo:.3f}."
+            f"{source} keeps k = {k} of Nw = {cfg.max_words} words (its [k, k] ISA matrices), this config keeps "
+            f"k = {want} (keep rate {cfg.keep_rate}): pass keep rate {r!r} (--keep-rate, or --set model.keep_rate={r!r})."
         )
     if "head.aggregation.weight" not in mapped and getattr(model.head.aggregation, "weight", None) is not None:
         mapped["head.aggregation.weight"] = torch.eye(len(cfg.similarities))  # never created in the release (doc 12.1)
@@ -222,6 +222,8 @@ def import_reference(model: Any, state: dict[str, torch.Tensor], source: str = "
         ours = model.head.temporal.frame_position_embeddings.weight
         if table.shape != ours.shape:
             raise CheckpointError(
-                f"{source} has a frame position table {tuple(table.shape)}, config wants {tuple(ours.shape)}."
+                f"{source} has a frame position table of {table.shape[0]} rows x {table.shape[1]}, this config "
+                f"{ours.shape[0]} x {ours.shape[1]}: pass --set model.temporal_positions={table.shape[0]}"
+                + (f" and a model of width {table.shape[1]}." if table.shape[1] != ours.shape[1] else ".")
             )
     load_into(model, mapped, source)

@@ -82,6 +82,22 @@ def epoch_order(cfg: TrainConfig, data: TrainData, epoch: int) -> torch.Tensor:
     return pick[torch.randperm(n_videos, generator=g)]
 
 
+def freeze(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Switch off the gradients of what `cfg.freeze` keeps fixed (none, CLIP's image tower, or all of CLIP)."""
+    frozen = {"none": (), "visual": ("clip.visual.",), "all": ("clip.",)}[cfg.freeze]
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(frozen) if frozen else True)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the trainable parameters: the reference's BertAdam, or AdamW."""
+    faithful = cfg.optimizer == "bert"
+    groups = param_groups(model.named_parameters(), cfg.lr, cfg.lr * cfg.clip_lr_scale, cfg.weight_decay, faithful)
+    if faithful:
+        return BertAdam(groups, lr=cfg.lr, max_grad_norm=cfg.grad_clip)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
 class TrainStep(torch.nn.Module):
     """One forward pass of training: texts and videos encoded on this process, gathered across processes, scored.
 
@@ -124,22 +140,12 @@ class Trainer:
         self.model, self.spec, self.cfg, self.data, self.run_dir = model, spec, cfg, data, run_dir
         self.device, self.cache, self.on_event = device, cache, on_event or (lambda e: None)
         self.dist = Dist.from_env(device)
-        self._freeze()
+        freeze(model, cfg)
         self.step = self.dist.wrap(TrainStep(model, self.dist, text_trains=cfg.freeze != "all"), device)
         self.batches_per_epoch = max(1, math.ceil(len(epoch_order(cfg, data, 0)) / cfg.batch_size))
         self.total_steps = max(1, cfg.epochs * self.batches_per_epoch // cfg.accumulate)
-        faithful = cfg.optimizer == "bert"
-        groups = param_groups(model.named_parameters(), cfg.lr, cfg.lr * cfg.clip_lr_scale, cfg.weight_decay, faithful)
-        if faithful:
-            self.optimizer: torch.optim.Optimizer = BertAdam(groups, lr=cfg.lr, max_grad_norm=cfg.grad_clip)
-        else:
-            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.optimizer = make_optimizer(model, cfg)
         self.state = TrainState()
-
-    def _freeze(self) -> None:
-        frozen = {"none": (), "visual": ("clip.visual.",), "all": ("clip.",)}[self.cfg.freeze]
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(not name.startswith(frozen) if frozen else True)
 
     @property
     def visual_trained(self) -> bool:

@@ -1,3 +1,4 @@
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -97,8 +98,24 @@ def test_reference_import_errors_name_keys_and_keep_rate(trained: tuple[TcmgcMod
     with pytest.raises(CheckpointError, match="cannot place: mystery.weight"):
         import_reference(create_model(resolve_spec("tcmgc-tiny")), {**state, "mystery.weight": torch.zeros(1)})
     wrong_k = create_model(resolve_spec("tcmgc-tiny", overrides={"keep_rate": 0.5}))
-    with pytest.raises(CheckpointError, match=r"keep rate r in \[0.250, 0.312\).*keep_rate=0.250"):
+    with pytest.raises(CheckpointError, match=r"keeps k = 4 of Nw = 16 .*keep rate 0.28125") as err:
         import_reference(wrong_k, state)
+    suggested = float(str(err.value).split("--set model.keep_rate=")[1].rstrip(").").split()[0])
+    import_reference(create_model(resolve_spec("tcmgc-tiny", overrides={"keep_rate": suggested})), state)  # it works
+    table = {**state, "frame_position_embeddings.weight": torch.zeros(77, model.cfg.embed_dim)}
+    with pytest.raises(CheckpointError, match="model.temporal_positions=77"):
+        import_reference(create_model(resolve_spec("tcmgc-tiny")), table)
+
+
+def test_suggested_keep_rate_gives_back_k_for_every_k() -> None:
+    """floor(Nw * r) must give k back, e.g. k = 7 of 64 (7/64 rounded to 3 decimals, 0.109, gives 6)."""
+    import math
+
+    from tcmgc_cli.checkpoint import implied_keep_rate
+
+    for nw in (16, 32, 64, 77, 100):
+        for k in range(1, nw + 1):
+            assert math.floor(nw * implied_keep_rate(k, nw)) == k, (nw, k)
 
 
 def test_losses_match_their_formulas() -> None:
@@ -191,3 +208,36 @@ def test_reference_file_built_from_the_method_doc_table_lands_role_by_role() -> 
     assert torch.equal(
         ours["head.temporal.resblocks.1.attn.in_proj_weight"], state["transformerClip.resblocks.1.attn.in_proj_weight"]
     )
+
+
+def test_import_reference_command_makes_a_run_that_evaluates_and_resumes(sample_cache: Path, tmp_path: Path) -> None:
+    """A reference checkpoint file -> `tcmgc import-reference` -> the same scores, and `train --resume` continues."""
+    from typer.testing import CliRunner
+
+    from tcmgc_cli.checkpoint import load_trained
+    from tests.test_cli_train_evaluate import small_dataset
+
+    sizes = {"temporal_positions": 77, "keep_rate": 0.25}
+    source = create_model(resolve_spec("tcmgc-tiny", overrides=sizes))
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for p in source.head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "pytorch_model.bin.4"
+    torch.save(reference_layout(source), path)
+    sets = ["--set", "model.max_words=16", "--set", "model.num_frames=8", "--set", "train.epochs=2"]
+    run = tmp_path / "run"
+    runner = CliRunner()
+    wrong = runner.invoke(app, ["import-reference", str(path), "--keep-rate", "0.5", "--model", "tcmgc-tiny",
+                                "--output", str(run), *sets])  # fmt: skip
+    assert wrong.exit_code == 1 and "0.28125" in wrong.output and not run.exists()
+    done = runner.invoke(app, ["import-reference", str(path), "--keep-rate", "0.25", "--model", "tcmgc-tiny",
+                               "--output", str(run), *sets])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    torch.testing.assert_close(scores(load_trained(run, "cpu").model), scores(source))
+    data = small_dataset(tmp_path)
+    resumed = runner.invoke(app, ["train", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny",
+                                  "--cache", str(sample_cache), "--output", str(run), "--resume", "--json",
+                                  "--set", "model.temporal_positions=77", "--set", "model.keep_rate=0.25", *sets])  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["epochs"] == 2

@@ -221,3 +221,21 @@ def test_top_values_equals_a_sorted_python_list(k: int, dim: int) -> None:
         [sorted(line, reverse=True)[: min(k, len(line))] for line in moved.reshape(-1, moved.shape[-1]).tolist()]
     ).view(*moved.shape[:-1], -1)
     assert torch.equal(got, want.movedim(-1, dim))
+
+
+def test_integer_masks_mean_what_the_reference_means(clip: torch.nn.Module) -> None:
+    """The reference passes 0/1 integer frame masks: they must score exactly as the boolean mask does."""
+    from tcmgc_cli.model.tcmgc import as_bool_mask
+
+    cfg = replace(CFG, mask_padding=True)
+    model = make_model(clip, cfg)
+    g = torch.Generator().manual_seed(4)
+    frames = torch.randn(3, cfg.num_frames, cfg.embed_dim, generator=g)
+    mask = torch.ones(3, cfg.num_frames, dtype=torch.bool)
+    mask[0, 5:], mask[2, 2:] = False, False
+    as_bool = model.encode_video(frames, mask, factorized=True)
+    as_int = model.encode_video(frames, mask.long(), factorized=True)
+    torch.testing.assert_close(as_int.temporal, as_bool.temporal, rtol=0, atol=0)
+    assert as_int.mask is not None and as_int.mask.dtype == torch.bool
+    with pytest.raises(ValueError, match="booleans or 0/1"):
+        as_bool_mask(torch.tensor([[0, 2]]))

@@ -8,6 +8,7 @@ from tcmgc_cli import __version__
 from tcmgc_cli.cli import ablate as _ablate
 from tcmgc_cli.cli import evaluate as _evaluate
 from tcmgc_cli.cli import extract as _extract
+from tcmgc_cli.cli import import_reference as _import_reference
 from tcmgc_cli.cli import models as _models
 from tcmgc_cli.cli import search as _search
 from tcmgc_cli.cli import serve as _serve
@@ -46,6 +47,7 @@ app.command("search")(_search.search_command)
 app.command("ablate")(_ablate.ablate_command)
 app.command("models")(_models.models_command)
 app.command("serve")(_serve.serve_command)
+app.command("import-reference")(_import_reference.import_reference_command)
 
 
 def main() -> None:

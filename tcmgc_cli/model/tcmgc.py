@@ -95,7 +95,9 @@ class TcmgcHead(nn.Module):
     def encode_video(
         self, frames: torch.Tensor, mask: torch.Tensor | None = None, factorized: bool = False
     ) -> VideoFeatures:
-        """frames X (V, T, D) -> temporal features, plus the factorized LVA tensors when asked."""
+        """frames X (V, T, D) -> temporal features, plus the factorized LVA tensors when asked. mask (V, T): True or
+        1 for a real frame, False or 0 for padding (the reference passes 0/1 integers)."""
+        mask = None if mask is None else as_bool_mask(mask)
         full = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device) if mask is None else mask
         temporal = self.temporal(frames, full)
         lva_mask = mask if self.cfg.mask_padding else None
@@ -221,6 +223,16 @@ class TcmgcHead(nn.Module):
         z = self.isa_fw_frames(m, valid)  # over units
         score: torch.Tensor = (self.isa_fw_u(u, col_ok) + self.isa_fw_z(z, row_ok)) / 2
         return score
+
+
+def as_bool_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A frame or word mask as booleans: bools as they are, 0/1 numbers (the reference's) compared with 0; any other
+    value is an error, never silently misread (`~` on an integer mask gives -1 and -2, not False and True)."""
+    if mask.dtype == torch.bool:
+        return mask
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"a mask must hold booleans or 0/1, got values {sorted(set(mask.flatten().tolist()))[:5]}")
+    return mask != 0
 
 
 class TcmgcModel(nn.Module):
