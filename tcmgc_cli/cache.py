@@ -351,6 +351,16 @@ class FeatureCache:
                 bad.append(vid)
         return bad
 
+    def frame_masks(self, ids: Sequence[str]) -> np.ndarray | None:
+        """(N, T) bool, True for a real frame, for a cache with zero padding (the reference's inputs); None when
+        every slot holds a frame of the video (padding by repetition)."""
+        sampling = self.settings.sampling
+        if sampling.get("padding") != "zero":
+            return None
+        real = self.load_rows(ids, "num_frames").astype(np.int64)  # (N,)
+        mask: np.ndarray = np.arange(int(sampling["num_frames"]))[None] < real[:, None]  # (1, T) < (N, 1) -> (N, T)
+        return mask
+
     def load_embeddings(self, ids: Sequence[str]) -> np.ndarray:
         """Frame features of many videos at once, (N, T, D) float32, in the order given; damaged or non-finite
         rows are a CacheError that names their videos."""

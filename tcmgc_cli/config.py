@@ -8,6 +8,7 @@ from typing import Any
 from tcmgc_cli.errors import ConfigError
 
 SAMPLING_STRATEGIES = ("uniform", "fps")
+PADDINGS = ("repeat", "zero")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class SamplingConfig:
     num_frames: int = 12  # frames kept per video (Nf); 12 for MSR-VTT/VATEX in the method doc
     strategy: str = "uniform"  # "uniform": Nf frames spread over the whole video; "fps": the reference's 1-fps way
     fps: float = 1.0  # frames per second decoded before spreading, with strategy "fps"
+    padding: str = "repeat"  # fewer frames than Nf: "repeat" spreads them over the Nf slots; "zero" (the reference)
+    # keeps them first and fills the rest with the image tower's output for an all-zero normalized frame, masked
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -25,9 +28,20 @@ class SamplingConfig:
             raise ConfigError(f"unknown sampling {self.strategy!r}: use one of {', '.join(SAMPLING_STRATEGIES)}.")
         if self.fps <= 0:
             raise ConfigError(f"--fps must be positive (got {self.fps}).")
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"unknown padding {self.padding!r}: use one of {', '.join(PADDINGS)}.")
+
+    @classmethod
+    def reference(cls, num_frames: int) -> "SamplingConfig":
+        """The reference code's inputs (method doc, section 2): 1 frame per second, zero padding with a mask."""
+        return cls(num_frames, "fps", 1.0, "zero")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As caches record it; the default padding is left out, so caches written before it existed still match."""
+        out = asdict(self)
+        if self.padding == "repeat":
+            del out["padding"]
+        return out
 
 
 SIMILARITIES = ("vs", "vw", "sf", "fw")  # video-sentence, video-word, sentence-frame, frame-word

@@ -58,6 +58,25 @@ def encode_texts(
     return TextFeatures(torch.cat([p.words for p in parts]), torch.cat([p.sentence for p in parts]), mask)
 
 
+def frame_masks(cache: FeatureCache, ids: list[str], device: torch.device) -> torch.Tensor | None:
+    """(V, T) bool: real frames of zero-padded videos (the reference's inputs); None when every slot is a frame."""
+    masks = cache.frame_masks(ids)
+    return None if masks is None else torch.from_numpy(masks).to(device)
+
+
+def encode_frames(model: TcmgcModel, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The model's image tower on uint8 frames (B, T, S, S, 3) -> (B, T, D); a padded slot (mask False) gets an
+    all-zero normalized frame, as the reference's padding."""
+    from tcmgc_cli.data.transforms import normalize
+
+    b, t = frames.shape[:2]
+    x = normalize(frames.flatten(0, 1), model.preprocess)  # (B*T, 3, S, S)
+    if mask is not None:
+        x = x * mask.flatten().to(x.dtype)[:, None, None, None]
+    out: torch.Tensor = model.clip.visual(x).view(b, t, -1)  # (B*T, D) -> (B, T, D)
+    return out
+
+
 @torch.no_grad()
 def frame_features(
     model: TcmgcModel, cache: FeatureCache, ids: list[str], device: torch.device, from_frames: bool
@@ -65,10 +84,10 @@ def frame_features(
     """Frame features X (V, T, D): the cached embeddings, or the model's own image tower on cached frames."""
     if not from_frames:
         return torch.from_numpy(cache.load_embeddings(ids)).to(device)
-    from tcmgc_cli.data.transforms import normalize
-
+    mask = frame_masks(cache, ids, device)
     frames = [torch.from_numpy(cache.frames(vid)).to(device) for vid in ids]  # each (T, S, S, 3) uint8
-    return torch.stack([model.clip.visual(normalize(f, model.preprocess)) for f in frames])  # (V, T, D)
+    return torch.cat([encode_frames(model, f[None], None if mask is None else mask[i : i + 1])
+                      for i, f in enumerate(frames)])  # fmt: skip
 
 
 def score_split(
@@ -86,7 +105,8 @@ def score_split(
     text = encode_texts(model, trained.tokenizer, split.captions, dev)
     with torch.no_grad():
         frames = frame_features(model, cache, split.video_ids, dev, trained.visual_trained)
-        video = model.encode_video(frames, factorized=True)  # temporal encoder and LVA tensors, once per video
+        mask = frame_masks(cache, split.video_ids, dev)  # the temporal encoder's (and, if asked, LVA's)
+        video = model.encode_video(frames, mask, factorized=True)  # temporal encoder and LVA tensors, once per video
     q = len(split.captions)
     starts = list(range(0, q, chunk))
     mine: dict[int, np.ndarray] = {}

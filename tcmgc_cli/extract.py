@@ -237,32 +237,32 @@ class _Decoder:
         return decode_job(job, self.sampling, self.pp, self.backend, known, self.window, self.stride)
 
 
-def _to_records(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool, block: int = 64) -> list[VideoRecord]:
-    """One record per clip; the image tower sees `block` clips at a time (a long video has hundreds)."""
+def _to_records(
+    batch: list[Decoded], encoder: FrameEncoder, store_frames: bool, num_frames: int, block: int = 64
+) -> list[VideoRecord]:
+    """One record per clip of num_frames rows; the image tower sees `block` clips at a time (a long video has
+    hundreds). A clip with fewer frames (zero padding) is filled with the tower's output for an all-zero
+    normalized frame, its frame index -1 and the time of its last real frame (method doc, section 2)."""
     pairs = [(d, c) for d in batch for c in d.clips]
+    pad = encoder.padding_feature().numpy()  # (D,)
     records = []
     for start in range(0, len(pairs), block):
         part = pairs[start : start + block]
-        frames = torch.from_numpy(np.stack([c.frames for _, c in part]))  # (B, T, S, S, 3) uint8
-        b, t = frames.shape[:2]
-        emb = encoder(frames.flatten(0, 1)).view(b, t, -1).numpy()  # (B*T, D) -> (B, T, D)
-        records += [
-            VideoRecord(
-                c.row_id,
-                emb[i],
-                c.timestamps,
-                c.frame_indices,
-                c.num_frames,
-                str(d.job.path.resolve()),
-                d.size,
-                d.mtime_ns,
-                d.sha1,
-                c.frames if store_frames else None,
-                d.job.video_id,
-                c.span,
-            )  # fmt: skip
-            for i, (d, c) in enumerate(part)
-        ]
+        real = encoder(torch.from_numpy(np.concatenate([c.frames for _, c in part])))  # (sum of T_i, D)
+        offsets = np.cumsum([0, *(len(c.frames) for _, c in part)])
+        for i, (d, c) in enumerate(part):
+            emb = np.concatenate(
+                [real[offsets[i] : offsets[i + 1]].numpy(), np.tile(pad, (num_frames - len(c.frames), 1))]
+            )
+            short = num_frames - len(c.frames)  # padded slots
+            frames = (
+                np.concatenate([c.frames, np.zeros((short, *c.frames.shape[1:]), np.uint8)]) if store_frames else None
+            )
+            records.append(VideoRecord(
+                c.row_id, emb, np.concatenate([c.timestamps, np.full(short, c.timestamps[-1], np.float32)]),
+                np.concatenate([c.frame_indices, np.full(short, -1, np.int64)]), c.num_frames,
+                str(d.job.path.resolve()), d.size, d.mtime_ns, d.sha1, frames, d.job.video_id, c.span,
+            ))  # fmt: skip
     return records
 
 
@@ -346,6 +346,7 @@ def extract(
 def extract_folder(
     videos: Path, model: str = "tcmgc-b32", *, ids: list[str] | None = None, cache: Path | None = None,
     pretrained: str | None = None, num_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
+    padding: str = "repeat",
     batch_size: int = 16, workers: int = 2, store_frames: bool = False, backend: str = "decord", device: str = "auto",
     precision: str = "fp32", verify: bool = False, on_progress: Callable[[int, int], None] | None = None,
     clip_seconds: float = 0.0, clip_stride: float | None = None,
@@ -368,7 +369,7 @@ def extract_folder(
     jobs, pre_failed, ignored = plan_jobs(videos, ids)
     if not jobs and not pre_failed:
         raise ConfigError(f"no video files found in {videos}.")
-    samp = SamplingConfig(entry["num_frames"] if num_frames is None else num_frames, sampling, fps)
+    samp = SamplingConfig(entry["num_frames"] if num_frames is None else num_frames, sampling, fps, padding)
     weights = entry["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
     encoder = FrameEncoder.load(entry["clip"], weights, device, precision)
     clips = clip_settings(clip_seconds, clip_stride)
@@ -420,7 +421,7 @@ def _extract_share(
 
     def flush() -> None:
         t0 = time.perf_counter()
-        records = _to_records(batch, encoder, settings.store_frames)
+        records = _to_records(batch, encoder, settings.store_frames, sampling.num_frames)
         report.encode_s += time.perf_counter() - t0
         writer.add(records)
         report.extracted.extend(dict.fromkeys(r.video or r.video_id for r in records))

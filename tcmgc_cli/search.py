@@ -96,12 +96,14 @@ class Ranker(Protocol):
 
     def encode(self, tokens: torch.Tensor) -> TextFeatures: ...
 
-    def temporal(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) frame features -> (B, T, D) the features the coarse vectors and scores read."""
+    def temporal(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) frame features, (B, T) real frames -> (B, T, D) the features the coarse vectors and scores read."""
         ...
 
-    def scores(self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
-        """One query's full scores against C entries: frames, temporal (C, T, D) -> (C,)."""
+    def scores(
+        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One query's full scores against C entries: frames, temporal (C, T, D), mask (C, T) -> (C,)."""
         ...
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
@@ -118,15 +120,17 @@ class TcmgcRanker:
     def encode(self, tokens: torch.Tensor) -> TextFeatures:
         return self.trained.model.encode_text(tokens.to(self.trained.device))
 
-    def temporal(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.trained.model.encode_video(frames).temporal
+    def temporal(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.trained.model.encode_video(frames, mask).temporal
 
-    def scores(self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         model = self.trained.model
-        lva = model.head.lva.precompute(temporal) if model.head.lva is not None else None
-        out: torch.Tensor = model.score_chunked(text, VideoFeatures(frames, temporal, None, lva), 64, len(frames))[
-            "logits"
-        ]
+        lva_mask = mask if model.cfg.mask_padding else None  # LVA sees padded frames unless asked (method doc 4)
+        lva = model.head.lva.precompute(temporal, lva_mask) if model.head.lva is not None else None
+        video = VideoFeatures(frames, temporal, lva_mask, lva)
+        out: torch.Tensor = model.score_chunked(text, video, 64, len(frames))["logits"]
         return out[0]
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
@@ -151,11 +155,15 @@ class ClipRanker:
         words, sentence = encode_tokens(self.text.clip, tokens.to(self.text.device))
         return TextFeatures(words, sentence)
 
-    def temporal(self, frames: torch.Tensor) -> torch.Tensor:
+    def temporal(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return frames
 
-    def scores(self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
-        return F.normalize(frames.mean(1), dim=-1) @ F.normalize(text.sentence[0], dim=-1)  # (C,)
+    def scores(
+        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        m = mask[..., None].to(frames.dtype)  # (C, T, 1): the mean of the real frames
+        mean = (frames * m).sum(1) / m.sum(1).clamp_min(1)
+        return F.normalize(mean, dim=-1) @ F.normalize(text.sentence[0], dim=-1)  # (C,)
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
         sims = torch.einsum("nd,etd->net", F.normalize(queries, dim=-1), F.normalize(frames, dim=-1))  # (n, E, T)
@@ -173,15 +181,17 @@ class Entries:
     times: np.ndarray  # (E, T) frame start times, seconds
     frames: torch.Tensor  # (E, T, D) CLIP frame features
     temporal: torch.Tensor  # (E, T, D) after the ranker's temporal encoder
+    masks: torch.Tensor  # (E, T) bool: real frames (False: a zero-padded slot)
 
     def to_payload(self) -> dict[str, Any]:
         return {"ids": self.ids, "videos": self.videos, "spans": torch.from_numpy(self.spans), "paths": self.paths,
-                "times": torch.from_numpy(self.times), "frames": self.frames.half(), "temporal": self.temporal.half()}  # fmt: skip
+                "times": torch.from_numpy(self.times), "frames": self.frames.half(), "temporal": self.temporal.half(),
+                "masks": self.masks}  # fmt: skip
 
     @classmethod
     def from_payload(cls, p: dict[str, Any]) -> "Entries":
         return cls(p["ids"], p["videos"], p["spans"].numpy(), p["paths"], p["times"].numpy(), p["frames"].float(),
-                   p["temporal"].float())  # fmt: skip
+                   p["temporal"].float(), p["masks"])  # fmt: skip
 
 
 class SearchIndex:
@@ -206,6 +216,12 @@ class SearchIndex:
         """Read every entry and run the ranker's temporal encoder once over it (features kept in float16)."""
         ranker = TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker
         ids = cache.ids()
+        found = cache.frame_masks(ids)
+        masks = (
+            torch.ones(len(ids), cache.settings.sampling["num_frames"], dtype=torch.bool)
+            if found is None
+            else torch.from_numpy(found)
+        )
         frames, temporal = [], []
         with torch.no_grad():
             for i in range(0, len(ids), batch):
@@ -216,11 +232,12 @@ class SearchIndex:
                     assert isinstance(ranker, ClipRanker)
                     x = torch.from_numpy(cache.load_embeddings(ids[i : i + batch])).to(ranker.text.device)
                 frames.append(x.half().cpu())  # (B, T, D)
-                temporal.append(ranker.temporal(x).half().cpu())
+                temporal.append(ranker.temporal(x, masks[i : i + batch].to(x.device)).half().cpu())
         paths = [p.decode() if isinstance(p, bytes) else str(p) for p in cache.load_rows(ids, "paths")]
         videos = [v.decode() if isinstance(v, bytes) else str(v) for v in cache.load_rows(ids, "videos")]
         entries = Entries(ids, videos, cache.load_rows(ids, "spans").astype(np.float64), paths,
-                          cache.load_rows(ids, "timestamps"), torch.cat(frames).float(), torch.cat(temporal).float())  # fmt: skip
+                          cache.load_rows(ids, "timestamps"), torch.cat(frames).float(), torch.cat(temporal).float(),
+                          masks)  # fmt: skip
         return cls(ranker, entries, cache.path)
 
     def save(self, path: Path, key: str) -> None:
@@ -234,7 +251,7 @@ class SearchIndex:
             payload = load_verified(path)
         except CheckpointError:
             return None
-        if not isinstance(payload, dict) or payload.get("key") != key or "videos" not in payload:
+        if not isinstance(payload, dict) or payload.get("key") != key or "masks" not in payload:
             return None
         return cls(TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker, Entries.from_payload(payload))
 
@@ -287,8 +304,11 @@ class SearchIndex:
         rows = []
         for q in range(len(text.sentence)):
             one = text.select(slice(q, q + 1))
-            parts = [self.ranker.scores(one, self.frames[idx[i : i + chunk]].to(dev), self.temporal[idx[i : i + chunk]].to(dev))
-                     for i in range(0, len(idx), chunk)]  # fmt: skip
+            parts = []
+            for i in range(0, len(idx), chunk):
+                part = idx[i : i + chunk]
+                parts.append(self.ranker.scores(one, self.frames[part].to(dev), self.temporal[part].to(dev),
+                                                self.entries.masks[part].to(dev)))  # fmt: skip
             rows.append(torch.cat(parts).float().cpu())
         return torch.stack(rows)
 

@@ -45,12 +45,15 @@ class TrainData:
     caption_video: torch.Tensor  # (N,) video index of each caption
     frames: torch.Tensor | None  # (V, T, D) cached frame features, when the image tower is frozen
     video_ids: list[str]
+    masks: torch.Tensor | None = None  # (V, T) bool real frames, for zero-padded caches (the reference's inputs)
 
     @classmethod
     def build(cls, split: Split, cache: FeatureCache, tokenizer: Tokenizer, from_frames: bool) -> "TrainData":
         tokens = torch.cat([tokenizer(split.captions[i : i + 4096]) for i in range(0, len(split.captions), 4096)])
         frames = None if from_frames else torch.from_numpy(cache.load_embeddings(split.video_ids))
-        return cls(tokens, torch.tensor(split.caption_video), frames, split.video_ids)
+        masks = cache.frame_masks(split.video_ids)
+        return cls(tokens, torch.tensor(split.caption_video), frames, split.video_ids,
+                   None if masks is None else torch.from_numpy(masks))  # fmt: skip
 
 
 @dataclass
@@ -108,20 +111,20 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.model, self.dist, self.text_trains = model, dist, text_trains
 
-    def forward(self, tokens: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, L); frames (B, T, D) features or (B, T, S, S, 3) uint8 -> logits (N, N), parts (N, N, K),
-        N = B x processes."""
+    def forward(
+        self, tokens: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, L); frames (B, T, D) features or (B, T, S, S, 3) uint8; mask (B, T) real frames or None
+        -> logits (N, N), parts (N, N, K), N = B x processes."""
         model, g = self.model, self.dist.gather
         with torch.set_grad_enabled(self.text_trains and torch.is_grad_enabled()):
             text = model.encode_text(tokens)
         if frames.dtype == torch.uint8:
-            from tcmgc_cli.data.transforms import normalize
+            from tcmgc_cli.evaluate import encode_frames
 
-            b, t = frames.shape[:2]
-            x = normalize(frames.flatten(0, 1), model.preprocess)  # (B, T, S, S, 3) -> (B*T, 3, S, S)
-            frames = model.clip.visual(x).view(b, t, -1)  # (B*T, D) -> (B, T, D)
+            frames = encode_frames(model, frames, mask)
         text = TextFeatures(g(text.words), g(text.sentence), None if text.mask is None else g(text.mask))
-        out = model(text, model.encode_video(g(frames)))
+        out = model(text, model.encode_video(g(frames), None if mask is None else g(mask.to(frames.dtype))))
         return out["logits"], out["parts"]
 
 
@@ -162,8 +165,9 @@ class Trainer:
     def _loss(self, captions: torch.Tensor) -> dict[str, torch.Tensor]:
         videos = self.data.caption_video[captions]
         amp = self.device.type == "cuda" and self.cfg.precision == "bf16"
+        mask = None if self.data.masks is None else self.data.masks[videos].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits, parts = self.step(self.data.tokens[captions].to(self.device), self._frames(videos))
+            logits, parts = self.step(self.data.tokens[captions].to(self.device), self._frames(videos), mask)
         return tcmgc_loss(logits.float(), parts.float(), self.spec.config.sdr_alpha)
 
     def _lr(self) -> float:

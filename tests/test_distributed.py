@@ -39,8 +39,19 @@ def test_two_process_extract_equals_one_process(sample_cache: Path, tmp_path: Pa
         shutil.copy(SAMPLE_MSRVTT / "videos" / f"video{n}.mp4", videos)
     (videos / "broken.mp4").write_bytes(b"not a video")
     cache = tmp_path / "d.h5"
+    same = ["--sampling", "fps", "--padding", "zero"]  # as sample_cache, a dataset run, was extracted
     result = torchrun(
-        "extract", "--videos", str(videos), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0", "--json"
+        "extract",
+        "--videos",
+        str(videos),
+        "--model",
+        "tcmgc-tiny",
+        "--cache",
+        str(cache),
+        "--workers",
+        "0",
+        "--json",
+        *same,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])  # rank 0 reports for both
@@ -51,7 +62,17 @@ def test_two_process_extract_equals_one_process(sample_cache: Path, tmp_path: Pa
     for vid in two.ids():
         np.testing.assert_array_equal(two.embeddings(vid), one.embeddings(vid))
     again = torchrun(
-        "extract", "--videos", str(videos), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0", "--json"
+        "extract",
+        "--videos",
+        str(videos),
+        "--model",
+        "tcmgc-tiny",
+        "--cache",
+        str(cache),
+        "--workers",
+        "0",
+        "--json",
+        *same,
     )
     assert sorted(json.loads(again.stdout.strip().splitlines()[-1])["cached"]) == sorted(two.ids())
 

@@ -3,6 +3,7 @@
 Each test reproduces what a careful user did to break the tool and checks the outcome they should get.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -228,12 +229,11 @@ def trained_run_dir(data: Path, sample_cache: Path, tmp_path_factory: pytest.Tem
     return run
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 160 KB tmpfs: a disk that fills up (needs root, as CI has; skipped elsewhere)."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A small file system of our own at `mount` (needs root, as CI has; the test is skipped elsewhere)."""
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield mount
@@ -241,6 +241,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 160 KB disk that fills up."""
+    with tmpfs(tmp_path / "disk", "size=160k") as mount:
+        yield mount
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # h5py freeing the failed file's objects
 def test_disk_full_while_extracting_keeps_finished_videos(video_dir: Path, small_disk: Path) -> None:
     for n in range(4, 12):  # 12 videos with stored frames (about 25 KB each) do not fit in 160 KB
         shutil.copy(SAMPLE_MSRVTT / "videos" / f"video{n}.mp4", video_dir / f"video{n}.mp4")
@@ -255,29 +263,11 @@ def test_disk_full_while_extracting_keeps_finished_videos(video_dir: Path, small
 def test_read_only_cache_and_output_are_one_line_errors(
     video_dir: Path, data: Path, sample_cache: Path, tmp_path: Path
 ) -> None:
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True
-    ).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        args = [
-            "extract",
-            "--videos",
-            str(video_dir),
-            "--model",
-            "tcmgc-tiny",
-            "--cache",
-            str(mount / "c.h5"),
-            "--workers",
-            "0",
-        ]
-        assert "Read-only file system" in one_line_error(runner.invoke(app, args))
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
+        args = ["extract", "--videos", str(video_dir), "--model", "tcmgc-tiny", "--cache", str(mount / "c.h5")]
+        assert "Read-only file system" in one_line_error(runner.invoke(app, [*args, "--workers", "0"]))
         message = one_line_error(runner.invoke(app, train_args(data, sample_cache, mount / "run")))
         assert "Read-only file system" in message and "--output" in message
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # ---- 6. decoder processes die with their parent ------------------------------------------------------------------

@@ -25,6 +25,11 @@ class Backend(StrEnum):
     pyav = "pyav"
 
 
+class Padding(StrEnum):
+    zero = "zero"
+    repeat = "repeat"
+
+
 class Sampling(StrEnum):
     uniform = "uniform"
     fps = "fps"
@@ -55,9 +60,21 @@ def extract_command(
         int | None, typer.Option(help="Frames kept per video. Default: the model config's (12 for B/32).")
     ] = None,
     sampling: Annotated[
-        Sampling, typer.Option(help="uniform: frames spread over the whole video; fps: decode at --fps, then spread.")
-    ] = Sampling.uniform,
+        Sampling | None,
+        typer.Option(
+            help="uniform: frames spread over the whole video; fps: decode at --fps, then spread. Default: fps for "
+            "--dataset (the reference's 1 frame per second), uniform for --videos."
+        ),
+    ] = None,
     fps: Annotated[float, typer.Option(help="Frames per second decoded with --sampling fps.")] = 1.0,
+    padding: Annotated[
+        Padding | None,
+        typer.Option(
+            help="A video with fewer frames than the model takes: zero (the reference: its frames, then slots of the "
+            "image tower's output for an all-zero frame, masked in the temporal encoder) or repeat (its frames spread "
+            "over every slot). Default: zero for --dataset, repeat for --videos."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Videos per encoder batch (and per cache segment).")] = 16,
     workers: Annotated[int, typer.Option(help="Decoder processes; 0 decodes in the main process.")] = 2,
     store_frames: Annotated[
@@ -117,8 +134,9 @@ def extract_command(
                 progress.update(task, completed=done, total=total, rate=f"{speed:.1f} videos/s" if speed else "")
 
             report = extract_folder(
-                folder, model, ids=ids, cache=cache, pretrained=pretrained, num_frames=num_frames, sampling=sampling.value,
-                fps=fps, batch_size=batch_size, workers=workers, store_frames=store_frames, backend=backend.value,
+                folder, model, ids=ids, cache=cache, pretrained=pretrained, num_frames=num_frames,
+                sampling=(sampling or (Sampling.fps if dataset else Sampling.uniform)).value, fps=fps,
+                padding=(padding or (Padding.zero if dataset else Padding.repeat)).value, batch_size=batch_size, workers=workers, store_frames=store_frames, backend=backend.value,
                 device=device, precision=precision, verify=verify, on_progress=on_progress, clip_seconds=window,
                 clip_stride=clip_stride,
             )  # fmt: skip

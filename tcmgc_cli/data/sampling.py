@@ -31,10 +31,13 @@ def fps_candidates(total_frames: int, video_fps: float, fps: float) -> list[int]
 
 
 def sample_frame_indices(total_frames: int, video_fps: float, cfg: SamplingConfig) -> list[int]:
-    """Frame indices to decode, always `cfg.num_frames` of them, non-decreasing."""
-    if cfg.strategy == "uniform":
-        return spread(total_frames, cfg.num_frames)
-    candidates = fps_candidates(total_frames, video_fps, cfg.fps)
+    """Frame indices to decode, non-decreasing: `cfg.num_frames` of them, or, with zero padding, fewer when the
+    video has fewer candidates (the caller pads: method doc, section 2)."""
+    candidates = (
+        list(range(total_frames)) if cfg.strategy == "uniform" else fps_candidates(total_frames, video_fps, cfg.fps)
+    )
+    if cfg.padding == "zero" and len(candidates) <= cfg.num_frames:
+        return candidates
     return [candidates[i] for i in spread(len(candidates), cfg.num_frames)]
 
 

@@ -131,6 +131,14 @@ class FrameEncoder:
         return cls(visual.to(dev), pp, dev, fingerprint, amp)
 
     @torch.inference_mode()
+    def padding_feature(self) -> torch.Tensor:
+        """(D,): the image tower's output for an all-zero normalized frame, what the reference's padded slots hold."""
+        x = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out: torch.Tensor = self.visual(x)
+        return out.float().cpu()[0]
+
+    @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         x = normalize(frames.to(self.device, non_blocking=True), self.preprocess)  # (N, 3, S, S)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
