@@ -10,15 +10,15 @@ on a rerun; an unfinished one resumes from its last epoch checkpoint.
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
+from tcmgc_cli.ablate_plots import plot_all
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.data.source import DataSource
 from tcmgc_cli.errors import ConfigError
@@ -57,8 +57,9 @@ def parse_floats(text: str | None, what: str) -> list[float]:
 
 
 def expand_variants(
-    keep_rates: list[float], sdr_alphas: list[float], components: list[str], aggregations: list[str]
-) -> list[Variant]:
+    keep_rates: list[float], sdr_alphas: list[float], components: list[str], aggregations: list[str],
+    keep_masses: list[float] | None = None,
+) -> list[Variant]:  # fmt: skip
     """The variants of the grid, "full" first; each axis value changes one setting of the base config."""
     bad = [r for r in keep_rates if not 0 < r <= 1]
     if bad:
@@ -71,20 +72,15 @@ def expand_variants(
         raise ConfigError(f"unknown aggregation(s) {bad_agg}: use lsa, mean, softmax.")
     if any(a < 0 for a in sdr_alphas):
         raise ConfigError("SDR weights must be at least 0.")
+    if any(not 0 < p <= 1 for p in keep_masses or []):
+        raise ConfigError("keep masses must be in (0, 1], e.g. --keep-masses 0.5,0.9.")
     variants = [Variant("full")]
     variants += [Variant(f"keep_rate={r:g}", {"keep_rate": r}) for r in keep_rates]
     variants += [Variant(f"sdr_alpha={a:g}", {"sdr_alpha": a}) for a in sdr_alphas]
     variants += [Variant(c, COMPONENTS[c], c) for c in components if c != "full"]
     variants += [Variant(f"aggregation={a}", {"aggregation": a}) for a in aggregations]
+    variants += [Variant(f"keep_mass={p:g}", {"keep_rule": "mass", "keep_mass": p}) for p in keep_masses or []]
     return list({v.name: v for v in variants}.values())
-
-
-def score_variance(parts: torch.Tensor, caption_video: Sequence[int] | np.ndarray) -> float:
-    """Mean over each text's positive pair of the unbiased variance of its K similarity scores."""
-    if parts.shape[-1] < 2:
-        return 0.0
-    positives = parts[torch.arange(len(caption_video)), torch.as_tensor(caption_video)]  # (Q, K)
-    return float(positives.var(dim=-1, unbiased=True).mean())
 
 
 def summarize(results: list[dict[str, Any]]) -> pd.DataFrame:
@@ -95,7 +91,8 @@ def summarize(results: list[dict[str, Any]]) -> pd.DataFrame:
     for name, group in df.groupby("variant", sort=False):
         row: dict[str, Any] = {
             "variant": name,
-            **{k: group.iloc[0][k] for k in ("keep_rate", "sdr_alpha", "components")},
+            **{k: group.iloc[0][k] for k in ("keep_rate", "sdr_alpha", "components") if k in group},
+            "keep_mass": group.iloc[0]["keep_mass"] if "keep_mass" in group else None,
         }
         row["seeds"] = sorted(int(s) for s in group["seed"])
         for k in keys:
@@ -104,31 +101,21 @@ def summarize(results: list[dict[str, Any]]) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows)
     out["best"] = out["t2v_R@1"] == out["t2v_R@1"].max()
+    out["best_tradeoff"] = best_tradeoff(out, df)
     return out
 
 
-def plot(summary: pd.DataFrame, path: Path) -> list[str]:
-    """R@1 against keep rate (and against SDR alpha when varied) as PNG panels; returns the panel names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(col, label) for col, label in (("keep_rate", "keep rate r"), ("sdr_alpha", "SDR weight alpha"))
-              if summary[summary["variant"].str.startswith(col)].shape[0] > 0]  # fmt: skip
-    if not panels:
-        panels = [("keep_rate", "keep rate r")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
-    for ax, (col, label) in zip(axes[0], panels, strict=True):
-        rows = summary[summary["variant"].str.startswith(col) | (summary["variant"] == "full")].sort_values(col)
-        ax.errorbar(rows[col], rows["t2v_R@1"], yerr=rows["t2v_R@1_std"], marker="o", capsize=3)
-        ax.set_xlabel(label)
-        ax.set_ylabel("text-to-video R@1 (%)")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [c for c, _ in panels]
+def best_tradeoff(summary: pd.DataFrame, results: pd.DataFrame) -> pd.Series:
+    """Among the keep-rate variants (and the base), the fastest whose R@1 is within one query of the best of them."""
+    family = summary["variant"].str.startswith("keep_rate=") | (summary["variant"] == "full")
+    mark = pd.Series(False, index=summary.index)
+    if family.sum() < 2 or "pairs_per_s" not in summary or "num_queries" not in results:
+        return mark
+    rows = summary[family]
+    one_query = 100.0 / float(results["num_queries"].max())
+    good = rows[rows["t2v_R@1"] >= rows["t2v_R@1"].max() - one_query - 1e-9]
+    mark[good["pairs_per_s"].idxmax()] = True
+    return mark
 
 
 def run_grid(
@@ -163,7 +150,7 @@ def run_grid(
 def evaluate_variant(run_dir: Path, setup: TrainSetup, test: Split) -> dict[str, Any]:
     """Metrics of a variant's best checkpoint, its scoring speed (pairs/s) and its positive-pair score variance."""
     from tcmgc_cli.checkpoint import load_trained
-    from tcmgc_cli.evaluate import metrics_for, score_split
+    from tcmgc_cli.evaluate import metrics_for, score_split, score_variance
 
     trained = load_trained(run_dir, str(setup.device))
     parts: list[torch.Tensor] = []
@@ -196,10 +183,13 @@ def ablate(
     def run_one(variant: Variant, seed: int, run_dir: Path) -> dict[str, Any]:
         spec = setup.spec(variant.overrides)
         train_run(setup, spec, dataclasses.replace(setup.cfg, seed=seed), run_dir, resume=True, announce=False)
+        mass = spec.config.keep_mass if spec.config.keep_rule == "mass" else None
         return {**evaluate_variant(run_dir, setup, test), "keep_rate": spec.config.keep_rate,
-                "sdr_alpha": spec.config.sdr_alpha}  # fmt: skip
+                "sdr_alpha": spec.config.sdr_alpha, "keep_mass": mass}  # fmt: skip
 
-    summary = summarize(run_grid(variants, seeds, folder, run_one, on_event))
+    results = run_grid(variants, seeds, folder, run_one, on_event)
+    summary = summarize(results)
     summary.to_csv(folder / "ablation.csv", index=False)
-    plot(summary, folder / "ablation.png")
+    facts = plot_all(summary, results, folder, {(v.name, s): v.slug for v in variants for s in seeds})
+    write_text_atomic(folder / "ablation.json", json.dumps(facts, indent=1))
     return summary, folder

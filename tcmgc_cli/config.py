@@ -46,6 +46,7 @@ class SamplingConfig:
 
 SIMILARITIES = ("vs", "vw", "sf", "fw")  # video-sentence, video-word, sentence-frame, frame-word
 AGGREGATIONS = ("lsa", "mean", "softmax")
+KEEP_RULES = ("fixed", "mass")
 ISA_FORMS = ("tcmgc", "xclip")
 
 
@@ -60,6 +61,9 @@ class ModelConfig:
     temporal_heads: int = 8  # seqTransf heads (width D)
     temporal_positions: int = 77  # rows of the frame position table (CLIP's text context length)
     keep_rate: float = 0.1  # r in (0, 1]: SR keeps k = max(1, floor(n * r)) entries of a length-n vector
+    keep_rule: str = "fixed"  # "fixed": always k; "mass": per vector, the fewest of those k whose share of the
+    # vector's softmax(isa_lambda x) mass reaches keep_mass (the paper's open question: an input-dependent rate)
+    keep_mass: float = 0.9  # p in (0, 1] for keep_rule "mass"
     reorganize: bool = True  # SR on; off: ISA runs over full-length vectors
     isa_lambda: float = 100.0  # sharpness of the softmaxes inside ISA
     isa_form: str = "tcmgc"  # "tcmgc": softmax-linear-softmax; "xclip": single softmax times matrix
@@ -77,6 +81,8 @@ class ModelConfig:
         unknown = [s for s in self.similarities if s not in SIMILARITIES]
         if unknown or not self.similarities:
             raise ConfigError(f"similarities must be a non-empty subset of {', '.join(SIMILARITIES)}; got {unknown}.")
+        if self.keep_rule not in KEEP_RULES or not 0 < self.keep_mass <= 1:
+            raise ConfigError(f"keep_rule must be one of {', '.join(KEEP_RULES)} and keep_mass in (0, 1].")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"unknown aggregation {self.aggregation!r}: use one of {', '.join(AGGREGATIONS)}.")
         if self.isa_form not in ISA_FORMS:

@@ -6,7 +6,7 @@ metrics["t2v_R@1"]
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,14 @@ def check_finite_scores(scores: np.ndarray, video_ids: list[str], captions: list
         f"{len(bad_videos)} video(s) score NaN or infinity ({shown}): their cached features or the model are broken. "
         "Rerun your `tcmgc extract` command with --verify."
     )
+
+
+def score_variance(parts: torch.Tensor, caption_video: Sequence[int] | np.ndarray) -> float:
+    """Mean over each text's positive pair of the unbiased variance of its K similarity scores (what SDR lowers)."""
+    if parts.shape[-1] < 2:
+        return 0.0
+    positives = parts[torch.arange(len(caption_video)), torch.as_tensor(caption_video)]  # (Q, K)
+    return float(positives.var(dim=-1, unbiased=True).mean())
 
 
 def metrics_for(scores: np.ndarray, split: Split, dsl: bool = False) -> dict[str, float]:

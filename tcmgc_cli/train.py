@@ -27,7 +27,7 @@ from tcmgc_cli.config import TrainConfig
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError, RunExistsError
-from tcmgc_cli.evaluate import metrics_for, score_split
+from tcmgc_cli.evaluate import metrics_for, score_split, score_variance
 from tcmgc_cli.fileio import FolderLock
 from tcmgc_cli.model.encoder import Tokenizer
 from tcmgc_cli.model.factory import ModelSpec
@@ -227,9 +227,11 @@ class Trainer:
         )
 
     def validate(self, split: Split) -> dict[str, float]:
+        """Metrics on `split`, and the score variance on its positive pairs (logged every epoch: SDR's effect)."""
         self.model.eval()
-        scores = score_split(self._trained(), self.cache, split, self.cfg.eval_chunk)
-        return metrics_for(scores, split)
+        parts: list[torch.Tensor] = []
+        scores = score_split(self._trained(), self.cache, split, self.cfg.eval_chunk, parts=parts)
+        return {**metrics_for(scores, split), "score_variance": score_variance(torch.cat(parts), split.caption_video)}
 
     def _log(self, record: Event) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:

@@ -6,9 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tcmgc_cli.ablate import Variant, expand_variants, run_grid, score_variance, summarize
+from tcmgc_cli.ablate import Variant, expand_variants, run_grid, summarize
 from tcmgc_cli.cli import app
 from tcmgc_cli.errors import ConfigError
+from tcmgc_cli.evaluate import score_variance
 from tests.test_cli_train_evaluate import small_dataset
 
 runner = CliRunner()
@@ -132,3 +133,24 @@ def test_ablate_cli_on_sample_video(sample_cache: Path, tmp_path: Path) -> None:
     assert again.exit_code == 0 and again.output.count("skipped") == 3
     bad = runner.invoke(app, ["ablate", "--keep-rates", "0,0.5"])
     assert bad.exit_code == 2 and "(0, 1]" in bad.output
+
+
+@pytest.mark.slow
+def test_ablate_answers_the_papers_questions_with_figures(sample_cache: Path, tmp_path: Path) -> None:
+    """Keep rates with cost, an input-dependent keep rule, SDR weights over training and against variance."""
+    data = small_dataset(tmp_path)
+    out = tmp_path / "grid"
+    args = ["ablate", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny", "--cache", str(sample_cache),
+            "--output", str(out), "--keep-rates", "0.125,0.5", "--keep-masses", "0.5", "--sdr-alphas", "0,1",
+            "--epochs", "2", "--set", "train.batch_size=16", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"full", "keep_rate=0.125", "keep_rate=0.5", "keep_mass=0.5", "sdr_alpha=0", "sdr_alpha=1"}
+    assert rows["keep_mass=0.5"]["keep_mass"] == 0.5 and rows["full"]["keep_mass"] is None
+    assert sum(r["best_tradeoff"] for r in rows.values()) == 1
+    facts = json.loads((out / "ablation.json").read_text())
+    assert facts["panels"] == ["keep_rate", "sdr_training", "sdr_tradeoff"] and "sdr_correlation" in facts
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    epochs = [json.loads(x) for x in (out / "sdr_alpha-0-s42" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["score_variance"] >= 0 for e in epochs if e["kind"] == "epoch"] == [True, True]

@@ -239,3 +239,42 @@ def test_integer_masks_mean_what_the_reference_means(clip: torch.nn.Module) -> N
     assert as_int.mask is not None and as_int.mask.dtype == torch.bool
     with pytest.raises(ValueError, match="booleans or 0/1"):
         as_bool_mask(torch.tensor([[0, 2]]))
+
+
+def test_keep_by_mass_against_a_loop() -> None:
+    """keep_rule "mass": of the top k, the fewest whose softmax(lambda x) share of the whole vector reaches p."""
+    import math
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 9, generator=g) * 0.05
+    lam, k, p = 100.0, 4, 0.8
+    values = reorganize.top_values(x, k, -1)
+    got, ok = reorganize.by_mass(values, None, x, lam, p)
+    for row in range(5):
+        line = x[row].tolist()
+        total = sum(math.exp(lam * v) for v in line)
+        ranked = sorted(line, reverse=True)[:k]
+        kept, mass = [], 0.0
+        for v in ranked:
+            kept.append(mass < p)
+            mass += math.exp(lam * v) / total
+        assert ok[row].tolist() == kept
+        assert got[row].tolist() == pytest.approx([v if keep else 0.0 for v, keep in zip(ranked, kept, strict=True)])
+
+
+def test_keep_by_mass_scores_factorized_equals_direct_and_full_mass_is_fixed(clip: torch.nn.Module) -> None:
+    torch.manual_seed(2)
+    text = TextFeatures(torch.randn(3, CFG.max_words, CFG.embed_dim), torch.randn(3, CFG.embed_dim))
+    frames = torch.randn(4, CFG.num_frames, CFG.embed_dim)
+    flat = replace(CFG, isa_lambda=20.0)  # at 100 the top entry holds nearly all the mass and ISA is nearly a max
+    fixed = make_model(clip, flat)
+    mass = make_model(clip, replace(flat, keep_rule="mass", keep_mass=0.3))
+    whole = make_model(clip, replace(flat, keep_rule="mass", keep_mass=1.0))
+    with torch.no_grad():
+        direct = mass(text, mass.encode_video(frames))["logits"]
+        fast = mass.score_chunked(text, mass.encode_video(frames, factorized=True), 2, 3)["logits"]
+        base = fixed(text, fixed.encode_video(frames))["logits"]
+        all_kept = whole(text, whole.encode_video(frames))["logits"]
+    torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(all_kept, base, rtol=1e-6, atol=1e-6)  # p = 1 keeps every one of the k
+    assert not torch.allclose(direct, base, atol=1e-4)  # p = 0.3 keeps fewer, and that shows

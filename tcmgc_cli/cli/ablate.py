@@ -1,5 +1,6 @@
 """`tcmgc ablate`: train and evaluate a grid of TC-MGC variants on one cache; resumable."""
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,13 @@ def ablate_command(
     sdr_alphas: Annotated[str | None, typer.Option(help="SDR weights to try, e.g. 0,0.1,0.5,1.0.")] = None,
     components: Annotated[
         str | None, typer.Option(help="full,-sr,-lsa,-sdr,-textcond: each '-x' removes one part.")
+    ] = None,
+    keep_masses: Annotated[
+        str | None,
+        typer.Option(
+            help="Input-dependent keep rates to try, e.g. 0.5,0.9: SR keeps, of the k that --keep-rate allows, the "
+            "fewest whose softmax mass reaches p (model.keep_rule=mass)."
+        ),
     ] = None,
     aggregations: Annotated[
         str | None, typer.Option(help="lsa,mean,softmax: LSA vs a plain or softmax-weighted average.")
@@ -70,10 +78,10 @@ def ablate_command(
         from tcmgc_cli.ablate import expand_variants, parse_floats
         from tcmgc_cli.errors import ConfigError
 
-        if not any((keep_rates, sdr_alphas, components, aggregations)):
+        if not any((keep_rates, sdr_alphas, components, aggregations, keep_masses)):
             components = "full,-sr,-lsa,-sdr,-textcond"
         variants = expand_variants(parse_floats(keep_rates, "--keep-rates"), parse_floats(sdr_alphas, "--sdr-alphas"),
-                                   names(components), names(aggregations))  # fmt: skip
+                                   names(components), names(aggregations), parse_floats(keep_masses, "--keep-masses"))  # fmt: skip
         try:
             seed_list = [int(s) for s in names(seeds)]
         except ValueError:
@@ -106,8 +114,10 @@ def _render(summary: Any, folder: Path, json_out: bool) -> None:
                 "variant": r["variant"],
                 "keep_rate": r["keep_rate"],
                 "sdr_alpha": r["sdr_alpha"],
+                "keep_mass": None if r["keep_mass"] is None or r["keep_mass"] != r["keep_mass"] else r["keep_mass"],
                 "components": r["components"],
                 "seeds": r["seeds"],
+                "best_tradeoff": bool(r["best_tradeoff"]),
             }
             for k in keys:
                 row[k], row[f"{k}_std"] = r[k], r[f"{k}_std"]
@@ -123,8 +133,14 @@ def _render(summary: Any, folder: Path, json_out: bool) -> None:
         "variant", "r", "alpha", "t2v R@1", "R@5", "R@10", "MdR", "pairs/s", "score var", title=f"ablation ({folder})"
     )
     for _, r in summary.iterrows():
-        mark = " *" if r["best"] else ""
+        mark = (" *" if r["best"] else "") + (" †" if r["best_tradeoff"] else "")
         table.add_row(f"{r['variant']}{mark}", f"{r['keep_rate']:g}", f"{r['sdr_alpha']:g}", pm(r, "t2v_R@1"), pm(r, "t2v_R@5"),
                       pm(r, "t2v_R@10"), pm(r, "t2v_MdR"), f"{r['pairs_per_s']:,.0f}", pm(r, "score_variance", ".3f"))  # fmt: skip
     stdout.print(table)
-    stdout.print(f"* best t2v R@1. Wrote {folder / 'ablation.csv'} and {folder / 'ablation.png'}")
+    facts = json.loads((folder / "ablation.json").read_text())
+    if facts.get("sdr_correlation") is not None:
+        stdout.print(
+            f"Across the SDR runs, score variance and R@1 correlate with Pearson r = {facts['sdr_correlation']:.2f}."
+        )
+    stdout.print(f"* best t2v R@1; † best trade-off (the fastest within one query of the best R@1 among keep rates). "
+                 f"Wrote {folder / 'ablation.csv'}, {folder / 'ablation.png'} and {folder / 'ablation.json'}")  # fmt: skip

@@ -4,8 +4,13 @@ import torch
 from torch import nn
 
 
-def _masked(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    return x if valid is None else x.masked_fill(~valid, float("-inf"))
+def _softmax(z: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """softmax over the valid entries of each row; a row with none valid gets all zeros (never NaN, in either pass)."""
+    if valid is None:
+        return torch.softmax(z, dim=-1)
+    empty = ~valid.any(-1, keepdim=True)  # (..., 1)
+    z = z.masked_fill(~valid, float("-inf")).masked_fill(empty, 0.0)
+    return torch.softmax(z, dim=-1) * valid
 
 
 class ISA(nn.Module):
@@ -22,9 +27,9 @@ class ISA(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., n) -> (...,)."""
-        a = torch.softmax(self.lam * _masked(x, valid), dim=-1)
+        a = _softmax(self.lam * x, valid)
         b = a @ self.weight
-        w = b if self.form == "xclip" else torch.softmax(self.lam * _masked(b, valid), dim=-1)
+        w = b if self.form == "xclip" else _softmax(self.lam * b, valid)
         x = x if valid is None else x.masked_fill(~valid, 0.0)
         return (w * x).sum(-1)
 

@@ -79,3 +79,17 @@ def bi_keep(m: torch.Tensor, k_rows: int, k_cols: int, valid: torch.Tensor | Non
     """Bi-SR on (..., n_rows, n_cols): top k_rows of every column, then top k_cols of every remaining row."""
     values = top_values(_fill(m, valid), k_rows, -2)  # (..., k_rows, n_cols), -inf kept for ranking
     return _marked(top_values(values, k_cols, -1), valid is not None)  # (..., k_rows, k_cols)
+
+
+def by_mass(
+    values: torch.Tensor, ok: torch.Tensor | None, full: torch.Tensor, lam: float, mass: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An input-dependent keep rate: of the kept `values` (..., k), descending, keep the fewest whose share of the
+    softmax(lam * full) mass over the whole vector `full` (..., n) reaches `mass` (at least one); the others are
+    marked invalid (zeroed), so that the aggregation ignores them."""
+    finite = torch.where(torch.isfinite(full), lam * full, torch.full_like(full, float("-inf")))
+    share = torch.exp(lam * values - torch.logsumexp(finite, -1, keepdim=True))  # (..., k) softmax weights
+    before = torch.cumsum(share, -1) - share  # mass of the entries ranked above each one
+    keep_it = before < mass
+    ok = keep_it if ok is None else ok & keep_it
+    return values.masked_fill(~ok, 0.0), ok

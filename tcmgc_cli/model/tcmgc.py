@@ -19,7 +19,7 @@ from torch import nn
 from tcmgc_cli.config import ModelConfig
 from tcmgc_cli.model.aggregate import ISA, Aggregation
 from tcmgc_cli.model.attention import LanguageVideoAttention, LvaVideo
-from tcmgc_cli.model.reorganize import bi_keep, keep, keep_and_fuse
+from tcmgc_cli.model.reorganize import bi_keep, by_mass, keep, keep_and_fuse, top_values
 from tcmgc_cli.model.temporal import TemporalEncoder
 
 
@@ -194,14 +194,38 @@ class TcmgcHead(nn.Module):
             elif name == "vw":
                 assert self.isa_vw is not None
                 x, ok = keep(dots.vw, k_w, words) if cfg.reorganize else (dots.vw, words)
+                x, ok = self._by_mass(x, ok, dots.vw, words)
                 out.append(self.isa_vw(x, ok))
             elif name == "sf":
                 assert self.isa_sf is not None
                 y, ok = keep_and_fuse(dots.sf, k_f, units) if cfg.reorganize else (dots.sf, units)
+                y, ok = self._fused_by_mass(y, ok, dots.sf, units)
                 out.append(self.isa_sf(y, ok))
             else:
                 out.append(self._frame_word(dots.fw, words, units, k_w, k_f))
         return tau * torch.stack(out, dim=-1)
+
+    def _by_mass(
+        self, x: torch.Tensor, ok: torch.Tensor | None, full: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """keep_rule "mass": of the kept entries, the fewest that hold keep_mass of the vector's softmax mass."""
+        if not (self.cfg.reorganize and self.cfg.keep_rule == "mass"):
+            return x, ok
+        whole = full if valid is None else full.masked_fill(~valid, float("-inf"))
+        return by_mass(x, ok, whole, self.cfg.isa_lambda, self.cfg.keep_mass)
+
+    def _fused_by_mass(
+        self, y: torch.Tensor, ok: torch.Tensor | None, full: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """keep_rule "mass" on keep-and-fuse output: the kept entries thinned by mass, the fused last one stays."""
+        if not (self.cfg.reorganize and self.cfg.keep_rule == "mass"):
+            return y, ok
+        whole = full if valid is None else full.masked_fill(~valid, float("-inf"))
+        kept, kept_ok = by_mass(
+            y[..., :-1], None if ok is None else ok[..., :-1], whole, self.cfg.isa_lambda, self.cfg.keep_mass
+        )
+        fused_ok = torch.ones_like(y[..., -1:], dtype=torch.bool) if ok is None else ok[..., -1:]
+        return torch.cat([kept, y[..., -1:]], -1), torch.cat([kept_ok, fused_ok], -1)
 
     def _frame_word(
         self, m: torch.Tensor, words: torch.Tensor | None, units: torch.Tensor | None, k_w: int, k_f: int
@@ -216,7 +240,10 @@ class TcmgcHead(nn.Module):
                 & (units[..., None, :] if units is not None else ones)
             )
         if self.cfg.reorganize:
+            full = m if valid is None else m.masked_fill(~valid, float("-inf"))
             m, valid = bi_keep(m, k_w, k_f, valid)
+            if self.cfg.keep_rule == "mass":  # each remaining row's mass over all its columns: (.., k_w, n)
+                m, valid = by_mass(m, valid, top_values(full, k_w, -2), self.cfg.isa_lambda, self.cfg.keep_mass)
         col_ok = None if valid is None else valid.any(-2)  # (Q, V, k_f)
         row_ok = None if valid is None else valid.any(-1)  # (Q, V, k_w)
         u = self.isa_fw_words(m.transpose(-1, -2), None if valid is None else valid.transpose(-1, -2))  # over words
