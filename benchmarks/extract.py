@@ -42,7 +42,7 @@ def measure(name: str, clip: str, num_videos: int, num_frames: int, workers: int
     decoded = [r for r in _decode_stream([(j, None) for j in jobs], decode, workers, window) if isinstance(r, Decoded)]
     decode_s = time.perf_counter() - t0
 
-    frames = torch.from_numpy(np.stack([d.frames for d in decoded]))  # (N, T, S, S, 3)
+    frames = torch.from_numpy(np.stack([d.clips[0].frames for d in decoded]))  # (N, T, S, S, 3)
     encoder(frames[0, :2])  # warm-up
     t0 = time.perf_counter()
     for start in range(0, len(frames), batch):

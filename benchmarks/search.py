@@ -30,7 +30,7 @@ from _common import LogitScaleOnly  # noqa: E402
 
 from tcmgc_cli.config import ModelConfig  # noqa: E402
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures  # noqa: E402
-from tcmgc_cli.search import SearchIndex  # noqa: E402
+from tcmgc_cli.search import Entries, SearchIndex, TcmgcRanker  # noqa: E402
 
 D, T, L = 512, 12, 32
 
@@ -52,8 +52,11 @@ def make_index(model: TcmgcModel, n: int, seed: int = 0, encode: bool = True) ->
             if encode
             else frames
         )
-    times = [np.arange(T, dtype=np.float32)] * n
-    return SearchIndex(_Trained(model), [f"v{i}" for i in range(n)], frames, temporal, [""] * n, times)  # type: ignore[arg-type]
+    ids = [f"v{i}" for i in range(n)]
+    times = np.tile(np.arange(T, dtype=np.float32), (n, 1))  # (V, T)
+    spans = np.tile(np.array([0.0, float(T)]), (n, 1))  # (V, 2)
+    entries = Entries(ids, ids, spans, [""] * n, times, frames, temporal, torch.ones(n, T, dtype=torch.bool))
+    return SearchIndex(TcmgcRanker(_Trained(model)), entries)  # type: ignore[arg-type]
 
 
 def make_queries(index: SearchIndex, q: int, seed: int = 1) -> TextFeatures:

@@ -1,0 +1,31 @@
+"""The benchmarks' measuring code still runs against the library (at toy sizes; the figures come from the scripts)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_search_benchmark_builds_and_measures_an_index() -> None:
+    import search as bench  # benchmarks/search.py
+
+    from tcmgc_cli.config import ModelConfig
+    from tcmgc_cli.model.tcmgc import TcmgcModel
+
+    model = TcmgcModel(ModelConfig(embed_dim=bench.D, max_words=bench.L, num_frames=bench.T), bench.LogitScaleOnly())
+    index = bench.make_index(model.eval(), 120)
+    agree = bench.agreement(index, bench.make_queries(index, 4), [20, 120])
+    assert agree["120"]["identical"] == 100.0  # every candidate re-scored: the exhaustive top-10
+    assert bench.latency(index, bench.make_queries(index, 2), 20) > 0
+
+
+@pytest.mark.slow
+def test_extract_benchmark_measures_on_sample_video() -> None:
+    import extract as bench  # benchmarks/extract.py
+
+    torch.set_num_threads(1)
+    stats = bench.measure("tcmgc-tiny", "tcmgc-clip-tiny", 4, 8, 0, 4)
+    assert stats["videos"] == 4 and stats["extract_s"] > 0
