@@ -107,8 +107,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     payload = load_verified(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is not a tcmgc checkpoint. Weights saved by the reference TC-MGC code load with "
-            "tcmgc_cli.checkpoint.import_reference."
+            f"{path} is not a tcmgc checkpoint. Weights saved by the reference TC-MGC code become a run with "
+            f"`tcmgc import-reference {path} --keep-rate R --output RUN`."
         )
     state = payload.get("state_dict", {})
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]

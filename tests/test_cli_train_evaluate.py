@@ -8,10 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tcmgc_cli.cli import app
+from tcmgc_cli.metrics import METRIC_KEYS
 from tests.conftest import SAMPLE_MSRVTT
 
 runner = CliRunner()
-KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R@1", "R@5", "R@10", "MdR", "MnR")]
+KEYS = list(METRIC_KEYS)
 QUICK = ["--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "train.log_every=1"]
 
 

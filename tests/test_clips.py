@@ -234,3 +234,22 @@ def test_a_container_that_misreports_its_duration_is_clipped_by_its_frames(tmp_p
     spans = FeatureCache(cache).clips("cut")
     assert spans[0][0] == 0.0 and 15.0 <= spans[-1][1] <= 25.0  # about half of the 40 s decodes
     assert all(b - a == pytest.approx(10.0) for a, b in spans)
+
+
+def test_a_machine_without_decord_decodes_with_pyav(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """decord has no ARM wheels: there the default backend quietly becomes PyAV, with the same frames."""
+    from tcmgc_cli.data import video as video_module
+
+    path = long_video(tmp_path / "v.mp4", seconds=4)
+    with_decord = video_module.read_video(path, lambda n, fps: [0, n - 1])
+    opened: list[str] = []
+    real_open = video_module.open_video
+
+    def spy(p: Path, backend: video_module.VideoBackend) -> object:
+        opened.append(backend.value)
+        return real_open(p, backend)
+
+    monkeypatch.setattr(video_module, "has_decord", lambda: False)
+    monkeypatch.setattr(video_module, "open_video", spy)
+    without = video_module.read_video(path, lambda n, fps: [0, n - 1])
+    assert opened == ["pyav"] and np.array_equal(without[0], with_decord[0])

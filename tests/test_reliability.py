@@ -326,7 +326,7 @@ def test_foreign_checkpoint_points_to_something_that_exists(tmp_path: Path) -> N
 
     foreign = tmp_path / "pytorch_model.bin.pt"
     torch.save({"state_dict": {"clip.logit_scale": torch.ones(())}}, foreign)
-    with pytest.raises(CheckpointError, match="import_reference") as err:
+    with pytest.raises(CheckpointError, match="tcmgc import-reference") as err:
         read_checkpoint(foreign)
     assert "--reference" not in str(err.value)
 
