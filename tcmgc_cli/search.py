@@ -330,7 +330,8 @@ class SearchIndex:
 
     def _hit(self, rank: int, entry: int, score: float, weights: np.ndarray, moments: list[tuple[int, float]]) -> Hit:
         e = self.entries
-        start, end = attended_span(weights, e.times[entry], float(e.spans[entry, 1]))
+        real = e.masks[entry].numpy()  # a moment is made of real frames, never of zero-padded slots
+        start, end = attended_span(weights[real], e.times[entry][real], float(e.spans[entry, 1]))
         best = [{"start_sec": round(float(e.spans[m, 0]), 3), "end_sec": round(float(e.spans[m, 1]), 3),
                  "score": round(s, 6)} for m, s in moments]  # fmt: skip
         return Hit(rank, e.videos[entry], score, e.paths[entry], start, end, best, self.scorer, e.ids[entry])
@@ -358,7 +359,8 @@ class SearchIndex:
         ids = tok([query])[0]
         n = int(ids.argmax()) + 1  # up to the end token
         words = [tok.decode_one(int(t)) for t in ids[:n]]
-        return words, self.attention_of(text.words[0, :n], [entry])[:, 0], self.entries.times[entry]
+        real = self.entries.masks[entry].numpy()  # the real frames (zero-padded slots are left out of the picture)
+        return words, self.attention_of(text.words[0, :n], [entry])[:, 0][:, real], self.entries.times[entry][real]
 
 
 def pick(

@@ -137,3 +137,20 @@ def test_index_is_saved_and_reused_until_the_cache_changes(run: Path, sample_cac
     cache_path.touch()  # the cache changed: the index is rebuilt
     open_index(trained, run, FeatureCache(cache_path))
     assert saved[0].stat().st_mtime_ns != stamp
+
+
+def test_explain_and_moments_leave_zero_padded_slots_out(run: Path, sample_cache: Path) -> None:
+    """sample_cache is a dataset run: 1 fps and zero padding, so most of tcmgc-tiny's 8 slots are padding."""
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.search import open_search
+
+    cache = FeatureCache(sample_cache)
+    index = open_search(run, sample_cache)
+    hits = index.search(["a red circle moves left"], top_k=10)[0][0]
+    for hit in hits:
+        record = cache.record(hit.entry)
+        assert record.num_frames < 8  # padded
+        real = record.timestamps[: record.num_frames]
+        assert hit.start_sec in real.tolist() and hit.end_sec <= float(real[-1]) + 1.0 + 1e-6
+    words, weights, times = index.word_attention("a red circle", hits[0].video_id)
+    assert weights.shape == (len(words), cache.record(hits[0].entry).num_frames) == (len(words), len(times))
