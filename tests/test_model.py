@@ -198,6 +198,9 @@ def test_temporal_encoder_starts_from_clip_text_blocks_when_widths_match(
     torch.testing.assert_close(temporal.frame_position_embeddings.weight, model.clip.positional_embedding[:rows])
     import logging
 
+    from tcmgc_cli.model import factory
+
+    factory._TOLD.clear()  # said once per process: an earlier test may have heard it
     logger = logging.getLogger("tcmgc_cli")
     logger.addHandler(caplog.handler)  # the command line may have stopped propagation to the root logger
     try:

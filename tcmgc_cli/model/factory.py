@@ -8,6 +8,7 @@ from tcmgc_cli.config import ModelConfig
 from tcmgc_cli.model.registry import get_model_config
 
 log = logging.getLogger(__name__)
+_TOLD: set[tuple[str, int]] = set()
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,11 @@ def create_model(spec: ModelSpec, weights_follow: bool = False) -> Any:
     clip, preprocess = load_clip(spec.clip, spec.pretrained)
     model = TcmgcModel(spec.config, clip)
     model.preprocess = preprocess
-    if not weights_follow and not model.head.temporal.init_from_clip_text(
+    seeded = weights_follow or model.head.temporal.init_from_clip_text(
         clip.transformer.resblocks, clip.positional_embedding
-    ):
+    )
+    if not seeded and (spec.clip, spec.config.embed_dim) not in _TOLD:  # once per process (ablate builds many)
+        _TOLD.add((spec.clip, spec.config.embed_dim))
         log.info(
             "The temporal encoder starts from random weights: %s's text blocks (width %d) cannot seed it (width %d).",
             spec.clip, clip.positional_embedding.shape[-1], spec.config.embed_dim,
