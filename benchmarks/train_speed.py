@@ -66,7 +66,9 @@ def main() -> None:
         os.environ["TCMGC_WORKSPACE"] = workspace
         from tcmgc_cli.extract import extract_folder
 
-        extract_folder(ROOT / "sample_data" / "msrvtt" / "videos", "tcmgc-tiny", workers=0)
+        extract_folder(
+            ROOT / "sample_data" / "msrvtt" / "videos", "tcmgc-tiny", workers=0, sampling="fps", padding="zero"
+        )  # as `tcmgc extract --dataset msrvtt` does (the reference's inputs)
         results = [run(True, workspace, args.epochs)]
         if args.full:
             results.append(run(False, workspace, args.epochs))
