@@ -22,8 +22,10 @@ drop their handles when pickled, so DataLoader workers reopen them.
 
 import contextlib
 import io
+import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -96,15 +98,33 @@ def _read_settings(f: h5py.File, path: Path) -> CacheSettings:
     return CacheSettings(**json.loads(f.attrs["settings"]))
 
 
+_images = itertools.count()
+
+
 @contextlib.contextmanager
-def _atomic_h5(path: Path) -> Iterator[h5py.File]:
+def _atomic_h5(path: Path, in_memory: bool = True) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name; it appears at `path` only once complete and synced.
 
-    A failed write (disk full, read-only, quota; h5py raises OSError or RuntimeError) is one CacheError, and the
-    segments written before stay. h5py's objects of the failed file print the same error again as they are freed,
-    with a traceback, straight to stderr: what they print while the file is open is held back and dropped then.
+    in_memory: HDF5 builds the file in memory and plain file writes put it on disk, so that a full disk, a quota or
+    a read-only folder is an OSError of ours (a CacheError naming the fix) and never a failed write inside HDF5,
+    which leaves the library in a state that crashes the process at exit. Segments and new roots are small; the
+    merged root may be large, so `compact` writes it directly after checking the free space.
     """
-    echoes = io.StringIO()
+    if in_memory:
+        f = h5py.File(f"{path}.in-memory-{os.getpid()}-{next(_images)}", "w", driver="core", backing_store=False)
+        try:
+            yield f
+            f.flush()
+            image = f.id.get_file_image()
+        finally:
+            f.close()
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(image)
+        except OSError as err:
+            raise CacheError(f"cannot write {path.name}: {describe_os_error(err, path.parent)}") from None
+        return
+    echoes = io.StringIO()  # h5py's objects of a failed file print the error again as they are freed
     try:
         with atomic_path(path) as tmp, contextlib.redirect_stderr(echoes), h5py.File(tmp, "w", locking=False) as f:
             yield f
@@ -474,7 +494,8 @@ class CacheWriter:
             if not pending:
                 return 0
             ids = cache.ids()
-            with _atomic_h5(self.path) as f:
+            _check_space(self.path, [self.path, *pending])
+            with _atomic_h5(self.path, in_memory=False) as f:
                 _write_attrs(f, self.settings, merged=[p.name for p in pending])
                 _copy_rows(cache, ids, f, self.settings.store_frames)
         finally:
@@ -493,6 +514,18 @@ class CacheWriter:
 
     def close(self) -> None:
         self._lock.close()
+
+
+def _check_space(target: Path, sources: list[Path]) -> None:
+    """Merging writes a new root as large as the root and its segments: refuse, before writing, where it cannot fit
+    (the segments stay, and readers see the cache whole, merged or not)."""
+    need = sum(p.stat().st_size for p in sources if p.exists())
+    free = shutil.disk_usage(target.parent).free
+    if free < need * 1.05 + (1 << 20):
+        raise CacheError(
+            f"{target.parent}: not enough free space to merge the cache ({need >> 20} MB needed, {free >> 20} MB free). "
+            "Free some disk space and rerun: every extracted video is kept in its segment until then."
+        )
 
 
 def read_failures(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
