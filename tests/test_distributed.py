@@ -39,20 +39,9 @@ def test_two_process_extract_equals_one_process(sample_cache: Path, tmp_path: Pa
         shutil.copy(SAMPLE_MSRVTT / "videos" / f"video{n}.mp4", videos)
     (videos / "broken.mp4").write_bytes(b"not a video")
     cache = tmp_path / "d.h5"
-    same = ["--sampling", "fps", "--padding", "zero"]  # as sample_cache, a dataset run, was extracted
-    result = torchrun(
-        "extract",
-        "--videos",
-        str(videos),
-        "--model",
-        "tcmgc-tiny",
-        "--cache",
-        str(cache),
-        "--workers",
-        "0",
-        "--json",
-        *same,
-    )
+    args = ["extract", "--videos", str(videos), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0",
+            "--json", "--sampling", "fps", "--padding", "zero"]  # as sample_cache, a dataset run, was extracted  # fmt: skip
+    result = torchrun(*args)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])  # rank 0 reports for both
     assert sorted(report["extracted"]) == sorted(f"video{n}" for n in range(9))
@@ -61,19 +50,7 @@ def test_two_process_extract_equals_one_process(sample_cache: Path, tmp_path: Pa
     assert len(two) == 9 and not list((cache.parent / "d.h5.d").glob("seg-*"))  # merged into the root
     for vid in two.ids():
         np.testing.assert_array_equal(two.embeddings(vid), one.embeddings(vid))
-    again = torchrun(
-        "extract",
-        "--videos",
-        str(videos),
-        "--model",
-        "tcmgc-tiny",
-        "--cache",
-        str(cache),
-        "--workers",
-        "0",
-        "--json",
-        *same,
-    )
+    again = torchrun(*args)
     assert sorted(json.loads(again.stdout.strip().splitlines()[-1])["cached"]) == sorted(two.ids())
 
 

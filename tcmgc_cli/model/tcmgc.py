@@ -220,10 +220,8 @@ class TcmgcHead(nn.Module):
         """keep_rule "mass" on keep-and-fuse output: the kept entries thinned by mass, the fused last one stays."""
         if not (self.cfg.reorganize and self.cfg.keep_rule == "mass"):
             return y, ok
-        whole = full if valid is None else full.masked_fill(~valid, float("-inf"))
-        kept, kept_ok = by_mass(
-            y[..., :-1], None if ok is None else ok[..., :-1], whole, self.cfg.isa_lambda, self.cfg.keep_mass
-        )
+        kept, kept_ok = self._by_mass(y[..., :-1], None if ok is None else ok[..., :-1], full, valid)
+        assert kept_ok is not None  # the mass rule always marks
         fused_ok = torch.ones_like(y[..., -1:], dtype=torch.bool) if ok is None else ok[..., -1:]
         return torch.cat([kept, y[..., -1:]], -1), torch.cat([kept_ok, fused_ok], -1)
 
