@@ -427,3 +427,24 @@ def test_pickled_objects_are_refused_without_torchs_unsafe_advice(tmp_path: Path
     with pytest.raises(CheckpointError, match="argparse.Namespace") as err:
         read_checkpoint(path)
     assert "weights_only" not in str(err.value) and "\x1b" not in str(err.value)  # torch's advice and its colours
+
+
+def test_merge_refuses_before_writing_when_the_disk_cannot_hold_it(
+    monkeypatch: pytest.MonkeyPatch, video_dir: Path, tmp_path: Path
+) -> None:
+    """Merging writes a new root as large as everything: checked first, and the segments stay readable."""
+    import collections
+
+    from tcmgc_cli import cache as cache_module
+
+    path = tmp_path / "c.h5"
+    base = ["extract", "--videos", str(video_dir), "--model", "tcmgc-tiny", "--cache", str(path), "--workers", "0"]
+    real = cache_module.shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 1024))
+    message = one_line_error(runner.invoke(app, [*base, "--batch-size", "1"]))
+    assert "not enough free space to merge" in message
+    assert len(list((tmp_path / "c.h5.d").glob("seg-*.h5"))) == 4 and len(FeatureCache(path)) == 4
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", real)
+    assert runner.invoke(app, [*base, "--json"]).exit_code == 0  # room again: the rerun merges
+    assert not list((tmp_path / "c.h5.d").glob("seg-*.h5")) and len(FeatureCache(path)) == 4
