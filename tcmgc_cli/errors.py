@@ -39,7 +39,3 @@ class RunExistsError(TcmgcError):
 
 class NumericsError(TcmgcError):
     """A NaN or infinity where a loss, weight, feature or score must be finite."""
-
-
-class Interrupted(TcmgcError):
-    """Ctrl-C: finished work is kept; the message says how to continue."""

@@ -191,9 +191,10 @@ def evaluate(
     trained, features, where = open_trained(checkpoint, cache, device)
     data = source.split(split, features)
     start = time.perf_counter()
-    scores = score_split(trained, features, data, chunk, on_progress, dist=Dist.from_env(trained.device))
+    dist = Dist.from_env(trained.device)
+    scores = score_split(trained, features, data, chunk, on_progress, dist=dist)
     seconds = time.perf_counter() - start
-    if save_scores is not None and Dist.from_env(trained.device).rank == 0:
+    if save_scores is not None and dist.rank == 0:
         np.savez_compressed(save_scores, scores=scores, video_ids=np.array(data.video_ids), captions=np.array(data.captions),
                             caption_video=np.array(data.caption_video))  # fmt: skip
     metrics: dict[str, Any] = metrics_for(scores, data, dsl)

@@ -10,8 +10,6 @@ from tcmgc_cli.errors import AnnotationError, CacheError
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("msrvtt", "didemo", "vatex", "csv")
-
 
 @dataclass(frozen=True)
 class DataSource:
