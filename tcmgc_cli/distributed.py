@@ -1,5 +1,6 @@
 """torchrun's process group: rank, world size, gathering. World 1 (no torchrun) makes every call a no-op."""
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,9 @@ class Dist:
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # Destroyed while Python is still whole: left to interpreter teardown, gloo's threads release the last
+            # collective's tensors after the GIL is gone and the process aborts (SIGABRT) after finishing its work.
+            atexit.register(_destroy_group)
         return cls(dist.get_rank(), world)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,3 +72,10 @@ class Dist:
             import torch.distributed as dist
 
             dist.barrier()
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -14,21 +14,32 @@ from tcmgc_cli.cache import FeatureCache, read_failures
 from tests.conftest import SAMPLE_MSRVTT
 from tests.test_cli_train_evaluate import trained_run  # noqa: F401  (module fixture)
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+# One exchange and exit, as every command ends under torchrun.
+GATHER_AND_EXIT = """
+import torch
+from tcmgc_cli.distributed import Dist
+dist = Dist.from_env(torch.device("cpu"))
+assert dist.gather_objects(dist.rank) == [0, 1]
+"""
+
 
 def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "tcmgc_cli",
-        *args,
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    cmd = [*TORCHRUN, "-m", "tcmgc_cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.mark.slow
+def test_processes_exit_cleanly_after_their_last_exchange(tmp_path: Path) -> None:
+    # Left to interpreter teardown, gloo aborted about one launch in four here ("terminate called without an active
+    # exception", SIGABRT after the work was done); six launches at once all failed to catch it only 15% of the time.
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_AND_EXIT)
+    runs = [subprocess.Popen([*TORCHRUN, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=ENV) for _ in range(6)]  # fmt: skip
+    failed = [err for err in (p.communicate(timeout=300)[1] for p in runs) if "FAILED" in err]
+    assert not failed, failed[0][:3000]
 
 
 @pytest.mark.slow
@@ -42,7 +53,7 @@ def test_two_process_extract_equals_one_process(sample_cache: Path, tmp_path: Pa
     args = ["extract", "--videos", str(videos), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0",
             "--json", "--sampling", "fps", "--padding", "zero"]  # as sample_cache, a dataset run, was extracted  # fmt: skip
     result = torchrun(*args)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[:3000]  # the head: the processes' own words, before torchrun's report
     report = json.loads(result.stdout.strip().splitlines()[-1])  # rank 0 reports for both
     assert sorted(report["extracted"]) == sorted(f"video{n}" for n in range(9))
     assert [f["id"] for f in report["failed"]] == ["broken"] and set(read_failures(cache)) == {"broken"}
@@ -77,7 +88,7 @@ def test_two_process_evaluate_equals_one_process(trained_run: tuple[Path, Path],
     ]
     single = json.loads(CliRunner().invoke(app, args).stdout)
     result = torchrun(*args)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[:3000]  # the head: the processes' own words, before torchrun's report
     lines = [x for x in result.stdout.strip().splitlines() if x.startswith("{")]
     assert len(lines) == 1  # only rank 0 prints
     double = json.loads(lines[0])
