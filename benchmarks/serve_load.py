@@ -1,8 +1,9 @@
 """Concurrent queries against `tcmgc serve` over the sample collection with the tiny model: latency and errors.
 
 Extracts sample_data/ with tcmgc-tiny, trains it for 2 epochs (so the TC-MGC scorer answers), starts
-`tcmgc serve` in its own process on a free local port, then fires `--clients` concurrent clients of `--queries`
-queries each at /api/search. Goal: no errors, p99 under 100 ms on a 2-core CPU.
+`tcmgc serve` in its own process on a free local port, then fires concurrent clients at /api/search: once with
+queries batched as they arrive (the default, --max-batch 16), once one at a time (--max-batch 1), side by side.
+Goal: no errors, p99 under 100 ms on a 2-core CPU.
 
     python benchmarks/serve_load.py            # 8 clients x 50 queries
     python benchmarks/serve_load.py --full     # 16 clients x 100 queries
@@ -44,6 +45,42 @@ def client(base: str, n: int, offset: int) -> tuple[list[float], int]:
     return latencies, errors
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def measure(env: dict[str, str], clients: int, queries: int, max_batch: int) -> dict[str, float]:
+    """Start `tcmgc serve --max-batch max_batch`, fire the clients at it, stop it: latency figures."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tcmgc_cli", "serve", "--port", str(port), "--max-batch",
+                               str(max_batch)], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/openapi.json").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        client(base, 5, 0)  # warm-up
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            done = list(pool.map(lambda c: client(base, queries, c), range(clients)))
+        wall = time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    latencies = sorted(x for lat, _ in done for x in lat)
+    return {
+        "errors": sum(e for _, e in done), "p50_ms": round(statistics.median(latencies), 1),
+        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1), "max_ms": round(latencies[-1], 1),
+        "requests_per_s": round(len(latencies) / wall, 1),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="16 clients x 100 queries")
@@ -54,34 +91,14 @@ def main() -> None:
         data = ["--dataset", "msrvtt", "--data-root", str(ROOT / "sample_data" / "msrvtt")]
         tcmgc("extract", *data, "--model", "tcmgc-tiny", env=env)
         tcmgc("train", *data, "--model", "tcmgc-tiny", "--epochs", "2", "--json", env=env)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "tcmgc_cli", "serve", "--port", str(port)], env=env,
-                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/openapi.json").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            client(base, 5, 0)  # warm-up
-            start = time.perf_counter()
-            with ThreadPoolExecutor(clients) as pool:
-                done = list(pool.map(lambda c: client(base, queries, c), range(clients)))
-            wall = time.perf_counter() - start
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    latencies = sorted(x for lat, _ in done for x in lat)
+        batched = measure(env, clients, queries, max_batch=16)
+        alone = measure(env, clients, queries, max_batch=1)
+    for name, figures in (("one query at a time (--max-batch 1)", alone), ("batched (--max-batch 16)", batched)):
+        print(f"{name}: {figures}")
     summary = {
-        "benchmark": "serve_load", "clients": clients, "queries_per_client": queries, "requests": len(latencies),
-        "errors": sum(e for _, e in done), "p50_ms": round(statistics.median(latencies), 1),
-        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1), "max_ms": round(latencies[-1], 1),
-        "requests_per_s": round(len(latencies) / wall, 1),
+        "benchmark": "serve_load", "clients": clients, "queries_per_client": queries, "requests": clients * queries,
+        **batched, "unbatched": alone, "p99_ratio_unbatched_to_batched": round(alone["p99_ms"] / batched["p99_ms"], 2),
+        "throughput_ratio_batched_to_unbatched": round(batched["requests_per_s"] / alone["requests_per_s"], 2),
     }  # fmt: skip
     print(json.dumps(summary))
 

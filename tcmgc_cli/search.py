@@ -103,7 +103,7 @@ class Ranker(Protocol):
     def scores(
         self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """One query's full scores against C entries: frames, temporal (C, T, D), mask (C, T) -> (C,)."""
+        """Q queries' full scores against C entries: frames, temporal (C, T, D), mask (C, T) -> (Q, C)."""
         ...
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
@@ -131,7 +131,7 @@ class TcmgcRanker:
         lva = model.head.lva.precompute(temporal, lva_mask) if model.head.lva is not None else None
         video = VideoFeatures(frames, temporal, lva_mask, lva)
         out: torch.Tensor = model.score_chunked(text, video, 64, len(frames))["logits"]
-        return out[0]
+        return out
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
         """LVA's attention weights, else (no text conditioning) softmax frame similarities."""
@@ -163,7 +163,7 @@ class ClipRanker:
     ) -> torch.Tensor:
         m = mask[..., None].to(frames.dtype)  # (C, T, 1): the mean of the real frames
         mean = (frames * m).sum(1) / m.sum(1).clamp_min(1)
-        return F.normalize(mean, dim=-1) @ F.normalize(text.sentence[0], dim=-1)  # (C,)
+        return F.normalize(text.sentence, dim=-1) @ F.normalize(mean, dim=-1).T  # (Q, C)
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
         sims = torch.einsum("nd,etd->net", F.normalize(queries, dim=-1), F.normalize(frames, dim=-1))  # (n, E, T)
@@ -292,28 +292,37 @@ class SearchIndex:
         if top_k < 1 or candidates < 1 or per_video < 1:
             raise ConfigError("--top-k, --candidates and --per-video must be at least 1.")
         wanted = len(self) if self.scorer == "clip" else max(candidates, top_k)  # CLIP scores are exact and cheap
-        shortlist = self.shortlist(text, wanted)
+        shortlist = self.shortlist(text, wanted)  # (Q, C)
+        scores = self._shortlist_scores(text, shortlist)  # (Q, C)
         return [
-            self._rerank(text.select(slice(q, q + 1)), shortlist[q], top_k, per_video) for q in range(len(shortlist))
+            self._rerank(text.sentence[q : q + 1], shortlist[q], scores[q], top_k, per_video)
+            for q in range(len(shortlist))
         ]
+
+    def _shortlist_scores(self, text: TextFeatures, shortlist: torch.Tensor) -> torch.Tensor:
+        """Each query's scores of its own shortlist (Q, C). Queries whose shortlists overlap (in a small collection
+        each is all of it) are scored together over the union, which costs one pass instead of Q; the scores of a
+        pair do not depend on the other entries, so a query's results are the same alone or in company."""
+        union, where = torch.unique(shortlist, return_inverse=True)  # (U,), (Q, C): positions in the union
+        if len(union) <= 2 * shortlist.shape[1]:
+            return self.full_scores(text, union).gather(1, where)
+        return torch.cat([self.full_scores(text.select(slice(q, q + 1)), shortlist[q]) for q in range(len(shortlist))])
 
     @torch.no_grad()
     def full_scores(self, text: TextFeatures, idx: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         """The scorer's scores (Q, len(idx)) of the given entries."""
         dev = text.sentence.device
-        rows = []
-        for q in range(len(text.sentence)):
-            one = text.select(slice(q, q + 1))
-            parts = []
-            for i in range(0, len(idx), chunk):
-                part = idx[i : i + chunk]
-                parts.append(self.ranker.scores(one, self.frames[part].to(dev), self.temporal[part].to(dev),
-                                                self.entries.masks[part].to(dev)))  # fmt: skip
-            rows.append(torch.cat(parts).float().cpu())
-        return torch.stack(rows)
+        parts = []
+        for i in range(0, len(idx), chunk):
+            part = idx[i : i + chunk]
+            parts.append(self.ranker.scores(text, self.frames[part].to(dev), self.temporal[part].to(dev),
+                                            self.entries.masks[part].to(dev)).float().cpu())  # fmt: skip
+        return torch.cat(parts, 1)
 
-    def _rerank(self, text: TextFeatures, idx: torch.Tensor, top_k: int, per_video: int) -> list[Hit]:
-        scores = self.full_scores(text, idx)[0]  # (C,)
+    def _rerank(
+        self, sentence: torch.Tensor, idx: torch.Tensor, scores: torch.Tensor, top_k: int, per_video: int
+    ) -> list[Hit]:
+        """One query's hits from its shortlist idx (C,) and their scores (C,); sentence (1, D) places the moments."""
         bad = idx[~torch.isfinite(scores)].tolist()
         if bad:
             names = ", ".join(self.ids[v] for v in bad[:5])
@@ -322,9 +331,9 @@ class SearchIndex:
                 "broken. Rerun your `tcmgc extract` command with --verify, or use another checkpoint."
             )
         order = scores.argsort(descending=True)
-        ranked = [(int(idx[i]), float(scores[i])) for i in order.tolist()]
+        ranked = list(zip(idx[order].tolist(), scores[order].tolist(), strict=True))
         picked = pick(ranked, self.entries.videos, top_k, per_video)
-        weights = self.attention_of(text.sentence[:1], [entry for entry, _, _ in picked])[0]  # (k, T)
+        weights = self.attention_of(sentence, [entry for entry, _, _ in picked])[0]  # (k, T)
         return [self._hit(rank, entry, score, w, moments)
                 for rank, ((entry, score, moments), w) in enumerate(zip(picked, weights, strict=True), 1)]  # fmt: skip
 

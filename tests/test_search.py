@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from tcmgc_cli.cli import app
-from tcmgc_cli.search import attended_span
+from tcmgc_cli.search import SearchIndex, attended_span
 from tests.test_cli_train_evaluate import QUICK, small_dataset
 
 runner = CliRunner()
@@ -154,3 +154,69 @@ def test_explain_and_moments_leave_zero_padded_slots_out(run: Path, sample_cache
         assert hit.start_sec in real.tolist() and hit.end_sec <= float(real[-1]) + 1.0 + 1e-6
     words, weights, times = index.word_attention("a red circle", hits[0].video_id)
     assert weights.shape == (len(words), cache.record(hits[0].entry).num_frames) == (len(words), len(times))
+
+
+QUERIES = ["a red circle moves left", "a blue square moves up", "a green triangle moves down", "a white square"]
+
+
+@pytest.fixture(scope="module")
+def index(run: Path, sample_cache: Path) -> SearchIndex:
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.checkpoint import load_trained
+    from tcmgc_cli.search import SearchIndex
+
+    return SearchIndex.from_cache(load_trained(run, "cpu"), FeatureCache(sample_cache))
+
+
+def test_each_query_scores_its_own_shortlist_together_or_alone(index: SearchIndex) -> None:
+    from tcmgc_cli.model.tcmgc import VideoFeatures
+
+    text, _ = index.encode_queries(QUERIES)
+    with torch.no_grad():  # the independent side: the training path's direct LVA over every pair
+        direct = index.trained.model(text, VideoFeatures(index.frames, index.temporal, None, None))["logits"]
+    shared = torch.tensor([[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1]])  # one union of 3: scored in one pass
+    apart = torch.arange(12).view(4, 3)  # a union of 12 > 2 x 3: scored query by query
+    for shortlist in (shared, apart):
+        got = index._shortlist_scores(text, shortlist)
+        torch.testing.assert_close(got, direct.gather(1, shortlist), rtol=1e-4, atol=1e-4)
+
+
+def test_queries_in_company_get_what_they_get_alone(index: SearchIndex) -> None:
+    for candidates in (len(index), 3):
+        together = index.search(QUERIES, top_k=5, candidates=candidates)[0]
+        for query, hits in zip(QUERIES, together, strict=True):
+            alone = index.search([query], top_k=5, candidates=candidates)[0][0]
+            assert [h.entry for h in hits] == [h.entry for h in alone]
+            assert [h.score for h in hits] == pytest.approx([h.score for h in alone], rel=1e-5)
+            assert [(h.start_sec, h.end_sec) for h in hits] == [(h.start_sec, h.end_sec) for h in alone]
+
+
+def test_queries_waiting_for_the_server_are_answered_in_one_pass(
+    index: SearchIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from tcmgc_cli.errors import ConfigError
+    from tcmgc_cli.serve.batching import SearchBatcher
+
+    calls: list[tuple[list[str], int]] = []
+    real = index.search
+
+    def spy(queries: list[str], top_k: int = 10, candidates: int = 500, per_video: int = 1) -> object:
+        calls.append((list(queries), top_k))
+        return real(queries, top_k, candidates, per_video)
+
+    monkeypatch.setattr(index, "search", spy)
+    slots = threading.BoundedSemaphore(1)
+    with slots:  # the only worker cannot start: every query below waits in the queue
+        batcher = SearchBatcher(index, slots, workers=1)
+        waiting = [batcher.submit(QUERIES[0], 5), batcher.submit(QUERIES[1], 5), batcher.submit(QUERIES[2], 2),
+                   batcher.submit("   ", 5), batcher.submit(QUERIES[3], 5)]  # fmt: skip
+    answers = [w.exception(timeout=60) or w.result() for w in waiting]
+    batcher.close()
+    assert calls[0] == ([QUERIES[0], QUERIES[1], "   ", QUERIES[3]], 5)  # one pass for the four with equal options
+    assert calls[-1] == ([QUERIES[2]], 2)  # then the one with other options
+    assert isinstance(answers[3], ConfigError)  # the empty query fails alone; the batch is retried one by one
+    for answer, query, k in zip(answers, QUERIES[:3], (5, 5, 2), strict=False):
+        assert isinstance(answer, list)
+        assert [h.entry for h in answer] == [h.entry for h in real([query], k)[0][0]]

@@ -22,10 +22,19 @@ def serve_command(
         str | None, typer.Option(help="With the clip scorer: the CLIP weights the cache was extracted with.")
     ] = None,
     device: DeviceOpt = "auto",
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Most waiting queries answered together in one pass (under load: higher throughput; 1: "
+            "one at a time).",
+        ),
+    ] = 16,
 ) -> None:
     """Serve the search page at http://HOST:PORT/ and the API under /api (docs at /docs).
 
-    The model and the index load once; each query then takes milliseconds. Videos and thumbnails are served by
+    The model and the index load once; each query then takes milliseconds, and queries that arrive together are
+    answered together (one text-encoder batch, one scoring pass). Videos and thumbnails are served by
     video id only, never by a path from the request.
     """
     with handle_errors(interrupted="the server stopped."):
@@ -57,4 +66,6 @@ def serve_command(
         )
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(1)  # one search per core beats every core on one small search
-        uvicorn.run(create_app(index, thumbs, parallel=cores), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(index, thumbs, parallel=cores, max_batch=max_batch), host=host, port=port, log_level="warning"
+        )

@@ -9,7 +9,10 @@
 Files are reached by video id only, through the index's own table of paths: no path from a request is ever opened.
 """
 
+import asyncio
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,17 +22,26 @@ from fastapi.staticfiles import StaticFiles
 
 from tcmgc_cli.errors import TcmgcError
 from tcmgc_cli.search import SearchIndex
+from tcmgc_cli.serve.batching import SearchBatcher
 from tcmgc_cli.serve.media import Thumbnails
 
 STATIC = Path(__file__).parent / "static"
 MAX_QUERY = 1000  # characters
 
 
-def create_app(index: SearchIndex, thumbnails: Thumbnails, parallel: int = 1) -> FastAPI:
+def create_app(index: SearchIndex, thumbnails: Thumbnails, parallel: int = 1, max_batch: int = 16) -> FastAPI:
     """The application over a loaded index. At most `parallel` searches run at once (the index is read-only; torch
-    releases the GIL): `tcmgc serve` runs one per core, each on one thread."""
-    app = FastAPI(title="tcmgc", description="Text-to-video search with TC-MGC.", version="1")
+    releases the GIL), and queries that arrive while they run are answered together, up to `max_batch` at once:
+    `tcmgc serve` runs one worker per core, each on one thread."""
     lock = threading.BoundedSemaphore(parallel)
+    batcher = SearchBatcher(index, lock, workers=parallel, max_batch=max_batch)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
+    app = FastAPI(title="tcmgc", description="Text-to-video search with TC-MGC.", version="1", lifespan=lifespan)
     paths = dict(zip(index.entries.videos, index.entries.paths, strict=True))  # video id -> file, from the cache
 
     def video_path(video_id: str) -> Path:
@@ -41,18 +53,17 @@ def create_app(index: SearchIndex, thumbnails: Thumbnails, parallel: int = 1) ->
         return path
 
     @app.get("/api/search")
-    def search(
+    async def search(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY, description="What happens in the video.")],
         top_k: Annotated[int, Query(ge=1, le=1000, description="Results.")] = 10,
         per_video: Annotated[int, Query(ge=1, le=1000, description="Results one video may take.")] = 1,
     ) -> dict[str, Any]:
         if not q.strip():
             raise HTTPException(400, "the query is empty: write a few words, e.g. a dog runs")
-        with lock:
-            try:
-                hits = index.search([q], top_k, per_video=per_video)[0][0]
-            except TcmgcError as err:
-                raise HTTPException(400, str(err)) from None
+        try:
+            hits = await asyncio.wrap_future(batcher.submit(q, top_k, per_video))
+        except TcmgcError as err:
+            raise HTTPException(400, str(err)) from None
         return {"query": q, "scorer": index.scorer, "results": [h.to_dict() for h in hits]}
 
     @app.get("/api/explain")
