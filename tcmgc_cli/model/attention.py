@@ -117,7 +117,7 @@ class LanguageVideoAttention(nn.Module):
         a = (logits - logits.amax(-1, keepdim=True)).exp()  # a softmax over T; torch's kernel is slow for short rows
         a = a / a.sum(-1, keepdim=True)  # (Q, V, K, T)
         t, dim = a.shape[-1], video.keys.shape[-1]
-        proj = a @ video.stats[None]  # (Q, V, K, T) @ (1, V, T, 3T + 3) -> (Q, V, K, 3T + 3)
+        proj = torch.einsum("qvkt,vts->qvks", a, video.stats)  # (Q, V, K, 3T + 3): one GEMM per video
         quad = (proj[..., : 3 * t].view(*proj.shape[:-1], 3, t) * a[..., None, :]).sum(-1)  # a'Ga for the 3 Grams
         qc, qy, qr = quad.unbind(-1)
         ly, lr0, lb3 = proj[..., 3 * t :].unbind(-1)

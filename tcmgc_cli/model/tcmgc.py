@@ -155,13 +155,13 @@ class TcmgcHead(nn.Module):
         )  # (Q, V, L_j, T+2)
         consts = torch.stack([w_l @ r0, w_l @ b3], -1)  # (Q, L_i, 2)
         probe_r = torch.cat([prod[:, :, length + 1 : 2 * length + 1], consts[:, None].expand(q, v, length, 2)], -1)
-        fw = (units @ probe_r.transpose(-1, -2)).transpose(-1, -2)  # (Q, V, L_j, L_i) -> (Q, V, L_i, L_j)
+        fw = probe_r @ units.transpose(-1, -2)  # (Q, V, L_i, L_j), rows contiguous for Bi-SR's column-wise pass
         s_probe = torch.cat(
             [prod[:, :, -1], (s_hat @ r0)[:, None, None].expand(q, v, 1), (s_hat @ b3)[:, None, None].expand(q, v, 1)],
             -1,
         )
         sf = (units @ s_probe[..., None]).squeeze(-1)  # (Q, V, L_j)
-        return PairDots((s_g[:, None] * v_hat).sum(-1), torch.einsum("qid,qvd->qvi", w_hat, v_hat), sf, fw)
+        return PairDots(torch.einsum("qd,qvd->qv", s_g, v_hat), torch.einsum("qid,qvd->qvi", w_hat, v_hat), sf, fw)
 
     @staticmethod
     def _dots_unconditioned(
