@@ -3,6 +3,8 @@
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,13 +30,18 @@ def long_video(path: Path, seconds: int = 40, fps: int = 2, size: int = 32) -> P
 def test_clip_spans_cover_the_video_without_gaps() -> None:
     assert clip_spans(8.0, 15.0, 7.5) == [(0.0, 8.0)]  # shorter than a window: one clip
     assert clip_spans(100.0, 0.0, 0.0) == [(0.0, 100.0)]  # window 0: whole video
-    for duration, window, stride in [(40.0, 10.0, 5.0), (37.3, 10.0, 5.0), (61.0, 15.0, 7.5), (30.0, 10.0, 10.0)]:
+    cases = [(40.0, 10.0, 5.0), (37.3, 10.0, 5.0), (61.0, 15.0, 7.5), (30.0, 10.0, 10.0), (30.1, 10.0, 10.0),
+             (600.04, 15.0, 7.5), (20.1, 10.0, 9.9)]  # fmt: skip
+    for duration, window, stride in cases:
         spans = clip_spans(duration, window, stride)
         assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(duration)
         assert all(b - a == pytest.approx(window) for a, b in spans)
         assert all(nxt[0] <= cur[1] for cur, nxt in zip(spans, spans[1:], strict=False))  # no gaps
-        assert all(nxt[0] - cur[0] <= stride + 1e-9 for cur, nxt in zip(spans, spans[1:], strict=False))
+        assert all(nxt[0] - cur[0] <= 1.02 * stride for cur, nxt in zip(spans, spans[1:], strict=False))
     assert len(clip_spans(40.0, 10.0, 5.0)) == 7
+    # 600 s in 15 s windows every 7.5 s: 79, whether a decoder measures 600.00 s or 600.04 s
+    assert len(clip_spans(600.0, 15.0, 7.5)) == len(clip_spans(600.04, 15.0, 7.5)) == 79
+    assert len(clip_spans(600.5, 15.0, 7.5)) == 80  # half a second more is a window of its own
 
 
 def test_clip_frame_indices_against_a_loop() -> None:
@@ -253,3 +260,55 @@ def test_a_machine_without_decord_decodes_with_pyav(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(video_module, "open_video", spy)
     without = video_module.read_video(path, lambda n, fps: [0, n - 1])
     assert opened == ["pyav"] and np.array_equal(without[0], with_decord[0])
+
+
+class _NoRateStream:
+    """A PyAV stream that reports no frame rate (average_rate None), everything else as it is."""
+
+    average_rate = None
+
+    def __init__(self, stream: object) -> None:
+        self.stream = stream
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+
+class _NoRateContainer:
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self.streams = SimpleNamespace(video=[_NoRateStream(container.streams.video[0])])
+
+    def __enter__(self) -> "_NoRateContainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.container.close()
+
+    def demux(self, stream: _NoRateStream) -> Any:
+        return self.container.demux(stream.stream)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_a_stream_that_reports_zero_fps_is_read_by_its_timestamps(
+    long_dir: Path, tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same clips, frames and embeddings as with its real rate, for whole-video sampling at 1 fps and for clips."""
+    import av
+    import decord
+
+    args = ("--backend", backend, "--store-frames", "--sampling", "fps", "--padding", "zero")
+    extract(long_dir, tmp_path / "rate.h5", *args)
+    if backend == "decord":
+        monkeypatch.setattr(decord.VideoReader, "get_avg_fps", lambda self: 0.0)
+    else:
+        real_open = av.open
+        monkeypatch.setattr(av, "open", lambda *a, **k: _NoRateContainer(real_open(*a, **k)))
+    extract(long_dir, tmp_path / "zero.h5", *args)
+    rate, zero = FeatureCache(tmp_path / "rate.h5"), FeatureCache(tmp_path / "zero.h5")
+    assert zero.ids() == rate.ids() and len(zero.clips("walk")) == 7
+    for video in ("short", "walk"):
+        assert zero.clips(video) == rate.clips(video)
+    for entry in rate.ids():
+        np.testing.assert_array_equal(zero.frames(entry), rate.frames(entry))
+        np.testing.assert_array_equal(zero.embeddings(entry), rate.embeddings(entry))

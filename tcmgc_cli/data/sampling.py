@@ -41,15 +41,17 @@ def sample_frame_indices(total_frames: int, video_fps: float, cfg: SamplingConfi
     return [candidates[i] for i in spread(len(candidates), cfg.num_frames)]
 
 
-def clip_spans(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
+def clip_spans(duration: float, window: float, stride: float, slack: float = 0.02) -> list[tuple[float, float]]:
     """Windows of `window` seconds every `stride` seconds over [0, duration], the last one ending at the end, so that
     they cover the video without gaps (stride <= window). A video no longer than one window, or window 0, is one
-    span (0, duration)."""
+    span (0, duration). A last step longer than the stride by at most `slack` strides (and the overlap) adds no window
+    of its own: a duration a few hundredths of a second longer (decoders measure it differently) makes no near-copy."""
     if window <= 0 or duration <= window:
         return [(0.0, duration)]
     if not 0 < stride <= window:
         raise ValueError(f"stride must be in (0, window], got stride={stride}, window={window}")
-    count = math.ceil((duration - window) / stride - 1e-9)  # windows that start before the last one
+    slack = min(slack, (window - stride) / stride) + 1e-9  # never more than the overlap can absorb: no gaps
+    count = max(1, math.ceil((duration - window) / stride - slack))  # windows that start before the last one
     spans = [(k * stride, k * stride + window) for k in range(count)]
     return [*spans, (duration - window, duration)]
 

@@ -73,6 +73,15 @@ class _Collector:
         return self.out[pos], times[list(indices)].astype(np.float32), set(self.unique) - self.done
 
 
+def frame_rate(reported: float, times: np.ndarray) -> float:
+    """The stream's frame rate; for a stream that reports none (0 fps), the rate its timestamps show (0 when they
+    show none either, as for a single frame)."""
+    if reported > 0 or len(times) < 2:
+        return reported if reported > 0 else 0.0
+    step = float(np.median(np.diff(times)))
+    return 1.0 / step if step > 0 else 0.0
+
+
 class DecordReader:
     """decord decodes whole stretches or fails (then PyAV, which tolerates damaged packets, takes over)."""
 
@@ -82,9 +91,9 @@ class DecordReader:
         decord.logging.set_level(decord.logging.QUIET)
         self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         self.num_frames = len(self._vr)
-        self.fps = float(self._vr.get_avg_fps() or 0.0)
         starts = np.asarray(self._vr.get_frame_timestamp(range(self.num_frames))[:, 0], dtype=np.float64)
         self.times = starts - starts[0] if len(starts) else starts  # the first frame is time 0, as for PyAV
+        self.fps = frame_rate(float(self._vr.get_avg_fps() or 0.0), self.times)
         self.failed: set[int] = set()
 
     def get_frames(self, indices: Sequence[int], transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -127,9 +136,7 @@ class PyAVReader:
             self.times = np.arange(self.num_frames) / self.fps
         else:
             raise VideoDecodeError(f"{path.name}: no frame rate and no timestamps; re-encode it")
-        if self.fps <= 0 and self.num_frames > 1:  # a zero-fps stream: the rate its timestamps show
-            step = float(np.median(np.diff(self.times)))
-            self.fps = 1.0 / step if step > 0 else 0.0
+        self.fps = frame_rate(self.fps, self.times)
 
     def _index(self, frame: Any, n: int) -> int:
         if self._pts is None or frame.pts is None:
