@@ -25,6 +25,7 @@ from tcmgc_cli.cache import FeatureCache, segment_dir
 from tcmgc_cli.checkpoint import Trained, find_checkpoint, load_verified, save_verified
 from tcmgc_cli.errors import CheckpointError, ConfigError, NumericsError
 from tcmgc_cli.evaluate import frame_features
+from tcmgc_cli.model.attention import LvaVideo
 from tcmgc_cli.model.encoder import TextEncoder, Tokenizer, encode_tokens
 from tcmgc_cli.model.tcmgc import TextFeatures, VideoFeatures
 
@@ -88,6 +89,9 @@ def coarse_topk(coarse: torch.Tensor, queries: torch.Tensor, k: int, block: int 
     return best_idx
 
 
+KEEP_LVA_BYTES = 512 << 20  # LVA's per-entry tensors are kept up to this size: 10,000 entries at ViT-B/32 sizes
+
+
 class Ranker(Protocol):
     """What a scorer brings to a search index."""
 
@@ -101,9 +105,15 @@ class Ranker(Protocol):
         ...
 
     def scores(
-        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Q queries' full scores against C entries: frames, temporal (C, T, D), mask (C, T) -> (Q, C)."""
+        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor,
+        lva: LvaVideo | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Q queries' full scores against C entries: frames, temporal (C, T, D), mask (C, T) -> (Q, C); `lva`: the
+        entries' LVA tensors from `lva_tensors`, when kept (else computed here)."""
+        ...
+
+    def lva_tensors(self, temporal: torch.Tensor, mask: torch.Tensor) -> LvaVideo | None:
+        """The per-entry tensors that scoring would compute for every query, to keep (None: there are none)."""
         ...
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
@@ -124,14 +134,22 @@ class TcmgcRanker:
         return self.trained.model.encode_video(frames, mask).temporal
 
     def scores(
-        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor,
+        lva: LvaVideo | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         model = self.trained.model
         lva_mask = mask if model.cfg.mask_padding else None  # LVA sees padded frames unless asked (method doc 4)
-        lva = model.head.lva.precompute(temporal, lva_mask) if model.head.lva is not None else None
+        lva = self.lva_tensors(temporal, mask) if lva is None else lva
         video = VideoFeatures(frames, temporal, lva_mask, lva)
         out: torch.Tensor = model.score_chunked(text, video, 64, len(frames))["logits"]
         return out
+
+    def lva_tensors(self, temporal: torch.Tensor, mask: torch.Tensor) -> LvaVideo | None:
+        model = self.trained.model
+        if model.head.lva is None:
+            return None
+        dev = self.trained.device
+        return model.head.lva.precompute(temporal.to(dev), mask.to(dev) if model.cfg.mask_padding else None)
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
         """LVA's attention weights, else (no text conditioning) softmax frame similarities."""
@@ -159,11 +177,15 @@ class ClipRanker:
         return frames
 
     def scores(
-        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+        self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor,
+        lva: LvaVideo | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         m = mask[..., None].to(frames.dtype)  # (C, T, 1): the mean of the real frames
         mean = (frames * m).sum(1) / m.sum(1).clamp_min(1)
         return F.normalize(text.sentence, dim=-1) @ F.normalize(mean, dim=-1).T  # (Q, C)
+
+    def lva_tensors(self, temporal: torch.Tensor, mask: torch.Tensor) -> LvaVideo | None:
+        return None
 
     def attention(self, queries: torch.Tensor, frames: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
         sims = torch.einsum("nd,etd->net", F.normalize(queries, dim=-1), F.normalize(frames, dim=-1))  # (n, E, T)
@@ -195,12 +217,30 @@ class Entries:
 
 
 class SearchIndex:
-    """The entries of a cache prepared for one scorer."""
+    """The entries of a cache prepared for one scorer. The per-entry tensors that full scoring needs for every query
+    (LVA's keys and folded frame vectors) are computed once and kept when they fit in `keep_bytes`; a larger
+    collection computes them for each query's candidates."""
 
-    def __init__(self, ranker: Ranker, entries: Entries, cache_path: Path | None = None) -> None:
+    def __init__(
+        self, ranker: Ranker, entries: Entries, cache_path: Path | None = None, keep_bytes: int = KEEP_LVA_BYTES
+    ) -> None:
         self.ranker, self.entries, self.cache_path = ranker, entries, cache_path
         self.ids, self.frames, self.temporal = entries.ids, entries.frames, entries.temporal
         self.coarse = F.normalize(entries.temporal.mean(1), dim=-1).half()  # (E, D) float16: 1 KB an entry at D = 512
+        e, t, d = entries.temporal.shape
+        self.lva = self._all_lva_tensors() if e * t * (2 * d + 3 * t + 3) * 4 <= keep_bytes else None
+
+    @torch.no_grad()
+    def _all_lva_tensors(self, batch: int = 4096) -> LvaVideo | None:
+        parts = [self.ranker.lva_tensors(self.temporal[i : i + batch], self.entries.masks[i : i + batch])
+                 for i in range(0, len(self.ids), batch)]  # fmt: skip
+        if not parts or parts[0] is None:
+            return None
+        kept = [p for p in parts if p is not None]
+        masks = [p.mask for p in kept]
+        mask = None if masks[0] is None else torch.cat([m for m in masks if m is not None])
+        return LvaVideo(torch.cat([p.keys for p in kept]), torch.cat([p.r for p in kept]),
+                        torch.cat([p.stats for p in kept]), mask, kept[0].consts)  # fmt: skip
 
     @property
     def scorer(self) -> str:
@@ -315,8 +355,9 @@ class SearchIndex:
         parts = []
         for i in range(0, len(idx), chunk):
             part = idx[i : i + chunk]
+            lva = None if self.lva is None else self.lva.select(part)
             parts.append(self.ranker.scores(text, self.frames[part].to(dev), self.temporal[part].to(dev),
-                                            self.entries.masks[part].to(dev)).float().cpu())  # fmt: skip
+                                            self.entries.masks[part].to(dev), lva).float().cpu())  # fmt: skip
         return torch.cat(parts, 1)
 
     def _rerank(

@@ -220,3 +220,12 @@ def test_queries_waiting_for_the_server_are_answered_in_one_pass(
     for answer, query, k in zip(answers, QUERIES[:3], (5, 5, 2), strict=False):
         assert isinstance(answer, list)
         assert [h.entry for h in answer] == [h.entry for h in real([query], k)[0][0]]
+
+
+def test_kept_lva_tensors_score_as_those_computed_per_query(index: SearchIndex) -> None:
+    assert index.lva is not None and len(index.lva.keys) == len(index)  # a small collection keeps them
+    per_query = SearchIndex(index.ranker, index.entries, keep_bytes=0)
+    assert per_query.lva is None
+    text, _ = index.encode_queries(QUERIES)
+    every = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(index.full_scores(text, every), per_query.full_scores(text, every), rtol=1e-5, atol=1e-6)

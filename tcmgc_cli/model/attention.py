@@ -36,8 +36,8 @@ class LvaVideo:
     mask: torch.Tensor | None  # (V, T) bool, None = all frames real
     consts: tuple[torch.Tensor, ...]  # shared by all videos: y0.y0, r0.r0, r0.b3, b3.b3, r0 (D,), b3 (D,)
 
-    def select(self, idx: slice) -> "LvaVideo":
-        """The same tensors for a slice of the videos."""
+    def select(self, idx: slice | torch.Tensor) -> "LvaVideo":
+        """The same tensors for a slice of the videos, or for the videos at the given indices."""
         mask = None if self.mask is None else self.mask[idx]
         return LvaVideo(self.keys[idx], self.r[idx], self.stats[idx], mask, self.consts)
 
