@@ -229,3 +229,19 @@ def test_kept_lva_tensors_score_as_those_computed_per_query(index: SearchIndex) 
     text, _ = index.encode_queries(QUERIES)
     every = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(index.full_scores(text, every), per_query.full_scores(text, every), rtol=1e-5, atol=1e-6)
+
+
+def test_a_query_given_up_while_waiting_is_dropped_and_the_worker_lives_on(index: SearchIndex) -> None:
+    import threading
+
+    from tcmgc_cli.serve.batching import SearchBatcher
+
+    slots = threading.BoundedSemaphore(1)
+    with slots:
+        batcher = SearchBatcher(index, slots, workers=1)
+        gone, kept = batcher.submit(QUERIES[0], 5), batcher.submit(QUERIES[1], 5)
+        assert gone.cancel()  # the client disconnected before a worker was free
+    alone = [h.entry for h in index.search([QUERIES[1]], 5)[0][0]]
+    assert [h.entry for h in kept.result(timeout=30)] == alone
+    assert batcher.submit(QUERIES[2], 5).result(timeout=30)
+    batcher.close()

@@ -70,14 +70,16 @@ class SearchBatcher:
 
     def _take(self) -> list[_Job]:
         """The oldest waiting query and every other one with its options, up to max_batch (none if another worker
-        was first)."""
+        was first). A query whose caller gave up (its future cancelled) is dropped; the others are marked running,
+        so that they can no longer be cancelled."""
         with self._ready:
-            if not self._queue:
-                return []
-            batch, others = [self._queue.popleft()], list[_Job]()
+            batch, others = list[_Job](), list[_Job]()
             while self._queue and len(batch) < self.max_batch:
                 job = self._queue.popleft()
-                (batch if job.options == batch[0].options else others).append(job)
+                if batch and job.options != batch[0].options:
+                    others.append(job)
+                elif job.result.set_running_or_notify_cancel():
+                    batch.append(job)
             self._queue.extendleft(reversed(others))  # back at the front, in their order
             return batch
 
