@@ -4,7 +4,8 @@
    TC-MGC scoring of every video, on 10,000 videos, for several C: the fraction of queries whose two top-10 sets
    are identical, and the mean overlap.
 2. Latency per query of the two-stage search at 10,000 and 100,000 videos (the index, i.e. temporal features, is
-   built beforehand, as `tcmgc search` does once per collection).
+   built beforehand, as `tcmgc search` does once per collection): for the first queries, and, at 10,000, once the
+   index keeps LVA's per-entry tensors (after queries have computed a collection's worth of them).
 3. Queries in company, as `tcmgc serve` batches them: 8 queries one call at a time against all 8 in one call, on a
    collection of 300 videos (smaller than the shortlist, as a folder of one's own videos often is, so the queries
    share their candidates and are scored in one pass).
@@ -89,11 +90,21 @@ def agreement(index: SearchIndex, text: TextFeatures, candidates: list[int]) -> 
 
 
 def latency(index: SearchIndex, text: TextFeatures, candidates: int) -> float:
+    """ms per query, one query per call, after one warm-up query."""
     index.search_features(text.select(slice(0, 1)), 10, candidates)  # warm-up
     start = time.perf_counter()
     for qi in range(len(text.sentence)):
         index.search_features(text.select(slice(qi, qi + 1)), 10, candidates)
     return 1000 * (time.perf_counter() - start) / len(text.sentence)
+
+
+def keep_lva(index: SearchIndex, text: TextFeatures, candidates: int) -> bool:
+    """Run queries until the index keeps LVA's tensors (a long-running server's state); False if it never will."""
+    for _ in range(len(index) // candidates + 2):
+        if index.lva is not None:
+            return True
+        index.search_features(text.select(slice(0, 1)), 10, candidates)
+    return index.lva is not None
 
 
 def together_vs_alone(index: SearchIndex, text: TextFeatures, rounds: int = 3) -> dict[str, float]:
@@ -130,11 +141,16 @@ def main() -> None:
         )
     results = {"agreement_10k": agree, "latency_ms": {}}
     for n in (10_000, 100_000):
-        index = small if n == 10_000 else make_index(model, n, encode=False)
-        for c in (500,):
-            ms = latency(index, make_queries(index, 10, seed=2), c)
-            results["latency_ms"][f"{n}_C{c}"] = round(ms, 1)
-            print(f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query", flush=True)
+        # a fresh index over the same entries: the agreement's exhaustive scoring made `small` keep LVA's tensors
+        index = SearchIndex(small.ranker, small.entries) if n == 10_000 else make_index(model, n, encode=False)
+        c, text = 500, make_queries(index, 10, seed=2)
+        ms = latency(index, text, c)
+        results["latency_ms"][f"{n}_C{c}"] = round(ms, 1)
+        print(f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query (the first queries)", flush=True)
+        if keep_lva(index, text, c):
+            ms = latency(index, text, c)
+            results["latency_ms"][f"{n}_C{c}_kept"] = round(ms, 1)
+            print(f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query (LVA's tensors kept)", flush=True)
         del index
     folder = make_index(model, 300)
     results["batched_300"] = together_vs_alone(folder, make_queries(folder, 8, seed=3))

@@ -13,6 +13,7 @@ clips as `moments`. Two scorers:
 """
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -217,9 +218,13 @@ class Entries:
 
 
 class SearchIndex:
-    """The entries of a cache prepared for one scorer. The per-entry tensors that full scoring needs for every query
-    (LVA's keys and folded frame vectors) are computed once and kept when they fit in `keep_bytes`; a larger
-    collection computes them for each query's candidates."""
+    """The entries of a cache prepared for one scorer.
+
+    Full scoring needs per-entry tensors (LVA's keys and folded frame vectors) that do not depend on the query. Each
+    query computes them for its candidates until the queries have computed as many as the collection holds; then
+    they are computed once for every entry and kept, when they fit in `keep_bytes` (rent, then buy: never more than
+    twice the work of knowing the number of queries in advance). A larger collection computes them per query.
+    """
 
     def __init__(
         self, ranker: Ranker, entries: Entries, cache_path: Path | None = None, keep_bytes: int = KEEP_LVA_BYTES
@@ -228,7 +233,21 @@ class SearchIndex:
         self.ids, self.frames, self.temporal = entries.ids, entries.frames, entries.temporal
         self.coarse = F.normalize(entries.temporal.mean(1), dim=-1).half()  # (E, D) float16: 1 KB an entry at D = 512
         e, t, d = entries.temporal.shape
-        self.lva = self._all_lva_tensors() if e * t * (2 * d + 3 * t + 3) * 4 <= keep_bytes else None
+        self.lva: LvaVideo | None = None
+        self._lva_worth = e * t * (2 * d + 3 * t + 3) * 4 <= keep_bytes
+        self._lva_rows = 0  # entries whose tensors queries have computed so far
+        self._lva_lock = threading.Lock()
+
+    def _kept_lva(self, part: torch.Tensor) -> LvaVideo | None:
+        """The kept LVA tensors of these entries, once worth keeping (None: the ranker computes them)."""
+        if self.lva is None and self._lva_worth:
+            self._lva_rows += len(part)
+            if self._lva_rows >= len(self):
+                with self._lva_lock:
+                    if self.lva is None:
+                        self.lva = self._all_lva_tensors()
+                    self._lva_worth = self.lva is not None
+        return None if self.lva is None else self.lva.select(part)
 
     @torch.no_grad()
     def _all_lva_tensors(self, batch: int = 4096) -> LvaVideo | None:
@@ -355,7 +374,7 @@ class SearchIndex:
         parts = []
         for i in range(0, len(idx), chunk):
             part = idx[i : i + chunk]
-            lva = None if self.lva is None else self.lva.select(part)
+            lva = self._kept_lva(part)
             parts.append(self.ranker.scores(text, self.frames[part].to(dev), self.temporal[part].to(dev),
                                             self.entries.masks[part].to(dev), lva).float().cpu())  # fmt: skip
         return torch.cat(parts, 1)

@@ -20,6 +20,7 @@ def test_search_benchmark_builds_and_measures_an_index() -> None:
     agree = bench.agreement(index, bench.make_queries(index, 4), [20, 120])
     assert agree["120"]["identical"] == 100.0  # every candidate re-scored: the exhaustive top-10
     assert bench.latency(index, bench.make_queries(index, 2), 20) > 0
+    assert bench.keep_lva(index, bench.make_queries(index, 2), 20) and index.lva is not None
     assert bench.together_vs_alone(index, bench.make_queries(index, 3), rounds=1)["queries"] == 3
 
 

@@ -223,12 +223,18 @@ def test_queries_waiting_for_the_server_are_answered_in_one_pass(
 
 
 def test_kept_lva_tensors_score_as_those_computed_per_query(index: SearchIndex) -> None:
-    assert index.lva is not None and len(index.lva.keys) == len(index)  # a small collection keeps them
+    fresh = SearchIndex(index.ranker, index.entries)
+    text, _ = fresh.encode_queries(QUERIES)
+    half = torch.arange(len(index) // 2)
+    first = fresh.full_scores(text, half)
+    assert fresh.lva is None  # half the collection's tensors computed: not yet worth keeping
+    fresh.full_scores(text, half)
+    assert fresh.lva is not None and len(fresh.lva.keys) == len(index)  # a whole collection's worth: kept
     per_query = SearchIndex(index.ranker, index.entries, keep_bytes=0)
-    assert per_query.lva is None
-    text, _ = index.encode_queries(QUERIES)
     every = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(index.full_scores(text, every), per_query.full_scores(text, every), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fresh.full_scores(text, every), per_query.full_scores(text, every), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fresh.full_scores(text, half), first, rtol=1e-5, atol=1e-6)
+    assert per_query.lva is None
 
 
 def test_a_query_given_up_while_waiting_is_dropped_and_the_worker_lives_on(index: SearchIndex) -> None:
