@@ -253,13 +253,8 @@ class SearchIndex:
     def _all_lva_tensors(self, batch: int = 4096) -> LvaVideo | None:
         parts = [self.ranker.lva_tensors(self.temporal[i : i + batch], self.entries.masks[i : i + batch])
                  for i in range(0, len(self.ids), batch)]  # fmt: skip
-        if not parts or parts[0] is None:
-            return None
         kept = [p for p in parts if p is not None]
-        masks = [p.mask for p in kept]
-        mask = None if masks[0] is None else torch.cat([m for m in masks if m is not None])
-        return LvaVideo(torch.cat([p.keys for p in kept]), torch.cat([p.r for p in kept]),
-                        torch.cat([p.stats for p in kept]), mask, kept[0].consts)  # fmt: skip
+        return LvaVideo.cat(kept) if kept and len(kept) == len(parts) else None
 
     @property
     def scorer(self) -> str:

@@ -36,6 +36,14 @@ class LvaVideo:
     mask: torch.Tensor | None  # (V, T) bool, None = all frames real
     consts: tuple[torch.Tensor, ...]  # shared by all videos: y0.y0, r0.r0, r0.b3, b3.b3, r0 (D,), b3 (D,)
 
+    @staticmethod
+    def cat(parts: "list[LvaVideo]") -> "LvaVideo":
+        """The tensors of consecutive groups of videos (same model) as one."""
+        masks = [p.mask for p in parts]
+        mask = None if any(m is None for m in masks) else torch.cat(masks)  # type: ignore[arg-type]
+        return LvaVideo(torch.cat([p.keys for p in parts]), torch.cat([p.r for p in parts]),
+                        torch.cat([p.stats for p in parts]), mask, parts[0].consts)  # fmt: skip
+
     def select(self, idx: slice | torch.Tensor) -> "LvaVideo":
         """The same tensors for a slice of the videos, or for the videos at the given indices."""
         mask = None if self.mask is None else self.mask[idx]
