@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tcmgc_cli.cache import CacheSettings  # noqa: E402
-from tcmgc_cli.config import SamplingConfig  # noqa: E402
+from tcmgc_cli.config import TrackConfig  # noqa: E402
 from tcmgc_cli.data.video import VideoBackend  # noqa: E402
 from tcmgc_cli.extract import Decoded, _decode_stream, _Decoder, extract, plan_jobs  # noqa: E402
 from tcmgc_cli.model.encoder import FrameEncoder  # noqa: E402
@@ -34,28 +34,29 @@ def measure(name: str, clip: str, num_videos: int, num_frames: int, workers: int
     jobs, _, _ = plan_jobs(VIDEOS)
     jobs = sorted(jobs, key=lambda j: int(j.video_id[5:]))[:num_videos]
     encoder = FrameEncoder.load(clip, None, "cpu")
-    sampling = SamplingConfig(num_frames=num_frames)
-    decode = _Decoder(sampling, encoder.preprocess, VideoBackend.decord)
+    rule = TrackConfig(1.0, num_frames)
+    decode = _Decoder(rule.fps, encoder.preprocess, VideoBackend.decord)
     window = max(2 * workers, 2 * batch)
 
     t0 = time.perf_counter()
     decoded = [r for r in _decode_stream([(j, None) for j in jobs], decode, workers, window) if isinstance(r, Decoded)]
     decode_s = time.perf_counter() - t0
 
-    frames = torch.from_numpy(np.stack([d.clips[0].frames for d in decoded]))  # (N, T, S, S, 3)
-    encoder(frames[0, :2])  # warm-up
+    frames = torch.from_numpy(np.concatenate([d.frames for d in decoded]))  # (sum of n_i, S, S, 3): every track
+    encoder(frames[:2])  # warm-up
     t0 = time.perf_counter()
-    for start in range(0, len(frames), batch):
-        encoder(frames[start : start + batch].flatten(0, 1))  # (B*T, S, S, 3) -> (B*T, D)
+    for start in range(0, len(frames), 256):
+        encoder(frames[start : start + 256])  # (B, S, S, 3) -> (B, D)
     encode_s = time.perf_counter() - t0
 
-    settings = CacheSettings(name, encoder.fingerprint, sampling.to_dict(), encoder.preprocess.size)
+    settings = CacheSettings(name, encoder.fingerprint, encoder.preprocess.size, rule.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
-        report = extract(jobs, Path(tmp) / "c.h5", encoder, settings, sampling, workers=workers, batch_size=batch)
+        report = extract(jobs, Path(tmp) / "c.h5", encoder, settings, workers=workers, batch_size=batch)
     assert len(report.extracted) == len(jobs), report.failed
     wall = report.wall_s
     return {
         "videos": len(jobs),
+        "frames": report.frames,
         "decode_only_s": round(decode_s, 2),
         "encode_only_s": round(encode_s, 2),
         "extract_s": round(wall, 2),

@@ -5,7 +5,8 @@
    are identical, and the mean overlap.
 2. Latency per query of the two-stage search at 10,000 and 100,000 videos (the index, i.e. temporal features, is
    built beforehand, as `tcmgc search` does once per collection): for the first queries, and, at 10,000, once the
-   index keeps LVA's per-entry tensors (after queries have computed a collection's worth of them).
+   index keeps LVA's per-entry tensors (after queries have computed a collection's worth of them); results without
+   moments, and at 10,000 also with each result's 3 best moments (what moments add to a query).
 3. Queries in company, as `tcmgc serve` batches them: 8 queries one call at a time against all 8 in one call, on a
    collection of 300 videos (smaller than the shortlist, as a folder of one's own videos often is, so the queries
    share their candidates and are scored in one pass).
@@ -34,7 +35,8 @@ from _common import LogitScaleOnly  # noqa: E402
 
 from tcmgc_cli.config import ModelConfig  # noqa: E402
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures  # noqa: E402
-from tcmgc_cli.search import Entries, SearchIndex, TcmgcRanker  # noqa: E402
+from tcmgc_cli.ranking import TcmgcRanker  # noqa: E402
+from tcmgc_cli.search import Collection, SearchIndex  # noqa: E402
 
 D, T, L = 512, 12, 32
 
@@ -56,18 +58,30 @@ def make_index(model: TcmgcModel, n: int, seed: int = 0, encode: bool = True) ->
             if encode
             else frames
         )
+    return SearchIndex(TcmgcRanker(_Trained(model)), collection(frames), temporal=temporal.half())  # type: ignore[arg-type]
+
+
+def collection(frames: torch.Tensor) -> Collection:
+    """Each video a track of T frames at 1 fps, scored whole (frames (V, T, D))."""
+    n = len(frames)
     ids = [f"v{i}" for i in range(n)]
-    times = np.tile(np.arange(T, dtype=np.float32), (n, 1))  # (V, T)
-    spans = np.tile(np.array([0.0, float(T)]), (n, 1))  # (V, 2)
-    entries = Entries(ids, ids, spans, [""] * n, times, frames, temporal, torch.ones(n, T, dtype=torch.bool))
-    return SearchIndex(TcmgcRanker(_Trained(model)), entries)  # type: ignore[arg-type]
+    starts = np.zeros(n, dtype=np.int64)
+    return Collection(ids, [""] * n, np.full(n, float(T)), np.arange(n) * T, np.full(n, T), np.tile(np.arange(T, dtype=np.float64), n),
+                      frames.reshape(-1, D).half(), torch.zeros(D), ids, np.arange(n), starts, starts + T, T, "zero")  # fmt: skip
+
+
+def frames_of(index: SearchIndex, entries: torch.Tensor) -> torch.Tensor:
+    """(n, T, D) the frames of whole-video entries."""
+    return index.collection.frames.view(-1, T, D)[entries].float()
 
 
 def make_queries(index: SearchIndex, q: int, seed: int = 1) -> TextFeatures:
     g = torch.Generator().manual_seed(seed)
     targets = torch.randint(len(index), (q,), generator=g)
     picks = torch.randint(T, (q, L), generator=g)
-    words = index.frames[targets[:, None], picks] + 1.5 * torch.randn(q, L, D, generator=g)  # (Q, L, D)
+    words = frames_of(index, targets)[torch.arange(q)[:, None], picks] + 1.5 * torch.randn(
+        q, L, D, generator=g
+    )  # (Q, L, D)
     return TextFeatures(words, words.mean(1) + 0.5 * torch.randn(q, D, generator=g))
 
 
@@ -89,12 +103,12 @@ def agreement(index: SearchIndex, text: TextFeatures, candidates: list[int]) -> 
     return out
 
 
-def latency(index: SearchIndex, text: TextFeatures, candidates: int) -> float:
-    """ms per query, one query per call, after one warm-up query."""
-    index.search_features(text.select(slice(0, 1)), 10, candidates)  # warm-up
+def latency(index: SearchIndex, text: TextFeatures, candidates: int, moments: int = 3) -> float:
+    """ms per query, one query per call, after one warm-up query (moments=0: the results' best entries only)."""
+    index.search_features(text.select(slice(0, 1)), 10, candidates, moments=moments)  # warm-up
     start = time.perf_counter()
     for qi in range(len(text.sentence)):
-        index.search_features(text.select(slice(qi, qi + 1)), 10, candidates)
+        index.search_features(text.select(slice(qi, qi + 1)), 10, candidates, moments=moments)
     return 1000 * (time.perf_counter() - start) / len(text.sentence)
 
 
@@ -108,16 +122,16 @@ def keep_lva(index: SearchIndex, text: TextFeatures, candidates: int) -> bool:
 
 
 def together_vs_alone(index: SearchIndex, text: TextFeatures, rounds: int = 3) -> dict[str, float]:
-    """ms per query: each query in its own call, and all of them in one call (best of `rounds`)."""
-    index.search_features(text, 10)  # warm-up
+    """ms per query: each query in its own call, and all of them in one call (best of `rounds`; no moments)."""
+    index.search_features(text, 10, moments=0)  # warm-up
     alone = together = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
         for qi in range(len(text.sentence)):
-            index.search_features(text.select(slice(qi, qi + 1)), 10)
+            index.search_features(text.select(slice(qi, qi + 1)), 10, moments=0)
         alone = min(alone, time.perf_counter() - start)
         start = time.perf_counter()
-        index.search_features(text, 10)
+        index.search_features(text, 10, moments=0)
         together = min(together, time.perf_counter() - start)
     n = len(text.sentence)
     return {"queries": n, "alone_ms_per_query": round(1000 * alone / n, 2),
@@ -142,13 +156,25 @@ def main() -> None:
     results = {"agreement_10k": agree, "latency_ms": {}}
     for n in (10_000, 100_000):
         # a fresh index over the same entries: the agreement's exhaustive scoring made `small` keep LVA's tensors
-        index = SearchIndex(small.ranker, small.entries) if n == 10_000 else make_index(model, n, encode=False)
+        if n == 10_000:
+            index = SearchIndex(small.ranker, small.collection, temporal=small.temporal)
+        else:
+            index = make_index(model, n, encode=False)
         c, text = 500, make_queries(index, 10, seed=2)
-        ms = latency(index, text, c)
+        ms = latency(index, text, c, moments=0)
         results["latency_ms"][f"{n}_C{c}"] = round(ms, 1)
-        print(f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query (the first queries)", flush=True)
+        print(
+            f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query (the first queries; results without moments)", flush=True
+        )
+        if n == 10_000:  # what moments add: the same queries with each result's 3 best moments
+            fresh = SearchIndex(small.ranker, small.collection, temporal=small.temporal)
+            with_moments = latency(fresh, text, c, moments=3)
+            results["latency_ms"][f"{n}_C{c}_moments"] = round(with_moments, 1)
+            results["moments_ms_per_query"] = round(with_moments - ms, 1)
+            print(f"{n:>7,} videos, C = {c}: {with_moments:7.1f} ms per query with moments: they add "
+                  f"{with_moments - ms:.1f} ms", flush=True)  # fmt: skip
         if keep_lva(index, text, c):
-            ms = latency(index, text, c)
+            ms = latency(index, text, c, moments=0)
             results["latency_ms"][f"{n}_C{c}_kept"] = round(ms, 1)
             print(f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query (LVA's tensors kept)", flush=True)
         del index

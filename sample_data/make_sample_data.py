@@ -13,6 +13,8 @@ Layout written (as CLIP4Clip's msrvtt_data.zip plus videos/):
     msrvtt/videos/video<N>.mp4      H.264 RGB lossless (libx264rgb, crf 0)
     captions.csv                    every caption as a custom dataset: video_id,caption,split,kind (clip|event)
     event_captions.csv              only the event-level captions: video_id,caption,split
+    long/videos/long<N>.mp4         3 long videos: the 30 test clips joined end to end, shuffled, 10 to a video
+    long/moments.jsonl              their test captions as moment queries, in QVHighlights' format
 
 Run: python sample_data/make_sample_data.py   (needs numpy and av; seeded, single-threaded encoder)
 """
@@ -99,6 +101,29 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
         container.mux(stream.encode())
 
 
+def write_long_videos(clips: dict[str, list[np.ndarray]], captions: dict[str, str], per_video: int = 10) -> None:
+    """The test clips joined end to end in a shuffled order, `per_video` to a video, and one moment query per clip
+    (its 1k-A test caption; its true window is where the clip lies in the long video)."""
+    rng = np.random.default_rng(SEED + 1)  # its own stream: the clips above stay bit for bit the same
+    order = [list(clips)[i] for i in rng.permutation(len(clips))]
+    folder = HERE / "long"
+    (folder / "videos").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for n in range(0, len(order), per_video):
+        name, frames, at = f"long{n // per_video}", [], 0
+        windows = []
+        for vid in order[n : n + per_video]:
+            windows.append((vid, at / FPS, (at + len(clips[vid])) / FPS))
+            frames += clips[vid]
+            at += len(clips[vid])
+        write_video(folder / "videos" / f"{name}.mp4", frames)
+        for vid, start, end in windows:
+            query = {"qid": len(lines), "query": captions[vid], "vid": name, "duration": at / FPS,
+                     "relevant_windows": [[start, end]], "clip": vid}  # fmt: skip
+            lines.append(json.dumps(query))
+    (folder / "moments.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def official_split(n: int) -> str:
     return "train" if n < NUM_OFFICIAL_TRAIN else "validate" if n < NUM_TRAIN_7K else "test"
 
@@ -108,6 +133,7 @@ def main() -> None:
     root = HERE / "msrvtt"
     (root / "videos").mkdir(parents=True, exist_ok=True)
     videos, sentences, rows = [], [], []
+    test_frames: dict[str, list[np.ndarray]] = {}
     for n in range(NUM_VIDEOS):
         vid = f"video{n}"
         events = pick_events(rng)
@@ -115,6 +141,8 @@ def main() -> None:
         per_event = np.array_split(np.arange(seconds * FPS), len(events))
         frames = [f for ev, idx in zip(events, per_event, strict=True) for f in render_event(ev, len(idx), rng)]
         write_video(root / "videos" / f"{vid}.mp4", frames)
+        if n >= NUM_TRAIN_9K:
+            test_frames[vid] = frames
         videos.append({"category": 0, "url": "synthetic", "video_id": vid, "start time": 0.0,
                        "end time": float(seconds), "split": official_split(n), "id": n})  # fmt: skip
         for caption, kind in captions_for(events, rng):
@@ -127,10 +155,12 @@ def main() -> None:
     test_ids = list(range(NUM_TRAIN_9K, NUM_VIDEOS))
     order = rng.permutation(len(test_ids))
     lines = ["key,vid_key,video_id,sentence"]
+    test_captions: dict[str, str] = {}
     for key, pos in enumerate(order):
         n = test_ids[pos]
         caps = [s["caption"] for s in sentences if s["video_id"] == f"video{n}"]
-        lines.append(f"ret{key},msr{n},video{n},{caps[int(rng.integers(len(caps)))]}")
+        test_captions[f"video{n}"] = caps[int(rng.integers(len(caps)))]
+        lines.append(f"ret{key},msr{n},video{n},{test_captions[f'video{n}']}")
     (root / "MSRVTT_JSFUSION_test.csv").write_text("\n".join(lines) + "\n")
     with open(HERE / "captions.csv", "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -140,6 +170,7 @@ def main() -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("video_id", "caption", "split"))
         writer.writerows(r[:3] for r in rows if r[3] == "event")
+    write_long_videos(test_frames, test_captions)
 
 
 if __name__ == "__main__":

@@ -1,34 +1,42 @@
-"""The HDF5 feature cache. This is the only module that imports h5py.
+"""The HDF5 feature cache of frame tracks. This is the only module that imports h5py.
 
-Layout. A cache is a root file `X.h5` plus a folder `X.h5.d/` of segment files. Every file has the same layout:
-root attributes with the settings (schema, tool version, encoder and its weights fingerprint, sampling, image size)
-and one row per video in stacked datasets:
+Layout. A cache is a root file `X.h5`, written once, with the settings (schema, encoder and its weights
+fingerprint, track rate, entry rule, image size) and the padding feature, plus a folder `X.h5.d/` of immutable
+segment files, each holding the frame tracks of some videos:
 
-    ids (n,) str | embeddings (n, T, D) f4 | timestamps (n, T) f4 | frame_indices (n, T) i8 | num_frames (n,) i4
-    paths (n,) str | sizes (n,) i8 | mtimes (n,) i8 | sha1 (n,) str | videos (n,) str | spans (n, 2) f4
-    [frames (n, T, S, S, 3) u1]
+    videos/ids (n,) str | videos/paths | videos/sizes i8 | videos/mtimes i8 | videos/sha1 str
+    videos/durations f8 | videos/offsets i8 | videos/counts i8      video v's frames are rows offset..offset+count
+    frames/features (F, D) f4 | frames/times (F,) f8 | frames/indices (F,) i8 | [frames/pixels (F, S, S, 3) u1]
+    removed (m,) str                                                videos this segment deletes from older ones
 
-A row is one entry: a whole video (its id is the video's), or one clip of a long video (id "<video>@<n>"); `videos`
-names each row's source video and `spans` its (start, end) seconds there. Files written before clips existed have
-neither: each row is then a whole video, its span derived from its frame times. A video's rows are written
-together, and a later file's rows of a video replace all of that video's earlier rows.
+A track is a video's frames decoded at the cache's rate (`--fps`), each encoded once. Segments are ordered by name
+(`seg-<ns>-<pid>-<generation>.h5`): a later segment's track of a video replaces the older ones, and its `removed`
+list deletes videos from older segments. What the model scores are entries derived from the tracks when read
+(`data/sampling.py`): a whole video (the reference's input) or windows of consecutive frames; the cache never
+stores them, so a frame shared by two windows is stored and encoded once.
 
-Crash safety. No file is ever modified in place: a writer builds each segment under a temporary name, fsyncs it and
-renames it into place, so a SIGKILL at any moment leaves only whole segments. `compact()` merges the segments into a
-new root the same way and records the merged segment names in it, so readers skip them even if deleting them was
-interrupted. Readers open files lazily, read-only and without HDF5 file locking (nothing is written in place), and
-drop their handles when pickled, so DataLoader workers reopen them.
+Growth. Extraction adds one segment per batch of videos. Segments merge in tiers, log-structured: when FANOUT
+consecutive segments are of the same size class, they are rewritten as one, so adding K videos to a cache of N
+writes O(K log N) data, never the whole cache.
+
+Crash safety. No file is ever modified in place: every file is built under a temporary name, fsynced and renamed
+into place, so a SIGKILL at any moment leaves only whole files. A merged segment names the segments it replaces,
+and readers skip those even if deleting them was interrupted. Readers open files lazily, read-only and without HDF5
+file locking, and drop their handles when pickled, so DataLoader workers reopen them. Numbers carry HDF5's
+Fletcher-32 checksums, verified on every read: a damaged chunk is an error naming its videos.
 """
 
 import contextlib
 import io
 import itertools
 import json
+import math
 import os
+import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +45,22 @@ import h5py
 import numpy as np
 
 from tcmgc_cli import __version__
+from tcmgc_cli.config import TrackConfig
+from tcmgc_cli.data.sampling import PAD, entry_rows, gather_rows, span_of, window_starts
 from tcmgc_cli.errors import BusyError, CacheError
 from tcmgc_cli.fileio import FolderLock, atomic_path, describe_os_error, stale_temp, write_text_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+FANOUT = 8  # segments of one size class that merge into one
+TIER_FRAMES = 4096  # segments under this many frames are the smallest size class
+CHUNK_ROWS = 8  # frames per checksummed chunk of features
+IN_MEMORY_BYTES = 256 << 20  # files up to this size are built in memory, then written with plain file writes
 _STR = h5py.string_dtype("utf-8")
+_SEGMENT = re.compile(r"^seg-(\d+)-(\d+)-(\d+)\.h5$")
+VIDEO_COLUMNS: dict[str, Any] = {  # the per-video table: name -> dtype
+    "ids": _STR, "paths": _STR, "sizes": np.int64, "mtimes": np.int64, "sha1": _STR, "durations": np.float64,
+    "offsets": np.int64, "counts": np.int64,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,14 +69,22 @@ class CacheSettings:
 
     encoder: str  # model name, e.g. tcmgc-b32
     encoder_fingerprint: str  # open_clip name + hash of the image tower's weights
-    sampling: dict[str, Any]  # SamplingConfig.to_dict()
     image_size: int  # crop side in pixels
-    store_frames: bool = False  # whether preprocessed uint8 frames are kept
-    clips: dict[str, float] | None = None  # {"seconds", "stride"}: long videos as overlapping clips; None: whole
+    track: dict[str, Any]  # TrackConfig.to_dict(): track rate and the entry rule
+    store_frames: bool = False  # whether the tracks' preprocessed uint8 frames are kept
+
+    @property
+    def tracks(self) -> TrackConfig:
+        return TrackConfig(**self.track)
+
+    @property
+    def num_frames(self) -> int:
+        """T: frames per scored entry."""
+        return int(self.track["num_frames"])
 
     def mismatch(self, other: "CacheSettings") -> str | None:
         """A sentence naming the first difference, or None when `other` may share this cache."""
-        for key in ("encoder_fingerprint", "sampling", "image_size", "store_frames", "clips"):
+        for key in ("encoder_fingerprint", "track", "image_size", "store_frames"):
             mine, theirs = getattr(self, key), getattr(other, key)
             if mine != theirs:
                 return f"{key} is {mine} in the cache but {theirs} in this run"
@@ -65,39 +92,49 @@ class CacheSettings:
 
 
 @dataclass
-class VideoRecord:
-    """One video's cached features and provenance."""
+class Track:
+    """One video's frame track and its provenance."""
 
     video_id: str
-    embeddings: np.ndarray  # (T, D) float32 frame features
-    timestamps: np.ndarray  # (T,) float32 start time of each sampled frame, seconds
-    frame_indices: np.ndarray  # (T,) int64 decoded frame index of each row
-    num_frames: int  # distinct frames actually available (< T when padded by repetition)
-    path: str
-    size: int  # bytes
-    mtime_ns: int
-    sha1: str  # content fingerprint of the source file
-    frames: np.ndarray | None = field(default=None, repr=False)  # (T, S, S, 3) uint8, with store_frames
-    video: str = ""  # the source video's id ("" = video_id: a whole video)
-    span: tuple[float, float] | None = None  # (start, end) seconds of this entry in its video (None: whole video)
+    times: np.ndarray  # (n,) float64 start time of each frame, seconds (the first is 0)
+    features: np.ndarray  # (n, D) float32 CLIP image features, one per frame
+    frame_indices: np.ndarray  # (n,) int64 decoded frame number of each row (-1: not from a decoder)
+    duration: float  # seconds: the end of the video
+    path: str = ""
+    size: int = 0  # bytes of the source file
+    mtime_ns: int = 0
+    sha1: str = ""  # content fingerprint of the source file ("" when not computed)
+    pixels: np.ndarray | None = field(default=None, repr=False)  # (n, S, S, 3) uint8, with store_frames
 
 
-def _write_attrs(f: h5py.File, settings: CacheSettings, merged: Sequence[str] = ()) -> None:
-    f.attrs["schema_version"] = SCHEMA_VERSION
-    f.attrs["tcmgc_version"] = __version__
-    f.attrs["settings"] = json.dumps(asdict(settings), sort_keys=True)
-    f.attrs["merged_segments"] = json.dumps(list(merged))
+@dataclass(frozen=True)
+class Entry:
+    """What the model scores: T slots filled from track frames [start, stop) of one video."""
+
+    id: str  # the video's id for a whole video, "<video>@<n>" for its n-th window
+    video: str
+    start: int
+    stop: int
 
 
-def _read_settings(f: h5py.File, path: Path) -> CacheSettings:
-    version = int(f.attrs.get("schema_version", -1))
-    if version != SCHEMA_VERSION:
-        raise CacheError(
-            f"{path} has cache schema {version}, this tcmgc reads {SCHEMA_VERSION}: re-run `tcmgc extract`."
-        )
-    return CacheSettings(**json.loads(f.attrs["settings"]))
+def clip_id(video_id: str, number: int) -> str:
+    return f"{video_id}@{number:04d}"
 
 
+def segment_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".d")
+
+
+def _segment_key(path: Path) -> tuple[int, int, int]:
+    found = _SEGMENT.match(path.name)
+    return (int(found.group(1)), int(found.group(2)), int(found.group(3))) if found else (0, 0, 0)
+
+
+def _tier(frames: int) -> int:
+    return 0 if frames < TIER_FRAMES else int(math.log(frames / TIER_FRAMES, FANOUT)) + 1
+
+
+# ---- writing files ------------------------------------------------------------------------------------------------
 _images = itertools.count()
 
 
@@ -107,8 +144,8 @@ def _atomic_h5(path: Path, in_memory: bool = True) -> Iterator[h5py.File]:
 
     in_memory: HDF5 builds the file in memory and plain file writes put it on disk, so that a full disk, a quota or
     a read-only folder is an OSError of ours (a CacheError naming the fix) and never a failed write inside HDF5,
-    which leaves the library in a state that crashes the process at exit. Segments and new roots are small; the
-    merged root may be large, so `compact` writes it directly after checking the free space.
+    which leaves the library in a state that crashes the process at exit. Large merges write directly after
+    checking the free space.
     """
     if in_memory:
         f = h5py.File(f"{path}.in-memory-{os.getpid()}-{next(_images)}", "w", driver="core", backing_store=False)
@@ -133,60 +170,116 @@ def _atomic_h5(path: Path, in_memory: bool = True) -> Iterator[h5py.File]:
     sys.stderr.write(echoes.getvalue())
 
 
-def _dataset(
-    f: h5py.File, name: str, data: Any = None, shape: tuple[int, ...] | None = None, dtype: Any = None
-) -> None:
-    """A row dataset; numbers carry HDF5's Fletcher-32 checksum, one chunk per row, verified on every read."""
-    shape = np.shape(data) if shape is None else shape
-    if dtype is _STR or (data is not None and np.asarray(data).dtype.kind in "OUS"):
-        f.create_dataset(name, data=data, shape=None if data is not None else shape, dtype=_STR)
-        return
-    chunks = (1, *shape[1:]) if len(shape) > 1 else (min(max(shape[0], 1), 4096),)
-    f.create_dataset(name, data=data, shape=None if data is not None else shape, dtype=dtype,
-                     chunks=chunks if shape[0] else None, fletcher32=bool(shape[0]))  # fmt: skip
+def _column(f: h5py.File, name: str, dtype: Any, shape: tuple[int, ...], data: Any = None) -> h5py.Dataset:
+    """A dataset; numbers carry Fletcher-32 checksums over chunks of rows, verified on every read. A chunk of frame
+    features is CHUNK_ROWS frames (16 KB at D = 512): a damaged chunk names the few videos whose frames it holds."""
+    if dtype is _STR:
+        return f.create_dataset(name, shape=shape, dtype=_STR, data=data)
+    per_row = int(np.prod(shape[1:], dtype=np.int64))
+    rows = max(1, min(shape[0], 4096 if per_row == 1 else CHUNK_ROWS if per_row < 4096 else 1))
+    return f.create_dataset(name, shape=shape, dtype=dtype, data=data, chunks=(rows, *shape[1:]) if shape[0] else None,
+                            fletcher32=bool(shape[0]))  # fmt: skip
 
 
-def _write_rows(f: h5py.File, records: Sequence[VideoRecord], store_frames: bool) -> None:
-    _dataset(f, "ids", [r.video_id for r in records], dtype=_STR)
-    _dataset(f, "embeddings", np.stack([r.embeddings for r in records]).astype(np.float32))
-    _dataset(f, "timestamps", np.stack([r.timestamps for r in records]).astype(np.float32))
-    _dataset(f, "frame_indices", np.stack([r.frame_indices for r in records]).astype(np.int64))
-    _dataset(f, "num_frames", np.array([r.num_frames for r in records], dtype=np.int32))
-    _dataset(f, "paths", [r.path for r in records], dtype=_STR)
-    _dataset(f, "sizes", np.array([r.size for r in records], dtype=np.int64))
-    _dataset(f, "mtimes", np.array([r.mtime_ns for r in records], dtype=np.int64))
-    _dataset(f, "sha1", [r.sha1 for r in records], dtype=_STR)
-    _dataset(f, "videos", [r.video or r.video_id for r in records], dtype=_STR)
-    _dataset(f, "spans", np.array([r.span or _whole_span(r.timestamps) for r in records], dtype=np.float32))
+def _write_attrs(f: h5py.File, settings: CacheSettings, frames: int = 0, replaces: Sequence[str] = ()) -> None:
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["tcmgc_version"] = __version__
+    f.attrs["settings"] = json.dumps(asdict(settings), sort_keys=True)
+    f.attrs["frames"] = frames
+    f.attrs["replaces"] = json.dumps(list(replaces))
+
+
+def _frame_shapes(dim: int, image_size: int, store_frames: bool) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The frame columns: name -> (shape of one row, dtype)."""
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = {"features": ((dim,), np.float32), "times": ((), np.float64),
+                                                       "indices": ((), np.int64)}  # fmt: skip
     if store_frames:
-        frames = np.stack([r.frames for r in records if r.frames is not None])  # (n, T, S, S, 3)
-        if len(frames) != len(records):
-            raise ValueError("store_frames is on but a record has no frames")
-        _dataset(f, "frames", frames)
+        shapes["pixels"] = ((image_size, image_size, 3), np.uint8)
+    return shapes
 
 
-def _whole_span(times: np.ndarray) -> tuple[float, float]:
-    """(0, end) of a whole video known only by its sampled frame times: the last one plus one typical gap."""
-    times = np.unique(np.asarray(times, dtype=np.float64))
-    step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
-    return 0.0, float(times[-1]) + step if len(times) else 0.0
+def _write_tracks(
+    f: h5py.File, tracks: Sequence[Track], removed: Sequence[str], settings: CacheSettings, dim: int
+) -> None:
+    counts = np.array([len(t.times) for t in tracks], dtype=np.int64)
+    table = {
+        "ids": [t.video_id for t in tracks], "paths": [t.path for t in tracks],
+        "sizes": [t.size for t in tracks], "mtimes": [t.mtime_ns for t in tracks], "sha1": [t.sha1 for t in tracks],
+        "durations": [t.duration for t in tracks], "offsets": np.cumsum(counts) - counts, "counts": counts,
+    }  # fmt: skip
+    for name, dtype in VIDEO_COLUMNS.items():
+        _column(
+            f,
+            f"videos/{name}",
+            dtype,
+            (len(tracks),),
+            np.asarray(table[name], dtype=object if dtype is _STR else dtype),
+        )
+    total = int(counts.sum())
+    stacks: dict[str, list[Any]] = {"features": [t.features for t in tracks], "times": [t.times for t in tracks],
+                                    "indices": [t.frame_indices for t in tracks], "pixels": [t.pixels for t in tracks]}  # fmt: skip
+    for name, (shape, dtype) in _frame_shapes(dim, settings.image_size, settings.store_frames).items():
+        data = np.concatenate(stacks[name]).astype(dtype) if tracks else None
+        _column(f, f"frames/{name}", dtype, (total, *shape), data)
+    _column(f, "removed", _STR, (len(removed),), np.asarray(list(removed), dtype=object))
 
 
-def segment_dir(path: Path) -> Path:
-    return path.with_name(path.name + ".d")
+def _read_settings(f: h5py.File, path: Path) -> CacheSettings:
+    version = int(f.attrs.get("schema_version", -1))
+    if version == 1:
+        old = json.loads(f.attrs["settings"]).get("encoder", "MODEL")
+        raise CacheError(
+            f"{path} uses the earlier cache layout (clips stored whole); this tcmgc stores frame tracks. Rebuild it: "
+            f"delete {path.name} and {path.name}.d/, then rerun `tcmgc extract --model {old}` with your --videos or --dataset."
+        )
+    if version != SCHEMA_VERSION:
+        raise CacheError(f"{path} has cache schema {version}, this tcmgc reads {SCHEMA_VERSION}: rebuild it with `tcmgc extract`.")  # fmt: skip
+    return CacheSettings(**json.loads(f.attrs["settings"]))
+
+
+# ---- reading ------------------------------------------------------------------------------------------------------
+@dataclass
+class _Segment:
+    """One segment's per-video table, read once."""
+
+    path: Path
+    table: dict[str, np.ndarray]  # VIDEO_COLUMNS -> (n,)
+    removed: list[str]
+    row_of: dict[str, int]
+
+
+def _resolve(segments: Sequence[_Segment]) -> dict[str, tuple[int, int]]:
+    """The live videos of segments in order: video -> (segment position, row); later ones replace earlier ones."""
+    live: dict[str, tuple[int, int]] = {}
+    for pos, seg in enumerate(segments):
+        for video in seg.removed:
+            live.pop(video, None)
+        for video, row in seg.row_of.items():
+            live.pop(video, None)  # re-inserted: a replaced video moves to the end, in extraction order
+            live[video] = (pos, row)
+    return live
 
 
 class FeatureCache:
-    """Read access to a cache: `len()`, `in`, `ids()`, `embeddings(video_id)` -> (T, D) float32, and more."""
+    """Read access to a cache of frame tracks and the entries derived from them.
+
+    Videos: `videos()`, `track(video)` -> (times (n,), features (n, D)). Entries (what the model scores): `len()`,
+    `ids()`, `clip_ids(video)`, `clips(video)` (their spans in seconds), `embeddings(id)` -> (T, D),
+    `entry_inputs(ids)` -> features (N, T, D) and the mask of real frames (N, T). `in` takes entry and video ids.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise CacheError(f"no cache at {self.path}: run `tcmgc extract` first, or pass --cache FILE.")
-        self._index: dict[str, tuple[Path, int]] | None = None
-        self._rows_of: dict[str, list[str]] = {}
-        self._settings: CacheSettings | None = None
         self._handles: dict[Path, h5py.File] = {}
+        self._settings: CacheSettings | None = None
+        self._padding: np.ndarray | None = None
+        self._segments: list[_Segment] | None = None
+        self._live: dict[str, tuple[int, int]] = {}
+        self._entries: list[Entry] | None = None
+        self._entry_of: dict[str, int] = {}
+        self._entries_of: dict[str, list[int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -206,220 +299,261 @@ class FeatureCache:
             f.close()
         self._handles = {}
 
-    def _build_index(self) -> dict[str, tuple[Path, int]]:
-        root = self._file(self.path)
-        self._settings = _read_settings(root, self.path)
-        merged = set(json.loads(root.attrs.get("merged_segments", "[]")))
-        index: dict[str, tuple[Path, int]] = {}
-        rows_of: dict[str, list[str]] = {}  # video id -> its row ids
-        for source in [self.path, *self.segments(exclude=merged)]:
-            f = self._file(source)
-            if source != self.path and (settings := _read_settings(f, source)) != self._settings:
-                raise CacheError(
-                    f"segment {source} was written with other settings ({settings.mismatch(self._settings)})."
-                )
-            if "ids" not in f:
-                continue
-            ids = list(f["ids"].asstr()[:])
-            videos = list(f["videos"].asstr()[:]) if "videos" in f else ids
-            for video in set(videos) & rows_of.keys():  # re-extracted: drop every earlier row of that video
-                for old in rows_of.pop(video):
-                    index.pop(old, None)
-            for row, (rid, video) in enumerate(zip(ids, videos, strict=True)):
-                index[rid] = (source, row)
-                rows_of.setdefault(video, []).append(rid)
-        self._rows_of = rows_of
-        return index
+    # -- settings and segments --
+    @property
+    def settings(self) -> CacheSettings:
+        if self._settings is None:
+            root = self._file(self.path)
+            self._settings = _read_settings(root, self.path)
+            self._padding = np.asarray(root["padding_feature"], dtype=np.float32)
+        return self._settings
 
-    def segments(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+    @property
+    def padding_feature(self) -> np.ndarray:
+        """(D,) the image tower's output for an all-zero normalized frame: what a zero-padded slot holds."""
+        _ = self.settings
+        assert self._padding is not None
+        return self._padding
+
+    def segments(self) -> list[Path]:
+        """The live segment files, oldest first (those a merge replaced are left out even when still on disk)."""
         folder = segment_dir(self.path)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.glob("seg-*.h5") if p.name not in exclude)
+        found = sorted((p for p in folder.glob("seg-*.h5") if _SEGMENT.match(p.name)), key=_segment_key)
+        replaced: set[str] = set()
+        for p in found:
+            replaced.update(json.loads(self._file(p).attrs.get("replaces", "[]")))
+        return [p for p in found if p.name not in replaced]
 
-    @property
-    def index(self) -> dict[str, tuple[Path, int]]:
-        if self._index is None:
-            self._index = self._build_index()
-        return self._index
+    def _load(self) -> list[_Segment]:
+        if self._segments is None:
+            settings = self.settings
+            segments = []
+            for path in self.segments():
+                f = self._file(path)
+                if (theirs := _read_settings(f, path)) != settings:
+                    raise CacheError(f"segment {path} was written with other settings ({theirs.mismatch(settings)}).")
+                table = {name: (f[f"videos/{name}"].asstr()[:] if dtype is _STR else f[f"videos/{name}"][:])
+                         for name, dtype in VIDEO_COLUMNS.items()}  # fmt: skip
+                ids = [str(v) for v in table["ids"]]
+                segments.append(
+                    _Segment(path, table, list(f["removed"].asstr()[:]), dict(zip(ids, range(len(ids)), strict=True)))
+                )
+            self._segments, self._live = segments, _resolve(segments)
+        return self._segments
 
-    @property
-    def settings(self) -> CacheSettings:
-        _ = self.index
-        assert self._settings is not None
-        return self._settings
+    def _video(self, video_id: str) -> tuple[_Segment, int]:
+        segments = self._load()
+        if video_id not in self._live:
+            raise KeyError(f"video {video_id!r} is not in cache {self.path}")
+        pos, row = self._live[video_id]
+        return segments[pos], row
 
-    def __len__(self) -> int:
-        return len(self.index)
+    def _value(self, video_id: str, name: str) -> Any:
+        seg, row = self._video(video_id)
+        return seg.table[name][row]
 
-    def __contains__(self, video_id: object) -> bool:
-        return video_id in self.index
-
-    def ids(self) -> list[str]:
-        """Every entry: whole videos by their id, clips of long videos as "<video>@<n>"."""
-        return list(self.index)
-
+    # -- videos --
     def videos(self) -> list[str]:
-        """The source videos, each once."""
-        _ = self.index
-        return list(self._rows_of)
+        """The source videos, each once, in the order they were extracted."""
+        self._load()
+        return list(self._live)
 
-    def clip_ids(self, video_id: str) -> list[str]:
-        """The entries of one video in time order: [video_id] for a whole video."""
-        _ = self.index
-        if video_id not in self._rows_of:
-            raise KeyError(f"video {video_id!r} is not in cache {self.path}")
-        rows = self._rows_of[video_id]
-        return [r for _, r in sorted(zip(self.load_rows(rows, "spans")[:, 0].tolist(), rows, strict=True))]
+    def num_frames_of(self, video_id: str) -> int:
+        """Frames in a video's track."""
+        return int(self._value(video_id, "counts"))
 
-    def clips(self, video_id: str) -> list[tuple[float, float]]:
-        """The (start_sec, end_sec) of each indexed clip of a video, in time order; together they cover it from
-        start to end (one span for a video no longer than one clip)."""
-        rows = self.clip_ids(video_id)
-        return [(float(a), float(b)) for a, b in self.load_rows(rows, "spans")]
+    def duration(self, video_id: str) -> float:
+        return float(self._value(video_id, "durations"))
 
-    def _row(self, video_id: str, name: str) -> Any:
-        if video_id not in self.index:
-            raise KeyError(f"video {video_id!r} is not in cache {self.path}")
-        source, row = self.index[video_id]
-        try:
-            return self._file(source)[name][row]
-        except OSError as err:  # HDF5's checksum or a damaged chunk
-            raise CacheError(damaged_message(self.path, [video_id], f"{name}: {str(err).splitlines()[0]}")) from err
-
-    def embeddings(self, video_id: str) -> np.ndarray:
-        """Frame features (T, D) float32 of an entry (a whole video, or a clip id from `clip_ids`); a damaged or
-        non-finite row is a CacheError that names it."""
-        if video_id not in self.index and video_id in self._rows_of:
-            raise KeyError(f"video {video_id!r} is indexed as {len(self._rows_of[video_id])} clips: "
-                           "read them by the ids of cache.clip_ids(video_id)")  # fmt: skip
-        out = np.asarray(self._row(video_id, "embeddings"), dtype=np.float32)
-        _check_finite(self.path, [video_id], out[None])
-        return out
-
-    def frames(self, video_id: str) -> np.ndarray:
-        """Preprocessed frames (T, S, S, 3) uint8; needs a cache extracted with --store-frames."""
-        if not self.settings.store_frames:
-            raise CacheError(f"{self.path} holds no frames: re-extract with --store-frames into a new --cache.")
-        return np.asarray(self._row(video_id, "frames"))
-
-    def record(self, video_id: str, with_frames: bool = False) -> VideoRecord:
-        get = self._row
-        return VideoRecord(
-            video_id=video_id,
-            embeddings=self.embeddings(video_id),
-            timestamps=np.asarray(get(video_id, "timestamps")),
-            frame_indices=np.asarray(get(video_id, "frame_indices")),
-            num_frames=int(get(video_id, "num_frames")),
-            path=get(video_id, "paths").decode(),
-            size=int(get(video_id, "sizes")),
-            mtime_ns=int(get(video_id, "mtimes")),
-            sha1=get(video_id, "sha1").decode(),
-            frames=self.frames(video_id) if with_frames else None,
-        )
-
-    def rows_by_video(self) -> dict[str, list[str]]:
-        _ = self.index
-        return dict(self._rows_of)
+    def video_path(self, video_id: str) -> str:
+        return str(self._value(video_id, "paths"))
 
     def source_stamps(self) -> dict[str, tuple[int, int, str]]:
         """(size, mtime_ns, sha1) of every cached video's source file, for skipping unchanged videos."""
-        stamps: dict[str, tuple[int, int, str]] = {}
-        by_file: dict[Path, list[tuple[str, int]]] = {}
-        for video, row_ids in self.rows_by_video().items():
-            source, row = self.index[row_ids[0]]
-            by_file.setdefault(source, []).append((video, row))
-        for source, pairs in by_file.items():
-            f = self._file(source)
-            sizes, mtimes, sha1 = f["sizes"][:], f["mtimes"][:], f["sha1"].asstr()[:]
-            for vid, row in pairs:
-                stamps[vid] = (int(sizes[row]), int(mtimes[row]), str(sha1[row]))
-        return stamps
+        segments = self._load()
+        return {v: (int(segments[p].table["sizes"][r]), int(segments[p].table["mtimes"][r]),
+                    str(segments[p].table["sha1"][r])) for v, (p, r) in self._live.items()}  # fmt: skip
 
-    def load_rows(self, ids: Sequence[str], name: str) -> np.ndarray:
-        """One dataset's rows for many videos at once, in the order given (bulk reads per file; repeats allowed)."""
-        by_file: dict[Path, list[tuple[int, int]]] = {}
-        for pos, vid in enumerate(ids):
-            if vid not in self.index:
-                raise KeyError(f"video {vid!r} is not in cache {self.path}")
-            source, row = self.index[vid]
-            by_file.setdefault(source, []).append((row, pos))
-        out: np.ndarray | None = None
-        for source, pairs in by_file.items():
-            rows = np.array([r for r, _ in pairs])
-            f = self._file(source)
-            if name not in f and name in ("videos", "spans"):  # written before clips: whole videos
-                data = _derived(f, name, rows)
-            else:
+    def track(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """A video's frame track: times (n,) float64 seconds and features (n, D) float32."""
+        return self.tracks([video_id])[video_id]
+
+    def track_times(self, video_id: str) -> np.ndarray:
+        return self._frames_of([video_id], "times")[video_id]
+
+    def tracks(self, videos: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The tracks of many videos, read in bulk: video -> (times (n,), features (n, D) float32); damaged or
+        non-finite ones are a CacheError that names them."""
+        feats = self._frames_of(videos, "features")
+        times = self._frames_of(videos, "times")
+        for video, f in feats.items():
+            _check_finite(self.path, [video], f[None])
+        return {v: (times[v], feats[v]) for v in feats}
+
+    def track_pixels(self, video_id: str) -> np.ndarray:
+        """A video's track as preprocessed frames (n, S, S, 3) uint8; needs a cache extracted with --store-frames."""
+        if not self.settings.store_frames:
+            raise CacheError(f"{self.path} holds no frames: re-extract with --store-frames into a new --cache.")
+        return self._frames_of([video_id], "pixels")[video_id]
+
+    def _frames_of(self, videos: Sequence[str], name: str) -> dict[str, np.ndarray]:
+        """One frame column of many videos, grouped per segment (a large share of a segment in one read)."""
+        segments = self._load()
+        by_seg: dict[int, list[str]] = {}
+        for video in dict.fromkeys(videos):
+            if video not in self._live:
+                raise KeyError(f"video {video!r} is not in cache {self.path}")
+            by_seg.setdefault(self._live[video][0], []).append(video)
+        out: dict[str, np.ndarray] = {}
+        for pos, vids in by_seg.items():
+            seg = segments[pos]
+            ds = self._file(seg.path)[f"frames/{name}"]
+            spans = [(int(seg.table["offsets"][seg.row_of[v]]), int(seg.table["counts"][seg.row_of[v]])) for v in vids]
+            whole = None
+            if sum(n for _, n in spans) * 4 >= len(ds):  # a large share: one sequential read
+                with contextlib.suppress(OSError):  # a damaged chunk we may not need: read only ours below
+                    whole = ds[:]
+            bad = []
+            for v, (o, n) in zip(vids, spans, strict=True):
                 try:
-                    data = _read_rows(f[name], rows)
-                except OSError as err:
-                    bad = self._damaged_ids([ids[p] for _, p in pairs], name)
-                    raise CacheError(damaged_message(self.path, bad, f"{name}: {str(err).splitlines()[0]}")) from err
-            if out is None:
-                out = np.empty((len(ids), *data.shape[1:]), dtype=data.dtype)
-            out[[p for _, p in pairs]] = data
-        return out if out is not None else np.empty((0,))
-
-    def _damaged_ids(self, ids: Sequence[str], name: str) -> list[str]:
-        """The ids whose row of `name` cannot be read (one read each: only after a bulk read failed)."""
-        bad = []
-        for vid in dict.fromkeys(ids):
-            try:
-                self._row(vid, name)
-            except CacheError:
-                bad.append(vid)
-        return bad
-
-    def frame_masks(self, ids: Sequence[str]) -> np.ndarray | None:
-        """(N, T) bool, True for a real frame, for a cache with zero padding (the reference's inputs); None when
-        every slot holds a frame of the video (padding by repetition)."""
-        sampling = self.settings.sampling
-        if sampling.get("padding") != "zero":
-            return None
-        real = self.load_rows(ids, "num_frames").astype(np.int64)  # (N,)
-        mask: np.ndarray = np.arange(int(sampling["num_frames"]))[None] < real[:, None]  # (1, T) < (N, 1) -> (N, T)
-        return mask
-
-    def load_embeddings(self, ids: Sequence[str]) -> np.ndarray:
-        """Frame features of many videos at once, (N, T, D) float32, in the order given; damaged or non-finite
-        rows are a CacheError that names their videos."""
-        out = self.load_rows(ids, "embeddings").astype(np.float32, copy=False)
-        _check_finite(self.path, ids, out)
+                    out[v] = whole[o : o + n] if whole is not None else ds[o : o + n]
+                except OSError as err:  # HDF5's checksum, or a damaged chunk
+                    bad.append((v, str(err).splitlines()[0]))
+            if bad:
+                raise CacheError(damaged_message(self.path, [v for v, _ in bad], f"{name}: {bad[0][1]}"))
         return out
 
-    def verify(self, ids: Sequence[str] | None = None, block: int = 256) -> dict[str, str]:
-        """{video_id: reason} for every cached row (or only `ids`) whose features are damaged or not finite."""
-        ids = self.ids() if ids is None else list(ids)
+    # -- entries --
+    def _entry_table(self) -> list[Entry]:
+        if self._entries is None:
+            self._load()
+            rule = self.settings.tracks
+            entries: list[Entry] = []
+            for video, (pos, row) in self._live.items():
+                count = int(self._segments[pos].table["counts"][row])  # type: ignore[index]
+                entries.extend(video_entries(video, count, rule))
+            self._entries = entries
+            self._entry_of = {e.id: i for i, e in enumerate(entries)}
+            self._entries_of = {}
+            for i, e in enumerate(entries):
+                self._entries_of.setdefault(e.video, []).append(i)
+        return self._entries
+
+    def entries(self, ids: Sequence[str] | None = None) -> list[Entry]:
+        """Every entry, or those of the given ids (an entry id, or a video id: the whole video as one entry)."""
+        table = self._entry_table()
+        if ids is None:
+            return list(table)
+        return [self.entry(i) for i in ids]
+
+    def entry(self, entry_id: str) -> Entry:
+        table = self._entry_table()
+        if entry_id in self._entry_of:
+            return table[self._entry_of[entry_id]]
+        if entry_id in self._live:  # a video cut into windows, read whole
+            return Entry(entry_id, entry_id, 0, self.num_frames_of(entry_id))
+        raise KeyError(f"video {entry_id!r} is not in cache {self.path}")
+
+    def __len__(self) -> int:
+        return len(self._entry_table())
+
+    def __contains__(self, entry_id: object) -> bool:
+        self._entry_table()
+        return entry_id in self._entry_of or entry_id in self._live
+
+    def ids(self) -> list[str]:
+        """Every entry: whole videos by their id, windows of long videos as "<video>@<n>"."""
+        return [e.id for e in self._entry_table()]
+
+    def clip_ids(self, video_id: str) -> list[str]:
+        """The entries of one video in time order: [video_id] for a video scored whole."""
+        self._entry_table()
+        if video_id not in self._entries_of:
+            raise KeyError(f"video {video_id!r} is not in cache {self.path}")
+        return [self._entries[i].id for i in self._entries_of[video_id]]  # type: ignore[index]
+
+    def clips(self, video_id: str) -> list[tuple[float, float]]:
+        """The (start_sec, end_sec) of each entry of a video, in time order; together they cover it."""
+        return [(float(a), float(b)) for a, b in self.spans(self.clip_ids(video_id))]
+
+    def spans(self, ids: Sequence[str]) -> np.ndarray:
+        """(N, 2) start and end seconds of entries in their videos."""
+        entries = self.entries(ids)
+        times = self._frames_of([e.video for e in entries], "times")
+        return np.array([span_of(times[e.video], self.duration(e.video), e.start, e.stop) for e in entries]).reshape(
+            -1, 2
+        )
+
+    def entry_rows(self, entry: Entry) -> np.ndarray:
+        """(T,) the track rows that fill an entry's slots, PAD for a zero-padded one."""
+        rule = self.settings.tracks
+        rows = entry_rows(entry.stop - entry.start, rule.num_frames, rule.padding)
+        return np.where(rows == PAD, PAD, rows + entry.start)
+
+    def entry_inputs(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The model's inputs for many entries: frame features (N, T, D) float32 (a padded slot holds the padding
+        feature) and the mask of real frames (N, T) bool, in the order given."""
+        entries = self.entries(ids)
+        tracks = {v: f for v, (_, f) in self.tracks([e.video for e in entries]).items()}
+        rows = (
+            np.stack([self.entry_rows(e) for e in entries])
+            if entries
+            else np.zeros((0, self.settings.num_frames), np.int64)
+        )
+        feats = [gather_rows(tracks[e.video], r, self.padding_feature) for e, r in zip(entries, rows, strict=True)]
+        dim = len(self.padding_feature)
+        out = np.stack(feats) if feats else np.zeros((0, self.settings.num_frames, dim), np.float32)
+        return out.astype(np.float32, copy=False), rows != PAD
+
+    def load_embeddings(self, ids: Sequence[str]) -> np.ndarray:
+        """Frame features of many entries (N, T, D) float32, in the order given."""
+        return self.entry_inputs(ids)[0]
+
+    def frame_masks(self, ids: Sequence[str]) -> np.ndarray:
+        """(N, T) bool: True for a slot that holds a real frame."""
+        return np.stack([self.entry_rows(e) != PAD for e in self.entries(ids)])
+
+    def embeddings(self, entry_id: str) -> np.ndarray:
+        """Frame features (T, D) float32 of an entry, or of a whole video; damaged or non-finite rows are a
+        CacheError that names it."""
+        out: np.ndarray = self.entry_inputs([entry_id])[0][0]
+        return out
+
+    def entry_times(self, entry_id: str) -> np.ndarray:
+        """(T,) start seconds of each slot's frame (a padded slot: the last real frame's)."""
+        entry = self.entry(entry_id)
+        rows = self.entry_rows(entry)
+        times = self.track_times(entry.video)
+        return np.asarray(times[np.where(rows == PAD, rows.max(), rows)], dtype=np.float64)
+
+    def frames(self, entry_id: str) -> np.ndarray:
+        """Preprocessed frames (T, S, S, 3) uint8 of an entry (zeros in padded slots); needs --store-frames."""
+        entry = self.entry(entry_id)
+        pixels = self.track_pixels(entry.video)
+        rows = self.entry_rows(entry)
+        return gather_rows(pixels, rows, np.zeros(pixels.shape[1:], np.uint8))
+
+    def verify(self, videos: Sequence[str] | None = None) -> dict[str, str]:
+        """{video_id: reason} for every cached video (or only `videos`) whose track is damaged or not finite."""
+        known = set(self.videos())
+        videos = list(known) if videos is None else [v for v in videos if v in known]
         damaged: dict[str, str] = {}
-        for start in range(0, len(ids), block):
-            part = ids[start : start + block]
+        for video in videos:
             try:
-                self.load_embeddings(part)
-            except CacheError:
-                for vid in part:
-                    try:
-                        self.embeddings(vid)
-                    except CacheError as err:
-                        damaged[vid] = str(err)
+                self.tracks([video])
+            except CacheError as err:
+                damaged[video] = str(err)
         return damaged
 
 
-def _read_rows(ds: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """ds[rows] for any rows (unsorted, repeated): h5py's point selection wants strictly increasing indices."""
-    if len(rows) * 4 >= len(ds):
-        with contextlib.suppress(OSError):  # a damaged row we may not need (superseded): read only ours below
-            return np.asarray(ds[:][rows])  # most of the file: one sequential read beats point selection
-    unique, inverse = np.unique(rows, return_inverse=True)
-    return np.asarray(ds[unique.tolist()])[inverse]
-
-
-def _derived(f: h5py.File, name: str, rows: np.ndarray) -> np.ndarray:
-    """The videos and spans of a file written before clips existed: every row a whole video."""
-    if name == "videos":
-        picked: np.ndarray = np.asarray(f["ids"][:], dtype=object)[rows]
-        return picked
-    return np.array([_whole_span(t) for t in _read_rows(f["timestamps"], rows)], dtype=np.float32)
+def video_entries(video: str, count: int, rule: TrackConfig) -> list[Entry]:
+    """The entries of a video with `count` track frames: one (the whole video) or its windows."""
+    starts = window_starts(count, rule.window, rule.step)
+    if len(starts) == 1:
+        return [Entry(video, video, 0, count)]
+    return [Entry(clip_id(video, n), video, s, s + rule.window) for n, s in enumerate(starts)]
 
 
 def _check_finite(path: Path, ids: Sequence[str], rows: np.ndarray) -> None:
@@ -436,14 +570,19 @@ def damaged_message(path: Path, ids: Sequence[str], detail: str) -> str:
             "Rerun your `tcmgc extract` command with --verify to re-extract them.")  # fmt: skip
 
 
+# ---- writing ------------------------------------------------------------------------------------------------------
 class CacheWriter:
-    """Adds videos to a cache, one atomic segment per `add`. One writer per cache (or per shard) at a time.
+    """Adds tracks to a cache, one atomic segment per `add`, and merges segments in tiers. One writer per cache (or
+    per shard) at a time.
 
-    shard: the rank of a distributed extract; each rank writes its own segments under its own lock, and the cache
-    stays one logical cache that every reader sees whole.
+    padding: (D,) the padding feature, needed to create a new cache. shard: the rank of a distributed extract; each
+    rank writes its own segments under its own lock, and the cache stays one logical cache that every reader sees.
     """
 
-    def __init__(self, path: str | os.PathLike[str], settings: CacheSettings, shard: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], settings: CacheSettings, shard: int | None = None,
+        padding: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
         self.path = Path(path)
         self.settings = settings
         self.shard = shard
@@ -458,12 +597,18 @@ class CacheWriter:
         for stale in [*self.folder.glob(".tmp-*"), *self.path.parent.glob(f".tmp-{self.path.name}-*")]:
             if stale_temp(stale.name):  # left by a killed writer
                 stale.unlink(missing_ok=True)
-        self._check_or_create_root()
+        self._check_or_create_root(padding)
+        self.dim = len(FeatureCache(self.path).padding_feature)
+        if shard is None:
+            self._drop_replaced()
 
-    def _check_or_create_root(self) -> None:
+    def _check_or_create_root(self, padding: np.ndarray | None) -> None:
         if not self.path.exists():
+            if padding is None:
+                raise CacheError(f"no cache at {self.path}: create it with `tcmgc extract` first.")
             with _atomic_h5(self.path) as f:
                 _write_attrs(f, self.settings)
+                f.create_dataset("padding_feature", data=np.asarray(padding, dtype=np.float32))
             return
         existing = FeatureCache(self.path)
         try:
@@ -476,33 +621,69 @@ class CacheWriter:
                 "Pass --cache NEW.h5 for a new cache, or delete this one to rebuild it."
             )
 
-    def add(self, records: Sequence[VideoRecord]) -> Path:
-        """Write `records` as one new segment, atomically."""
-        name = f"seg-{time.time_ns():020d}-{os.getpid()}.h5"
-        target = self.folder / name
-        with _atomic_h5(target) as f:
-            _write_attrs(f, self.settings)
-            _write_rows(f, records, self.settings.store_frames)
-        return target
-
-    def compact(self) -> int:
-        """Merge all segments into a new root file; returns the number of segments merged."""
+    def _drop_replaced(self) -> None:
+        """Delete segments that a merge replaced but a killed writer did not get to delete."""
         cache = FeatureCache(self.path)
         try:
-            merged_before = set(json.loads(cache._file(self.path).attrs.get("merged_segments", "[]")))
-            pending = cache.segments(exclude=merged_before)
-            if not pending:
-                return 0
-            ids = cache.ids()
-            _check_space(self.path, [self.path, *pending])
-            with _atomic_h5(self.path, in_memory=False) as f:
-                _write_attrs(f, self.settings, merged=[p.name for p in pending])
-                _copy_rows(cache, ids, f, self.settings.store_frames)
+            live = {p.name for p in cache.segments()}
         finally:
             cache.close()
-        for seg in pending:  # oldest first; the new root lists them, so a crash here cannot resurrect old data
-            seg.unlink()
-        return len(pending)
+        for p in sorted(self.folder.glob("seg-*.h5"), key=_segment_key):
+            if p.name not in live:
+                p.unlink(missing_ok=True)
+
+    def add(self, tracks: Sequence[Track], removed: Sequence[str] = ()) -> Path:
+        """Write `tracks` (and deletions of older videos) as one new segment, atomically."""
+        for t in tracks:
+            _check_track(t, self.dim, self.settings.store_frames)
+        target = self.folder / f"seg-{time.time_ns():020d}-{os.getpid()}-00.h5"
+        with _atomic_h5(target) as f:
+            _write_attrs(f, self.settings, frames=sum(len(t.times) for t in tracks))
+            _write_tracks(f, tracks, removed, self.settings, self.dim)
+        return target
+
+    def compact(self, full: bool = False) -> int:
+        """Merge runs of FANOUT consecutive segments of one size class (all segments into one with `full`); returns
+        the number of segments merged away."""
+        merged = 0
+        while True:
+            cache = FeatureCache(self.path)
+            try:
+                run = _mergeable(cache, full)
+                if not run:
+                    return merged
+                self._merge(cache, run)
+            finally:
+                cache.close()
+            for seg in run:  # oldest first; the new segment names them, so a crash here resurrects nothing
+                seg.unlink(missing_ok=True)
+            merged += len(run) - 1
+
+    def _merge(self, cache: FeatureCache, run: list[Path]) -> Path:
+        """Write the live tracks of consecutive segments `run` as one segment that sorts where the last one did."""
+        all_segments = cache._load()
+        first = next(i for i, s in enumerate(all_segments) if s.path == run[0])
+        segments = all_segments[first : first + len(run)]
+        live = _resolve(segments)
+        removed = sorted({v for s in segments for v in s.removed}) if first > 0 else []
+        stamp, pid, gen = _segment_key(run[-1])
+        target = self.folder / f"seg-{stamp:020d}-{pid}-{max(_segment_key(p)[2] for p in run) + 1:02d}.h5"
+        frames = sum(int(segments[p].table["counts"][r]) for p, r in live.values())
+        row_bytes = self.dim * 4 + 16 + (3 * self.settings.image_size**2 if self.settings.store_frames else 0)
+        small = frames * row_bytes < IN_MEMORY_BYTES
+        if not small:
+            _check_space(target, run)
+        with _atomic_h5(target, in_memory=small) as f:
+            _write_attrs(f, self.settings, frames=frames, replaces=[p.name for p in run])
+            _copy_tracks(
+                cache,
+                segments,
+                live,
+                removed,
+                f,
+                _frame_shapes(self.dim, self.settings.image_size, self.settings.store_frames),
+            )
+        return target
 
     def write_failures(self, failures: dict[str, dict[str, str]]) -> None:
         """This writer's failures; a single writer also drops the records that shards of an earlier run left."""
@@ -516,9 +697,78 @@ class CacheWriter:
         self._lock.close()
 
 
+def _check_track(t: Track, dim: int, store_frames: bool) -> None:
+    n = len(t.times)
+    if n < 1 or t.features.shape != (n, dim) or len(t.frame_indices) != n:
+        raise CacheError(
+            f"track of {t.video_id!r}: {n} times, features of shape {tuple(t.features.shape)} and "
+            f"{len(t.frame_indices)} frame numbers; the cache wants n >= 1 times and features (n, {dim})."
+        )
+    if np.any(np.diff(t.times) < 0) or not np.isfinite(t.times).all():
+        raise CacheError(f"track of {t.video_id!r}: its times must be finite and non-decreasing.")
+    if store_frames and (t.pixels is None or len(t.pixels) != n):
+        raise CacheError(f"track of {t.video_id!r} has no frames, and this cache keeps them (--store-frames).")
+
+
+def _mergeable(cache: FeatureCache, full: bool) -> list[Path]:
+    """The first run of FANOUT or more consecutive live segments of one size class (or all of them, with full)."""
+    segments = cache.segments()
+    if full:
+        return segments if len(segments) > 1 else []
+    tiers = [_tier(int(cache._file(p).attrs.get("frames", 0))) for p in segments]
+    start = 0
+    for i in range(1, len(segments) + 1):
+        if i == len(segments) or tiers[i] != tiers[start]:
+            if i - start >= FANOUT:
+                return segments[start:i]
+            start = i
+    return []
+
+
+def _copy_tracks(
+    cache: FeatureCache, segments: list[_Segment], live: dict[str, tuple[int, int]], removed: list[str],
+    f: h5py.File, columns: dict[str, tuple[tuple[int, ...], Any]], block: int = 1 << 16,
+) -> None:  # fmt: skip
+    """Copy the live videos' rows of `segments` into the empty file `f`: per source, in runs of contiguous frames."""
+    order = sorted(live.items(), key=lambda kv: (kv[1][0], int(segments[kv[1][0]].table["offsets"][kv[1][1]])))
+    table = {name: np.array([segments[p].table[name][r] for _, (p, r) in order], dtype=object if dtype is _STR else dtype)
+             for name, dtype in VIDEO_COLUMNS.items()}  # fmt: skip
+    counts = table["counts"].astype(np.int64)
+    table["offsets"] = np.cumsum(counts) - counts
+    for name, dtype in VIDEO_COLUMNS.items():
+        _column(f, f"videos/{name}", dtype, (len(order),), table[name])
+    total = int(counts.sum())
+    for name, (shape, dtype) in columns.items():
+        _column(f, f"frames/{name}", dtype, (total, *shape))
+    _column(f, "removed", _STR, (len(removed),), np.asarray(removed, dtype=object))
+    at = 0
+    for pos, start, stop in _runs(order, segments):
+        src = cache._file(segments[pos].path)
+        for a in range(start, stop, block):
+            b = min(stop, a + block)
+            for name in columns:
+                f[f"frames/{name}"][at : at + b - a] = src[f"frames/{name}"][a:b]
+            at += b - a
+
+
+def _runs(order: list[tuple[str, tuple[int, int]]], segments: list[_Segment]) -> Iterator[tuple[int, int, int]]:
+    """(segment position, first row, stop row) of contiguous frame ranges, in the order of `order`."""
+    current: list[int] | None = None
+    for _, (pos, row) in order:
+        o, n = int(segments[pos].table["offsets"][row]), int(segments[pos].table["counts"][row])
+        if current is not None and current[0] == pos and current[2] == o:
+            current[2] = o + n
+            continue
+        if current is not None:
+            yield current[0], current[1], current[2]
+        current = [pos, o, o + n]
+    if current is not None:
+        yield current[0], current[1], current[2]
+
+
 def _check_space(target: Path, sources: list[Path]) -> None:
-    """Merging writes a new root as large as the root and its segments: refuse, before writing, where it cannot fit
-    (the segments stay, and readers see the cache whole, merged or not)."""
+    """Merging writes a new segment as large as its sources: refuse, before writing, where it cannot fit (the
+    sources stay, and readers see the cache whole, merged or not)."""
     need = sum(p.stat().st_size for p in sources if p.exists())
     free = shutil.disk_usage(target.parent).free
     if free < need * 1.05 + (1 << 20):
@@ -536,31 +786,43 @@ def read_failures(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     return merged
 
 
-def _copy_rows(cache: FeatureCache, ids: list[str], f: h5py.File, store_frames: bool, chunk: int = 256) -> None:
-    """Copy every live row of `cache` into the empty file `f`, in chunks (frames can be large)."""
-    if not ids:
-        return
-    first = cache.record(ids[0], with_frames=store_frames)
-    n, t = len(ids), len(first.timestamps)
-    _dataset(f, "ids", ids, dtype=_STR)
-    specs: dict[str, tuple[tuple[int, ...], Any]] = {
-        "embeddings": ((n, *first.embeddings.shape), np.float32),
-        "timestamps": ((n, t), np.float32),
-        "frame_indices": ((n, t), np.int64),
-        "num_frames": ((n,), np.int32),
-        "paths": ((n,), _STR),
-        "sizes": ((n,), np.int64),
-        "mtimes": ((n,), np.int64),
-        "sha1": ((n,), _STR),
-        "videos": ((n,), _STR),
-        "spans": ((n, 2), np.float32),
-    }
-    if store_frames:
-        assert first.frames is not None
-        specs["frames"] = ((n, *first.frames.shape), np.uint8)
-    for name, (shape, dtype) in specs.items():
-        _dataset(f, name, shape=shape, dtype=dtype)
-    for start in range(0, n, chunk):
-        part = ids[start : start + chunk]
-        for name in specs:
-            f[name][start : start + len(part)] = cache.load_rows(part, name)
+def add_tracks(
+    path: str | os.PathLike[str], tracks: Iterable[tuple[str, np.ndarray, np.ndarray, str | os.PathLike[str]]],
+    batch: int = 4096,
+) -> int:  # fmt: skip
+    """Add precomputed frame tracks, each (video_id, times (n,), features (n, D), source_path), to a cache that
+    `tcmgc extract` created; its settings apply (features must come from its encoder, at its --fps). Written as
+    extraction writes, one atomic segment per `batch` tracks, then merged in tiers. A video already in the cache is
+    replaced. The source file's size and mtime are recorded when it exists (its sha1 is not computed). Returns the
+    number of tracks added.
+
+        add_tracks("tcmgc-workspace/cache/tcmgc-b32.h5", [("walk", times, features, "walk.mp4")])
+    """
+    cache = FeatureCache(path)
+    try:
+        settings, fps = cache.settings, cache.settings.tracks.fps
+    finally:
+        cache.close()
+    writer = CacheWriter(path, settings)
+    added = 0
+    try:
+        items = iter(tracks)
+        while chunk := [_as_track(item, fps) for item in itertools.islice(items, batch)]:
+            writer.add(chunk)
+            added += len(chunk)
+        writer.compact()
+    finally:
+        writer.close()
+    return added
+
+
+def _as_track(item: tuple[str, np.ndarray, np.ndarray, str | os.PathLike[str]], fps: float) -> Track:
+    video_id, times, features, source = item
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    features = np.asarray(features, dtype=np.float32)
+    source_path = Path(source)
+    stat = source_path.stat() if source_path.is_file() else None
+    duration = float(times[-1]) + 1.0 / fps if len(times) else 0.0
+    return Track(str(video_id), times, features, np.full(len(times), -1, np.int64), duration,
+                 str(source_path.resolve()) if stat else str(source), stat.st_size if stat else 0,
+                 stat.st_mtime_ns if stat else 0)  # fmt: skip

@@ -7,41 +7,59 @@ from typing import Any
 
 from tcmgc_cli.errors import ConfigError
 
-SAMPLING_STRATEGIES = ("uniform", "fps")
-PADDINGS = ("repeat", "zero")
+PADDINGS = ("zero", "repeat")
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """How frames are chosen from a video."""
+class TrackConfig:
+    """How a cache holds videos (a track of frames at `fps`) and which entries of a track the model scores."""
 
-    num_frames: int = 12  # frames kept per video (Nf); 12 for MSR-VTT/VATEX in the method doc
-    strategy: str = "uniform"  # "uniform": Nf frames spread over the whole video; "fps": the reference's 1-fps way
-    fps: float = 1.0  # frames per second decoded before spreading, with strategy "fps"
-    padding: str = "repeat"  # fewer frames than Nf: "repeat" spreads them over the Nf slots; "zero" (the reference)
-    # keeps them first and fills the rest with the image tower's output for an all-zero normalized frame, masked
+    fps: float = 1.0  # track rate: frames decoded and encoded per second of video (the reference's 1 fps)
+    num_frames: int = 12  # T (Nf): frames per scored entry
+    window: int = 0  # frames of consecutive track frames per entry; 0: one entry per video (the reference's input)
+    stride: int = 0  # frames between window starts; 0: half a window
+    padding: str = "zero"  # an entry with fewer frames than T: "zero" (the reference: the image tower's output for
+    # an all-zero normalized frame in the rest, masked) or "repeat" (its frames spread over every slot)
 
     def __post_init__(self) -> None:
+        if not self.fps > 0:
+            raise ConfigError(f"--fps must be more than 0 (got {self.fps:g}): 1 is the reference's rate.")
         if self.num_frames < 1:
             raise ConfigError(f"--num-frames must be at least 1 (got {self.num_frames}).")
-        if self.strategy not in SAMPLING_STRATEGIES:
-            raise ConfigError(f"unknown sampling {self.strategy!r}: use one of {', '.join(SAMPLING_STRATEGIES)}.")
-        if self.fps <= 0:
-            raise ConfigError(f"--fps must be positive (got {self.fps}).")
+        if self.window < 0 or self.stride < 0:
+            raise ConfigError("--clip-seconds must be at least 0 and --clip-stride more than 0.")
+        if self.window and self.stride > self.window:
+            raise ConfigError(
+                f"--clip-stride is longer than --clip-seconds ({self.stride} > {self.window} frames): parts of the "
+                "videos would fall between clips. Use a stride no longer than the clip."
+            )
         if self.padding not in PADDINGS:
             raise ConfigError(f"unknown padding {self.padding!r}: use one of {', '.join(PADDINGS)}.")
 
     @classmethod
-    def reference(cls, num_frames: int) -> "SamplingConfig":
-        """The reference code's inputs (method doc, section 2): 1 frame per second, zero padding with a mask."""
-        return cls(num_frames, "fps", 1.0, "zero")
+    def from_seconds(
+        cls, fps: float, num_frames: int, clip_seconds: float | None, clip_stride: float | None, padding: str = "zero"
+    ) -> "TrackConfig":
+        """Windows given in seconds (None: num_frames frames, the model's input at this rate; 0: whole videos),
+        the stride in seconds (None: half a window), as `tcmgc extract` takes them."""
+        if (clip_seconds is not None and clip_seconds < 0) or (clip_stride is not None and clip_stride <= 0):
+            raise ConfigError("--clip-seconds must be at least 0 and --clip-stride more than 0.")
+        if not fps > 0:
+            raise ConfigError(f"--fps must be more than 0 (got {fps:g}): 1 is the reference's rate.")
+        window = num_frames if clip_seconds is None else max(1, round(clip_seconds * fps)) if clip_seconds else 0
+        if clip_stride is not None and clip_seconds is not None and clip_stride > clip_seconds > 0:
+            raise ConfigError(f"--clip-stride {clip_stride:g} is longer than --clip-seconds {clip_seconds:g}: parts of "
+                              "the videos would fall between clips. Use a stride no longer than the clip.")  # fmt: skip
+        stride = 0 if clip_stride is None or not window else min(window, max(1, round(clip_stride * fps)))
+        return cls(fps, num_frames, window, stride, padding)
+
+    @property
+    def step(self) -> int:
+        """Frames between window starts."""
+        return self.stride or max(1, self.window // 2)
 
     def to_dict(self) -> dict[str, Any]:
-        """As caches record it; the default padding is left out, so caches written before it existed still match."""
-        out = asdict(self)
-        if self.padding == "repeat":
-            del out["padding"]
-        return out
+        return asdict(self)
 
 
 SIMILARITIES = ("vs", "vw", "sf", "fw")  # video-sentence, video-word, sentence-frame, frame-word

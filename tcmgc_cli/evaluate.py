@@ -41,9 +41,9 @@ def check_cache(cache: FeatureCache, trained: Trained) -> None:
             f"{cache.path} was built by encoder {settings.encoder_fingerprint}, the checkpoint by "
             f"{trained.encoder_fingerprint}: extract with --model {trained.spec.name} into another --cache."
         )
-    if settings.sampling["num_frames"] != trained.spec.config.num_frames:
+    if settings.num_frames != trained.spec.config.num_frames:
         raise CacheError(
-            f"{cache.path} holds {settings.sampling['num_frames']} frames per video, the model expects "
+            f"{cache.path} holds {settings.num_frames} frames per video, the model expects "
             f"{trained.spec.config.num_frames}: re-extract with --num-frames {trained.spec.config.num_frames}."
         )
 
@@ -58,10 +58,9 @@ def encode_texts(
     return TextFeatures(torch.cat([p.words for p in parts]), torch.cat([p.sentence for p in parts]), mask)
 
 
-def frame_masks(cache: FeatureCache, ids: list[str], device: torch.device) -> torch.Tensor | None:
-    """(V, T) bool: real frames of zero-padded videos (the reference's inputs); None when every slot is a frame."""
-    masks = cache.frame_masks(ids)
-    return None if masks is None else torch.from_numpy(masks).to(device)
+def frame_masks(cache: FeatureCache, ids: list[str], device: torch.device) -> torch.Tensor:
+    """(V, T) bool: the slots of each entry that hold a real frame (False: zero padding)."""
+    return torch.from_numpy(cache.frame_masks(ids)).to(device)
 
 
 def encode_frames(model: TcmgcModel, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -80,14 +79,15 @@ def encode_frames(model: TcmgcModel, frames: torch.Tensor, mask: torch.Tensor | 
 @torch.no_grad()
 def frame_features(
     model: TcmgcModel, cache: FeatureCache, ids: list[str], device: torch.device, from_frames: bool
-) -> torch.Tensor:
-    """Frame features X (V, T, D): the cached embeddings, or the model's own image tower on cached frames."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame features X (V, T, D) of entries, and their masks of real frames (V, T): the cached features, or the
+    model's own image tower on cached frames."""
     if not from_frames:
-        return torch.from_numpy(cache.load_embeddings(ids)).to(device)
+        feats, masks = cache.entry_inputs(ids)
+        return torch.from_numpy(feats).to(device), torch.from_numpy(masks).to(device)
     mask = frame_masks(cache, ids, device)
     frames = [torch.from_numpy(cache.frames(vid)).to(device) for vid in ids]  # each (T, S, S, 3) uint8
-    return torch.cat([encode_frames(model, f[None], None if mask is None else mask[i : i + 1])
-                      for i, f in enumerate(frames)])  # fmt: skip
+    return torch.cat([encode_frames(model, f[None], mask[i : i + 1]) for i, f in enumerate(frames)]), mask
 
 
 def score_split(
@@ -104,8 +104,7 @@ def score_split(
     dist = dist or Dist()
     text = encode_texts(model, trained.tokenizer, split.captions, dev)
     with torch.no_grad():
-        frames = frame_features(model, cache, split.video_ids, dev, trained.visual_trained)
-        mask = frame_masks(cache, split.video_ids, dev)  # the temporal encoder's (and, if asked, LVA's)
+        frames, mask = frame_features(model, cache, split.video_ids, dev, trained.visual_trained)  # mask: real frames
         video = model.encode_video(frames, mask, factorized=True)  # temporal encoder and LVA tensors, once per video
     q = len(split.captions)
     starts = list(range(0, q, chunk))

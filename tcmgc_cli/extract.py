@@ -1,8 +1,8 @@
 """`tcmgc extract`: decode videos in worker processes, encode frames in batches, write the cache.
 
-reader (worker processes: hash, decode, sample, resize/crop on uint8) -> mapper (main process: frame encoder on
-batches of videos) -> writer (one atomic cache segment per batch). Decoding of the next videos overlaps with
-encoding of the current batch through a bounded window of in-flight jobs.
+reader (worker processes: hash, decode the track's frames at --fps, resize/crop on uint8) -> mapper (main process:
+the image tower on blocks of frames, each frame once) -> writer (one atomic cache segment per batch of videos).
+Decoding of the next videos overlaps with encoding of the current batch through a bounded window of in-flight jobs.
 """
 
 import concurrent.futures as cf
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache, VideoRecord
-from tcmgc_cli.config import SamplingConfig
-from tcmgc_cli.data.sampling import ClipPlan
+from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache, Track, video_entries
+from tcmgc_cli.config import TrackConfig
+from tcmgc_cli.data.sampling import fps_candidates
 from tcmgc_cli.data.transforms import Preprocess, resize_crop
-from tcmgc_cli.data.video import VIDEO_EXTENSIONS, VideoBackend, read_clips
+from tcmgc_cli.data.video import VIDEO_EXTENSIONS, VideoBackend, read_frames
 from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import TcmgcError
 from tcmgc_cli.model.encoder import FrameEncoder
@@ -46,26 +46,19 @@ class Failure:
 
 
 @dataclass
-class Clip:
-    """One indexed entry of a video: the whole video, or one window of a long one."""
-
-    row_id: str  # the cache id: the video id, or "<video id>@<clip number>" for a window of a long video
-    span: tuple[float, float]  # (start, end) seconds in the source video
-    frames: np.ndarray  # (T, S, S, 3) uint8, resized and cropped
-    timestamps: np.ndarray  # (T,) seconds
-    frame_indices: np.ndarray  # (T,)
-    num_frames: int  # distinct frames available
-
-
-@dataclass
 class Decoded:
+    """One video's track, decoded and preprocessed, before encoding."""
+
     job: VideoJob
-    clips: list[Clip]
+    frames: np.ndarray  # (n, S, S, 3) uint8, resized and cropped
+    times: np.ndarray  # (n,) start seconds
+    indices: np.ndarray  # (n,) frame numbers
+    duration: float  # seconds
+    dropped: int  # frames of the track that did not decode (left out)
     size: int
     mtime_ns: int
     sha1: str
     seconds: float  # time spent hashing and decoding
-    failed_clips: list[tuple[str, tuple[float, float]]] = field(default_factory=list)  # (row id, span) not decoded
 
 
 @dataclass
@@ -79,7 +72,10 @@ class ExtractReport:
     cached: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # files in the folder that are not videos
-    entries: int = 0  # cache rows written: one per extracted video, or one per clip of a long one
+    partial: list[Failure] = field(default_factory=list)  # extracted, but some frames of the track did not decode
+    entries: int = 0  # entries the extracted videos give the model: one per video, or one per window
+    frames: int = 0  # track frames decoded and encoded (each once)
+    video_seconds: float = 0.0  # seconds of video extracted
     decode_s: float = 0.0  # summed over workers
     encode_s: float = 0.0
     wall_s: float = 0.0
@@ -92,7 +88,12 @@ class ExtractReport:
             "cached": self.cached,
             "failed": [f.to_dict() for f in self.failed],
             "ignored": self.ignored,
+            "partial": [f.to_dict() for f in self.partial],
             "entries": self.entries,
+            "frames": self.frames,
+            "video_seconds": round(self.video_seconds, 3),
+            "frames_per_video_second": round(self.frames / self.video_seconds, 4) if self.video_seconds else 0.0,
+            "video_seconds_per_s": round(self.video_seconds / self.wall_s, 3) if self.wall_s else 0.0,
             "decode_s": round(self.decode_s, 3),
             "encode_s": round(self.encode_s, 3),
             "wall_s": round(self.wall_s, 3),
@@ -147,31 +148,23 @@ def file_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def clip_id(video_id: str, number: int) -> str:
-    return f"{video_id}@{number:04d}"
-
-
 def decode_job(
-    job: VideoJob, sampling: SamplingConfig, pp: Preprocess, backend: VideoBackend, known_sha1: str | None,
-    window: float = 0.0, stride: float = 0.0,
-) -> Decoded | Unchanged | Failure:  # fmt: skip
-    """Hash, decode and preprocess one video: one clip, or overlapping `window`-second clips every `stride` seconds
-    when it is longer than one window. Never raises for bad input: returns a Failure instead."""
+    job: VideoJob, fps: float, pp: Preprocess, backend: VideoBackend, known_sha1: str | None
+) -> Decoded | Unchanged | Failure:
+    """Hash, decode and preprocess one video's track: its frames at `fps` (the first frame of every 1/fps-second
+    slot), each decoded once. Never raises for bad input: returns a Failure instead."""
     start = time.perf_counter()
-    plan = ClipPlan(sampling, window, stride)
     try:
         stat = job.path.stat()
         sha1 = file_sha1(job.path)
         if known_sha1 == sha1:
             return Unchanged(job)
-        video = read_clips(job.path, plan, backend, lambda frames: resize_crop(frames, pp))  # each (T, S, S, 3)
+        got = read_frames(job.path, lambda r: fps_candidates(r.num_frames, r.fps, fps), backend,
+                          lambda frames: resize_crop(frames, pp))  # fmt: skip
     except (TcmgcError, OSError) as err:
         return Failure(job.video_id, str(job.path), str(err))
-    whole = len(plan.spans) == 1
-    clips = [Clip(job.video_id if whole else clip_id(job.video_id, c.number), plan.spans[c.number], c.frames, c.times,
-                  np.asarray(c.indices, dtype=np.int64), len(set(c.indices))) for c in video.clips]  # fmt: skip
-    failed = [(clip_id(job.video_id, n), plan.spans[n]) for n in video.failed]
-    return Decoded(job, clips, stat.st_size, stat.st_mtime_ns, sha1, time.perf_counter() - start, failed)
+    return Decoded(job, got.frames, got.times.astype(np.float64), np.asarray(got.indices, dtype=np.int64),
+                   got.duration, got.dropped, stat.st_size, stat.st_mtime_ns, sha1, time.perf_counter() - start)  # fmt: skip
 
 
 def _init_worker(parent: int) -> None:
@@ -227,43 +220,25 @@ def _decode_stream(
 class _Decoder:
     """Picklable decode function for the worker pool."""
 
-    sampling: SamplingConfig
+    fps: float
     pp: Preprocess
     backend: VideoBackend
-    window: float = 0.0
-    stride: float = 0.0
 
     def __call__(self, job: VideoJob, known: str | None) -> Decoded | Unchanged | Failure:
-        return decode_job(job, self.sampling, self.pp, self.backend, known, self.window, self.stride)
+        return decode_job(job, self.fps, self.pp, self.backend, known)
 
 
-def _to_records(
-    batch: list[Decoded], encoder: FrameEncoder, store_frames: bool, num_frames: int, block: int = 64
-) -> list[VideoRecord]:
-    """One record per clip of num_frames rows; the image tower sees `block` clips at a time (a long video has
-    hundreds). A clip with fewer frames (zero padding) is filled with the tower's output for an all-zero
-    normalized frame, its frame index -1 and the time of its last real frame (method doc, section 2)."""
-    pairs = [(d, c) for d in batch for c in d.clips]
-    pad = encoder.padding_feature().numpy()  # (D,)
-    records = []
-    for start in range(0, len(pairs), block):
-        part = pairs[start : start + block]
-        real = encoder(torch.from_numpy(np.concatenate([c.frames for _, c in part])))  # (sum of T_i, D)
-        offsets = np.cumsum([0, *(len(c.frames) for _, c in part)])
-        for i, (d, c) in enumerate(part):
-            emb = np.concatenate(
-                [real[offsets[i] : offsets[i + 1]].numpy(), np.tile(pad, (num_frames - len(c.frames), 1))]
-            )
-            short = num_frames - len(c.frames)  # padded slots
-            frames = (
-                np.concatenate([c.frames, np.zeros((short, *c.frames.shape[1:]), np.uint8)]) if store_frames else None
-            )
-            records.append(VideoRecord(
-                c.row_id, emb, np.concatenate([c.timestamps, np.full(short, c.timestamps[-1], np.float32)]),
-                np.concatenate([c.frame_indices, np.full(short, -1, np.int64)]), c.num_frames,
-                str(d.job.path.resolve()), d.size, d.mtime_ns, d.sha1, frames, d.job.video_id, c.span,
-            ))  # fmt: skip
-    return records
+def _to_tracks(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool, block: int = 256) -> list[Track]:
+    """The batch's tracks: every frame through the image tower once, `block` frames at a time (a long video has
+    hundreds)."""
+    frames = np.concatenate([d.frames for d in batch])  # (sum n_i, S, S, 3)
+    feats = torch.cat([encoder(torch.from_numpy(frames[i : i + block])) for i in range(0, len(frames), block)])
+    offsets = np.cumsum([0, *(len(d.frames) for d in batch)])
+    return [
+        Track(d.job.video_id, d.times, feats[offsets[i] : offsets[i + 1]].numpy(), d.indices, d.duration,
+              str(d.job.path.resolve()), d.size, d.mtime_ns, d.sha1, d.frames if store_frames else None)
+        for i, d in enumerate(batch)
+    ]  # fmt: skip
 
 
 def _skip_plan(
@@ -300,7 +275,6 @@ def extract(
     cache_path: Path,
     encoder: FrameEncoder,
     settings: CacheSettings,
-    sampling: SamplingConfig,
     *,
     backend: VideoBackend = VideoBackend.decord,
     workers: int = 2,
@@ -317,22 +291,11 @@ def extract(
     start = time.perf_counter()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     dist = Dist.from_env(encoder.device)
-    writer = CacheWriter(cache_path, settings, shard=dist.rank if dist.world > 1 else None)
+    writer = CacheWriter(cache_path, settings, dist.rank if dist.world > 1 else None, encoder.padding_feature().numpy())
     report = ExtractReport(failed=list(pre_failed) if dist.rank == 0 else [])
     try:
-        _extract_share(
-            jobs[dist.rank :: dist.world],
-            writer,
-            encoder,
-            settings,
-            sampling,
-            backend,
-            workers,
-            batch_size,
-            report,
-            on_progress,
-            verify,
-        )
+        share = jobs[dist.rank :: dist.world]
+        _extract_share(share, writer, encoder, backend, workers, batch_size, report, on_progress, verify)
         dist.barrier()
         if dist.rank == 0:
             writer.compact()
@@ -345,15 +308,18 @@ def extract(
 
 def extract_folder(
     videos: Path, model: str = "tcmgc-b32", *, ids: list[str] | None = None, cache: Path | None = None,
-    pretrained: str | None = None, num_frames: int | None = None, sampling: str = "uniform", fps: float = 1.0,
-    padding: str = "repeat",
-    batch_size: int = 16, workers: int = 2, store_frames: bool = False, backend: str = "decord", device: str = "auto",
-    precision: str = "fp32", verify: bool = False, on_progress: Callable[[int, int], None] | None = None,
-    clip_seconds: float = 0.0, clip_stride: float | None = None,
+    pretrained: str | None = None, num_frames: int | None = None, fps: float = 1.0, padding: str = "zero",
+    clip_seconds: float | None = None, clip_stride: float | None = None, batch_size: int = 16, workers: int = 2,
+    store_frames: bool = False, backend: str = "decord", device: str = "auto", precision: str = "fp32",
+    verify: bool = False, on_progress: Callable[[int, int], None] | None = None,
 ) -> ExtractReport:  # fmt: skip
     """Extract every video under `videos` (or only `ids`) with `model`'s image tower into `cache` (default: the
-    workspace's cache for `model`, where later commands look). Resumable, like `tcmgc extract`. A video longer than
-    `clip_seconds` (0: never) is indexed as overlapping clips every `clip_stride` seconds (default: half a clip).
+    workspace's cache for `model`, where later commands look). Resumable, like `tcmgc extract`.
+
+    Each video is stored as its track: frames at `fps`, each encoded once. The model scores windows of
+    `clip_seconds` (default: the model's num_frames frames, 12 s for ViT-B/32 at 1 fps) every `clip_stride` seconds
+    (default: half a window); a shorter video is one entry, zero-padded. clip_seconds 0: one entry per video, the
+    reference's input (what dataset runs use).
 
         report = extract_folder(Path("my_videos"), "tcmgc-b32", pretrained="ViT-B-32.pt")
         report.extracted, report.failed, report.cache
@@ -365,35 +331,19 @@ def extract_folder(
     if batch_size < 1 or workers < 0:
         raise ConfigError("--batch-size must be at least 1 and --workers at least 0.")
     entry = get_model_config(model)
-    clip_settings(clip_seconds, clip_stride)  # bad values fail before the model loads
+    frames = entry["num_frames"] if num_frames is None else num_frames
+    rule = TrackConfig.from_seconds(fps, frames, clip_seconds, clip_stride, padding)  # bad values fail first
     jobs, pre_failed, ignored = plan_jobs(videos, ids)
     if not jobs and not pre_failed:
         raise ConfigError(f"no video files found in {videos}.")
-    samp = SamplingConfig(entry["num_frames"] if num_frames is None else num_frames, sampling, fps, padding)
     weights = entry["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
     encoder = FrameEncoder.load(entry["clip"], weights, device, precision)
-    clips = clip_settings(clip_seconds, clip_stride)
-    settings = CacheSettings(model, encoder.fingerprint, samp.to_dict(), encoder.preprocess.size, store_frames, clips)
+    settings = CacheSettings(model, encoder.fingerprint, encoder.preprocess.size, rule.to_dict(), store_frames)
     path = cache or default_cache_path(model)
-    report = extract(jobs, path, encoder, settings, samp, backend=VideoBackend(backend), workers=workers,
+    report = extract(jobs, path, encoder, settings, backend=VideoBackend(backend), workers=workers,
                      batch_size=batch_size, on_progress=on_progress, pre_failed=pre_failed, verify=verify)  # fmt: skip
     report.ignored, report.cache = ignored, str(path)
     return report
-
-
-def clip_settings(seconds: float, stride: float | None) -> dict[str, float] | None:
-    """The cache's clip settings: None for one entry per video; refuses windows that would leave gaps."""
-    from tcmgc_cli.errors import ConfigError
-
-    if seconds < 0 or (stride is not None and stride <= 0):
-        raise ConfigError("--clip-seconds must be at least 0 and --clip-stride more than 0.")
-    if seconds == 0:
-        return None
-    stride = seconds / 2 if stride is None else stride
-    if stride > seconds:
-        raise ConfigError(f"--clip-stride {stride:g} is longer than --clip-seconds {seconds:g}: parts of the videos "
-                          "would fall between clips. Use a stride no longer than the clip.")  # fmt: skip
-    return {"seconds": float(seconds), "stride": float(stride)}
 
 
 def merge_reports(reports: list[ExtractReport]) -> ExtractReport:
@@ -401,38 +351,44 @@ def merge_reports(reports: list[ExtractReport]) -> ExtractReport:
     for r in reports:
         merged.extracted += r.extracted
         merged.entries += r.entries
+        merged.frames += r.frames
+        merged.video_seconds += r.video_seconds
         merged.cached += r.cached
         merged.failed += r.failed
+        merged.partial += r.partial
         merged.decode_s += r.decode_s
         merged.encode_s += r.encode_s
     return merged
 
 
 def _extract_share(
-    jobs: list[VideoJob], writer: CacheWriter, encoder: FrameEncoder, settings: CacheSettings, sampling: SamplingConfig,
-    backend: VideoBackend, workers: int, batch_size: int, report: ExtractReport, on_progress: Callable[[int, int], None] | None,
-    verify: bool = False,
+    jobs: list[VideoJob], writer: CacheWriter, encoder: FrameEncoder, backend: VideoBackend, workers: int,
+    batch_size: int, report: ExtractReport, on_progress: Callable[[int, int], None] | None, verify: bool = False,
 ) -> None:  # fmt: skip
+    settings = writer.settings
     todo, report.cached = _skip_plan(jobs, writer.path, settings, verify)
     done = len(report.cached)
-    clips = settings.clips or {}
-    decode = _Decoder(sampling, encoder.preprocess, backend, clips.get("seconds", 0.0), clips.get("stride", 0.0))
+    rule = settings.tracks
+    decode = _Decoder(rule.fps, encoder.preprocess, backend)
     batch: list[Decoded] = []
 
     def flush() -> None:
         t0 = time.perf_counter()
-        records = _to_records(batch, encoder, settings.store_frames, sampling.num_frames)
+        tracks = _to_tracks(batch, encoder, settings.store_frames)
         report.encode_s += time.perf_counter() - t0
-        writer.add(records)
-        report.extracted.extend(dict.fromkeys(r.video or r.video_id for r in records))
-        report.entries += len(records)
+        writer.add(tracks)
+        report.extracted.extend(t.video_id for t in tracks)
+        report.entries += sum(len(video_entries(t.video_id, len(t.times), rule)) for t in tracks)
+        report.frames += sum(len(t.times) for t in tracks)
+        report.video_seconds += sum(t.duration for t in tracks)
         batch.clear()
 
     for result in _decode_stream(todo, decode, workers, window=max(2 * workers, 2 * batch_size)):
         if isinstance(result, Decoded):
             report.decode_s += result.seconds
-            report.failed += [Failure(row, str(result.job.path), f"the clip {a:.1f}-{b:.1f} s does not decode; the "
-                                      "video's other clips are kept") for row, (a, b) in result.failed_clips]  # fmt: skip
+            if result.dropped:
+                report.partial.append(Failure(result.job.video_id, str(result.job.path), f"{result.dropped} of "
+                                              f"{result.dropped + len(result.times)} frames do not decode; the others are kept"))  # fmt: skip
             batch.append(result)
             if len(batch) == batch_size:
                 flush()

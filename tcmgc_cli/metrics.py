@@ -59,3 +59,76 @@ def dual_softmax(scores: np.ndarray, axis: int) -> np.ndarray:
     prior = np.exp(shifted)
     result: np.ndarray = scores * prior / prior.sum(axis=axis, keepdims=True)
     return result
+
+
+# ---- moments ------------------------------------------------------------------------------------------------------
+# Moment retrieval inside a video as moment_detr's standalone evaluation (QVHighlights) defines it, and the same
+# query over a whole collection (video corpus moment retrieval). Windows are [start, end] in seconds.
+MOMENT_KEYS = ("R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP", "corpus_R1@0.5", "corpus_R1@0.7", "corpus_R10@0.5")
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.5:0.05:0.95
+MAX_PREDICTIONS = 10  # predicted windows per query that count
+
+
+def temporal_iou(a: tuple[float, float] | list[float], b: tuple[float, float] | list[float]) -> float:
+    """Intersection over union of two windows (0 when they do not overlap)."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def best_iou(window: list[float], truth: list[list[float]]) -> float:
+    """IoU of a window with the true window it overlaps most (0 with none)."""
+    return max((temporal_iou(window, t) for t in truth), default=0.0)
+
+
+def average_precision(predicted: list[list[float]], truth: list[list[float]], threshold: float) -> float:
+    """AP of one query's predictions [start, end, score] (best first by score; ties keep their order) at one IoU
+    threshold: each prediction is a true positive when a true window not yet taken overlaps it by at least the
+    threshold (the one it overlaps most first); VOC's interpolated area under the precision-recall curve."""
+    if not predicted or not truth:
+        return 0.0
+    ranked = sorted(predicted, key=lambda p: -p[2])
+    taken: set[int] = set()
+    hits = []
+    for p in ranked:
+        ious = [temporal_iou(p, t) for t in truth]
+        match = next((j for j in sorted(range(len(truth)), key=lambda j: -ious[j])
+                      if ious[j] >= threshold and j not in taken), None)  # fmt: skip
+        if match is not None:
+            taken.add(match)
+        hits.append(match is not None)
+    tp = np.cumsum(hits, dtype=np.float64)
+    precision = tp / np.arange(1, len(hits) + 1)
+    recall = tp / len(truth)
+    p_env = np.concatenate([[0.0], precision, [0.0]])
+    r_env = np.concatenate([[0.0], recall, [1.0]])
+    for i in range(len(p_env) - 2, -1, -1):  # the precision envelope: best precision at this recall or beyond
+        p_env[i] = max(p_env[i], p_env[i + 1])
+    steps = np.flatnonzero(r_env[1:] != r_env[:-1]) + 1
+    return float(np.sum((r_env[steps] - r_env[steps - 1]) * p_env[steps]))
+
+
+def moment_metrics(
+    predicted: list[list[list[float]]], truth: list[list[list[float]]],
+    corpus: list[list[tuple[str, float, float]]] | None = None, videos: list[str] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Per query: predicted windows [start, end, score] inside its video, true windows [start, end]; optionally its
+    ranked corpus results (video, start, end) and its video. Percentages, as the field reports them."""
+    n = len(truth)
+    out: dict[str, float] = {"num_queries": n}
+    if not n:
+        return out
+    preds = [sorted(p, key=lambda w: -w[2])[:MAX_PREDICTIONS] for p in predicted]
+    top = [best_iou(p[0][:2], t) if p else 0.0 for p, t in zip(preds, truth, strict=True)]
+    for thr in (0.5, 0.7):
+        out[f"R1@{thr}"] = 100.0 * float(np.mean([iou >= thr for iou in top]))
+    ap = np.array([[average_precision(p, t, thr) for thr in IOU_THRESHOLDS] for p, t in zip(preds, truth, strict=True)])
+    out["mAP@0.5"], out["mAP@0.75"] = 100.0 * float(ap[:, 0].mean()), 100.0 * float(ap[:, 5].mean())
+    out["mAP"] = 100.0 * float(ap.mean())
+    if corpus is not None and videos is not None:
+        right = [[best_iou([a, b], t) if vid == want else 0.0 for vid, a, b in ranked[:MAX_PREDICTIONS]]
+                 for ranked, want, t in zip(corpus, videos, truth, strict=True)]  # fmt: skip
+        for thr in (0.5, 0.7):
+            out[f"corpus_R1@{thr}"] = 100.0 * float(np.mean([bool(r) and r[0] >= thr for r in right]))
+        out["corpus_R10@0.5"] = 100.0 * float(np.mean([any(iou >= 0.5 for iou in r) for r in right]))
+    return out

@@ -103,7 +103,7 @@ def train_run(
                      else f"Nothing to resume in {run_dir}: starting from the beginning.")  # fmt: skip
         if rank == 0:
             config = {"spec": spec.to_dict(), "train": dataclasses.asdict(cfg), "dataset": setup.dataset,
-                      "cache": str(setup.cache.path), "inputs": setup.cache.settings.sampling}  # fmt: skip
+                      "cache": str(setup.cache.path), "inputs": setup.cache.settings.track}  # fmt: skip
             write_text_atomic(run_dir / "config.json", json.dumps(config, indent=1))
         return trainer.fit(setup.val_split)
     finally:

@@ -45,15 +45,14 @@ class TrainData:
     caption_video: torch.Tensor  # (N,) video index of each caption
     frames: torch.Tensor | None  # (V, T, D) cached frame features, when the image tower is frozen
     video_ids: list[str]
-    masks: torch.Tensor | None = None  # (V, T) bool real frames, for zero-padded caches (the reference's inputs)
+    masks: torch.Tensor | None = None  # (V, T) bool real frames (False: a zero-padded slot)
 
     @classmethod
     def build(cls, split: Split, cache: FeatureCache, tokenizer: Tokenizer, from_frames: bool) -> "TrainData":
         tokens = torch.cat([tokenizer(split.captions[i : i + 4096]) for i in range(0, len(split.captions), 4096)])
-        frames = None if from_frames else torch.from_numpy(cache.load_embeddings(split.video_ids))
-        masks = cache.frame_masks(split.video_ids)
-        return cls(tokens, torch.tensor(split.caption_video), frames, split.video_ids,
-                   None if masks is None else torch.from_numpy(masks))  # fmt: skip
+        feats, masks = cache.entry_inputs(split.video_ids)
+        return cls(tokens, torch.tensor(split.caption_video), None if from_frames else torch.from_numpy(feats),
+                   split.video_ids, torch.from_numpy(masks))  # fmt: skip
 
 
 @dataclass
@@ -356,9 +355,9 @@ def check_training_cache(cache: FeatureCache, spec: ModelSpec, cfg: TrainConfig)
         raise CacheError(
             f"{cache.path} was extracted with --model {settings.encoder}, this run trains {spec.name}: extract with --model {spec.name}."
         )
-    if settings.sampling["num_frames"] != spec.config.num_frames:
+    if settings.num_frames != spec.config.num_frames:
         raise CacheError(
-            f"{cache.path} holds {settings.sampling['num_frames']} frames per video, {spec.name} uses {spec.config.num_frames}: "
+            f"{cache.path} holds {settings.num_frames} frames per video, {spec.name} uses {spec.config.num_frames}: "
             f"re-extract with --num-frames {spec.config.num_frames} into another --cache, or --set model.num_frames=..."
         )
     if cfg.freeze == "none" and not settings.store_frames:

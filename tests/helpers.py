@@ -21,3 +21,14 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 4) -> Path:
 
 def random_frames(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def copy_cache(source: Path, target: Path) -> Path:
+    """A cache is its root file and its folder of segments: copy both (not its saved search indexes or locks)."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, target)
+    shutil.copytree(source.with_name(source.name + ".d"), target.with_name(target.name + ".d"),
+                    ignore=shutil.ignore_patterns("search-*", "lock*", "index-*"))  # fmt: skip
+    return target

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from tcmgc_cli.cli import app
 from tcmgc_cli.metrics import METRIC_KEYS
 from tests.conftest import SAMPLE_MSRVTT
+from tests.helpers import copy_cache
 
 runner = CliRunner()
 KEYS = list(METRIC_KEYS)
@@ -90,7 +91,7 @@ def test_evaluate_finds_the_newest_run_without_flags(
     workspace = tmp_path / "ws"
     shutil.copytree(run, workspace / "runs" / "20260101-000000-tcmgc-tiny")
     (workspace / "cache").mkdir()
-    shutil.copy(sample_cache, workspace / "cache" / "tcmgc-tiny.h5")
+    copy_cache(sample_cache, workspace / "cache" / "tcmgc-tiny.h5")
     monkeypatch.setenv("TCMGC_WORKSPACE", str(workspace))
     result = runner.invoke(app, ["evaluate", "--dataset", "csv", "--annotations", str(data), "--json"])
     assert result.exit_code == 0, result.output

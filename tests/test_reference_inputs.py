@@ -35,20 +35,24 @@ def test_short_video_from_file_to_scores_as_the_reference(short_video: tuple[Pat
     folder, frames = short_video
     cache_path = tmp_path / "c.h5"
     args = ["extract", "--videos", str(folder), "--model", "tcmgc-tiny", "--cache", str(cache_path), "--workers", "0",
-            "--sampling", "fps", "--padding", "zero", "--json"]  # fmt: skip
+            "--json"]  # fmt: skip
     assert runner.invoke(app, args).exit_code == 0
     cache = FeatureCache(cache_path)
-    record = cache.record("short")
-    # 1. frames chosen: the first frame of each second (the video is 4 fps), then padding slots (index -1)
-    assert record.frame_indices.tolist() == [0, 4, 8, 12, 16, -1, -1, -1] and record.num_frames == 5
+    # 1. frames chosen: the first frame of each second (the video is 4 fps), then padding slots
+    entry = cache.entry("short")
+    times, track = cache.track("short")
+    assert times.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert cache.entry_rows(entry).tolist() == [0, 1, 2, 3, 4, -1, -1, -1]
+    embeddings_of_short = cache.embeddings("short")
     # 2. zero padding: real slots are the image tower on those frames, padded ones on an all-zero normalized frame
     model = create_model(resolve_spec("tcmgc-tiny")).eval()
     with torch.no_grad():
         x = normalize(torch.from_numpy(resize_crop(frames[[0, 4, 8, 12, 16]], model.preprocess)), model.preprocess)
         real = model.clip.visual(x)  # (5, D)
         zero = model.clip.visual(torch.zeros(1, *x.shape[1:]))  # (1, D)
-    torch.testing.assert_close(torch.from_numpy(record.embeddings[:5]), real, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(torch.from_numpy(record.embeddings[5:]), zero.expand(3, -1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(track), real, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(embeddings_of_short[:5]), real, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(embeddings_of_short[5:]), zero.expand(3, -1), rtol=1e-4, atol=1e-5)
     # 3. the mask marks the real frames
     mask = frame_masks(cache, ["short"], torch.device("cpu"))
     assert mask is not None and mask.tolist() == [[True] * 5 + [False] * 3]
@@ -71,8 +75,8 @@ def test_short_video_from_file_to_scores_as_the_reference(short_video: tuple[Pat
 def test_dataset_runs_use_the_reference_inputs_and_name_them(sample_cache: Path, tmp_path: Path) -> None:
     from tests.test_cli_train_evaluate import QUICK, small_dataset
 
-    sampling = FeatureCache(sample_cache).settings.sampling
-    assert sampling == {"num_frames": 8, "strategy": "fps", "fps": 1.0, "padding": "zero"}
+    sampling = FeatureCache(sample_cache).settings.track
+    assert sampling == {"num_frames": 8, "fps": 1.0, "padding": "zero", "window": 0, "stride": 0}
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", "--dataset", "csv", "--annotations", str(small_dataset(tmp_path)), "--model",
                                  "tcmgc-tiny", "--cache", str(sample_cache), "--output", str(run), "--json", *QUICK])  # fmt: skip

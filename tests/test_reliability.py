@@ -19,10 +19,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.cache import CHUNK_ROWS, FeatureCache
 from tcmgc_cli.cli import app
 from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError
 from tests.conftest import ROOT, SAMPLE_MSRVTT
+from tests.helpers import copy_cache
 from tests.test_cli_train_evaluate import QUICK, one_line_error, small_dataset
 
 runner = CliRunner()
@@ -47,12 +48,15 @@ def scramble(path: Path, at: float, size: int, seed: int = 0) -> None:
 
 
 def poison_row(cache: Path, video_id: str, value: float = float("nan")) -> None:
-    """Write a non-finite value into one video's features through HDF5 (its checksum stays valid)."""
-    with h5py.File(cache, "r+") as f:
-        row = list(f["ids"].asstr()[:]).index(video_id)
-        emb = f["embeddings"][row]
-        emb[0, 0] = value
-        f["embeddings"][row] = emb
+    """Write a non-finite value into one video's track through HDF5 (its checksum stays valid)."""
+    reader = FeatureCache(cache)
+    segment, row = reader._video(video_id)
+    reader.close()
+    with h5py.File(segment.path, "r+") as f:
+        offset = int(f["videos/offsets"][row])
+        feats = f["frames/features"][offset]
+        feats[0] = value
+        f["frames/features"][offset] = feats
 
 
 # ---- 1. a diverged run never reports a number ------------------------------------------------------------------
@@ -69,7 +73,7 @@ def test_diverged_training_stops_with_one_line_and_no_checkpoint(
 
 def test_nan_row_in_cache_is_named_by_evaluate_and_train(data: Path, sample_cache: Path, tmp_path: Path) -> None:
     cache = tmp_path / "c.h5"
-    shutil.copy(sample_cache, cache)
+    copy_cache(sample_cache, cache)
     poison_row(cache, "video13")  # a test video
     poison_row(cache, "video3")  # a training video
     run = tmp_path / "run"
@@ -97,7 +101,7 @@ def test_metrics_and_scores_refuse_nan() -> None:
 
 def test_search_names_a_video_with_nan_features(data: Path, sample_cache: Path, tmp_path: Path) -> None:
     cache = tmp_path / "c.h5"
-    shutil.copy(sample_cache, cache)
+    copy_cache(sample_cache, cache)
     run = tmp_path / "run"
     assert runner.invoke(app, train_args(data, cache, run)).exit_code == 0
     poison_row(cache, "video5", float("inf"))
@@ -172,19 +176,29 @@ def test_scrambled_cache_is_named_and_extract_verify_repairs_it(video_dir: Path,
     base = ["extract", "--videos", str(video_dir), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0"]
     assert runner.invoke(app, [*base, "--json"]).exit_code == 0
     good = FeatureCache(cache).load_embeddings(["video0", "video1", "video2", "video3"])
-    with h5py.File(cache, "r") as f:  # overwrite half of one row's stored bytes (a row is 8 x 32 float32 here)
-        offset = f["embeddings"].id.get_chunk_info(2).byte_offset
-    raw = bytearray(cache.read_bytes())
-    raw[offset + 100 : offset + 612] = np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes()
-    cache.write_bytes(bytes(raw))
+    reader = FeatureCache(cache)
+    segment, row = reader._video("video2")
+    reader.close()
+    # overwrite the stored bytes of the chunk that holds video2's last frame
+    with h5py.File(segment.path, "r", locking=False) as f:
+        first, count = int(f["videos/offsets"][row]), int(f["videos/counts"][row])
+        chunk = (first + count - 1) // CHUNK_ROWS
+        info = f["frames/features"].id.get_chunk_info(chunk)
+        offsets, counts, ids = f["videos/offsets"][:], f["videos/counts"][:], list(f["videos/ids"].asstr()[:])
+    in_chunk = {v for v, o, n in zip(ids, offsets, counts, strict=True)
+                if o < (chunk + 1) * CHUNK_ROWS and o + n > chunk * CHUNK_ROWS}  # fmt: skip
+    raw = bytearray(segment.path.read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, 190, dtype=np.uint8).tobytes()
+    raw[info.byte_offset + 10 : info.byte_offset + 200] = noise
+    segment.path.write_bytes(bytes(raw))
     with pytest.raises(CacheError, match="video2"):
         FeatureCache(cache).load_embeddings(["video0", "video1", "video2", "video3"])
-    assert set(FeatureCache(cache).verify()) == {"video2"}
+    assert "video2" in in_chunk and set(FeatureCache(cache).verify()) == in_chunk  # the videos of that chunk only
     plain = json.loads(runner.invoke(app, [*base, "--json"]).stdout)  # without --verify: unchanged files skipped
     assert plain["extracted"] == []
     repaired = runner.invoke(app, [*base, "--verify", "--json"])
     assert repaired.exit_code == 0, repaired.output
-    assert json.loads(repaired.stdout)["extracted"] == ["video2"]
+    assert set(json.loads(repaired.stdout)["extracted"]) == in_chunk
     again = FeatureCache(cache).load_embeddings(["video0", "video1", "video2", "video3"])
     np.testing.assert_array_equal(again, good)
 
@@ -380,7 +394,7 @@ def test_saved_search_indexes_do_not_pile_up(sample_cache: Path, tmp_path: Path,
     from tcmgc_cli.search import KEEP_INDEXES, open_index
 
     cache = tmp_path / "c.h5"
-    shutil.copy(sample_cache, cache)
+    copy_cache(sample_cache, cache)
     run = tmp_path / "run"
     assert runner.invoke(app, [*train_args(data, cache, run), "--set", "train.epochs=1"]).exit_code == 0
     for n in range(KEEP_INDEXES + 2):  # one checkpoint file per "run": each gets its own index
@@ -402,7 +416,7 @@ def test_search_on_a_read_only_cache_folder_saves_its_index_in_the_workspace(
     mount = tmp_path / "ro"
     mount.mkdir()
     (tmp_path / "src").mkdir()
-    shutil.copy(sample_cache, tmp_path / "src" / "c.h5")
+    copy_cache(sample_cache, tmp_path / "src" / "c.h5")
     if subprocess.run(
         ["mount", "--bind", "-o", "ro", str(tmp_path / "src"), str(mount)], capture_output=True
     ).returncode:
@@ -432,11 +446,13 @@ def test_pickled_objects_are_refused_without_torchs_unsafe_advice(tmp_path: Path
 def test_merge_refuses_before_writing_when_the_disk_cannot_hold_it(
     monkeypatch: pytest.MonkeyPatch, video_dir: Path, tmp_path: Path
 ) -> None:
-    """Merging writes a new root as large as everything: checked first, and the segments stay readable."""
+    """A large merge writes a segment as large as its sources: checked first, and the segments stay readable."""
     import collections
 
     from tcmgc_cli import cache as cache_module
 
+    monkeypatch.setattr(cache_module, "FANOUT", 4)  # the 4 videos' segments merge at the end of the run
+    monkeypatch.setattr(cache_module, "IN_MEMORY_BYTES", 0)  # as a large merge: written straight to disk
     path = tmp_path / "c.h5"
     base = ["extract", "--videos", str(video_dir), "--model", "tcmgc-tiny", "--cache", str(path), "--workers", "0"]
     real = cache_module.shutil.disk_usage
@@ -447,4 +463,4 @@ def test_merge_refuses_before_writing_when_the_disk_cannot_hold_it(
     assert len(list((tmp_path / "c.h5.d").glob("seg-*.h5"))) == 4 and len(FeatureCache(path)) == 4
     monkeypatch.setattr(cache_module.shutil, "disk_usage", real)
     assert runner.invoke(app, [*base, "--json"]).exit_code == 0  # room again: the rerun merges
-    assert not list((tmp_path / "c.h5.d").glob("seg-*.h5")) and len(FeatureCache(path)) == 4
+    assert len(list((tmp_path / "c.h5.d").glob("seg-*.h5"))) == 1 and len(FeatureCache(path)) == 4

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from tcmgc_cli.config import SamplingConfig
-from tcmgc_cli.data.sampling import fps_candidates, sample_frame_indices, spread
+from tcmgc_cli.config import TrackConfig
+from tcmgc_cli.data.sampling import PAD, entry_rows, fps_candidates, span_of, spread
 from tcmgc_cli.errors import ConfigError
 
 
@@ -17,9 +17,18 @@ def test_spread_matches_linspace_floor(count: int, num: int) -> None:
     assert len(got) == num and got[0] == 0 and got[-1] == (count - 1 if num > 1 else 0)
 
 
-def test_short_video_pads_by_repetition() -> None:
-    idx = sample_frame_indices(3, 4.0, SamplingConfig(num_frames=8))
-    assert len(idx) == 8 and sorted(set(idx)) == [0, 1, 2] and idx == sorted(idx)
+def test_entry_rows_pad_with_zeros_or_by_repetition() -> None:
+    assert entry_rows(3, 8).tolist() == [0, 1, 2] + [PAD] * 5  # the reference: real frames first, then padding
+    rep = entry_rows(3, 8, "repeat").tolist()
+    assert len(rep) == 8 and sorted(set(rep)) == [0, 1, 2] and rep == sorted(rep)
+    assert entry_rows(10, 3).tolist() == [0, 4, 9]  # more frames than slots: floor(linspace)
+    assert entry_rows(4, 4).tolist() == [0, 1, 2, 3]
+
+
+def test_spans_run_from_frame_to_frame() -> None:
+    times = [0.0, 1.0, 2.0, 3.0]
+    assert span_of(times, 3.6, 0, 2) == (0.0, 2.0)
+    assert span_of(times, 3.6, 2, 4) == (2.0, 3.6)  # the last frame lasts until the video ends
 
 
 def test_fps_candidates_first_frame_of_each_second() -> None:
@@ -31,13 +40,15 @@ def test_fps_candidates_first_frame_of_each_second() -> None:
     assert fps_candidates(50, 25.0, 2.0) == [math.floor(k * 12.5) for k in range(4)]
 
 
-def test_fps_strategy_spreads_over_candidates() -> None:
-    cfg = SamplingConfig(num_frames=3, strategy="fps", fps=1.0)
-    # 10 s at 30 fps: candidates 0,30,...,270; spread 3 of 10 -> positions 0,4,9
-    assert sample_frame_indices(300, 30.0, cfg) == [0, 120, 270]
+def test_the_reference_input_of_a_long_video() -> None:
+    # 10 s at 30 fps: the track is frames 0,30,...,270; an entry of 3 slots takes track rows 0, 4, 9
+    track = fps_candidates(300, 30.0, 1.0)
+    assert [track[i] for i in entry_rows(len(track), 3)] == [0, 120, 270]
 
 
-@pytest.mark.parametrize("kwargs", [{"num_frames": 0}, {"strategy": "random"}, {"fps": 0.0}])
-def test_bad_sampling_config(kwargs: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "kwargs", [{"num_frames": 0}, {"padding": "random"}, {"fps": 0.0}, {"window": 4, "stride": 5}, {"window": -1}]
+)
+def test_bad_track_config(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
-        SamplingConfig(**kwargs)  # type: ignore[arg-type]
+        TrackConfig(**kwargs)  # type: ignore[arg-type]

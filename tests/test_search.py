@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from tcmgc_cli.cli import app
-from tcmgc_cli.search import SearchIndex, attended_span
+from tcmgc_cli.search import SearchIndex, non_overlapping, window_proxy
 from tests.test_cli_train_evaluate import QUICK, small_dataset
 
 runner = CliRunner()
@@ -29,12 +29,25 @@ def search(run: Path, cache: Path, *args: str) -> object:
     return runner.invoke(app, ["search", *args, "--checkpoint", str(run), "--cache", str(cache)])
 
 
-def test_attended_span() -> None:
-    times = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
-    assert attended_span(np.array([0.05, 0.1, 0.4, 0.3, 0.15]), times, 2.5) == (1.0, 2.0)
-    assert attended_span(np.array([0.0, 0.0, 0.0, 0.1, 0.9]), times, 2.5) == (2.0, 2.5)
-    padded = np.array([0.0, 0.0, 0.5, 0.5])  # repeated frames of a short video
-    assert attended_span(np.array([0.1, 0.1, 0.4, 0.4]), padded, 1.0) == (0.5, 1.0)
+def all_inputs(index: SearchIndex) -> tuple[torch.Tensor, torch.Tensor]:
+    return index.collection.entry_inputs(torch.arange(len(index)))
+
+
+def test_window_proxy_against_a_loop() -> None:
+    rel = np.array([0.1, 0.5, 0.9, 0.8, 0.2, 0.0])
+    windows = [(1, 2), (2, 4), (3, 5), (1, 5)]
+    got = window_proxy(rel, windows, 1, 5)
+    assert got[3] == pytest.approx(np.mean(rel[1:5]))  # the whole range: nothing outside
+    for (a, b), g in zip(windows[:3], got, strict=False):
+        inside = [rel[i] for i in range(a, b)]
+        outside = [rel[i] for i in range(1, 5) if not a <= i < b]
+        assert g == pytest.approx(sum(inside) / len(inside) - sum(outside) / len(outside))
+
+
+def test_non_maximum_suppression_keeps_the_best_that_do_not_overlap() -> None:
+    windows = [(0, 4), (2, 6), (4, 8), (5, 7), (8, 9)]
+    assert non_overlapping(windows, [0.9, 0.95, 0.5, 0.4, 0.1], keep=10) == [1, 4]  # (2, 6) beats both neighbours
+    assert non_overlapping(windows, [0.9, 0.1, 0.8, 0.4, 0.3], keep=2) == [0, 2]  # touching ends do not overlap
 
 
 def test_search_json_lines(run: Path, sample_cache: Path, tmp_path: Path) -> None:
@@ -50,9 +63,10 @@ def test_search_json_lines(run: Path, sample_cache: Path, tmp_path: Path) -> Non
         assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:], strict=False))
         for h in hits:
             assert set(h) == {"rank", "video_id", "score", "path", "start_sec", "end_sec", "moments", "scorer", "entry"}
-            assert h["scorer"] == line["scorer"] == "tcmgc" and h["moments"][0]["score"] == h["score"]
+            assert h["scorer"] == line["scorer"] == "tcmgc" and h["moments"]
             assert Path(h["path"]).is_file() and h["path"].endswith(h["video_id"] + ".mp4")
             assert 0 <= h["start_sec"] < h["end_sec"] <= 4.5
+            assert (h["start_sec"], h["end_sec"]) == (h["moments"][0]["start_sec"], h["moments"][0]["end_sec"])
 
 
 def test_two_stage_equals_exhaustive_when_shortlist_is_everything(run: Path, sample_cache: Path) -> None:
@@ -67,7 +81,8 @@ def test_two_stage_equals_exhaustive_when_shortlist_is_everything(run: Path, sam
     from tcmgc_cli.model.tcmgc import VideoFeatures
 
     with torch.no_grad():
-        direct = index.trained.model(text, VideoFeatures(index.frames, index.temporal, None, None))["logits"][0]
+        frames = all_inputs(index)[0]
+        direct = index.trained.model(text, VideoFeatures(frames, index.temporal.float(), None, None))["logits"][0]
     want = [index.ids[i] for i in direct.argsort(descending=True)[:10].tolist()]
     assert [h.video_id for h in hits] == want
     for h in hits:
@@ -118,6 +133,9 @@ def test_index_is_saved_and_reused_until_the_cache_changes(run: Path, sample_cac
 
     cache_path = tmp_path / "c.h5"
     shutil.copy(sample_cache, cache_path)
+    shutil.copytree(
+        segment_dir(sample_cache), segment_dir(cache_path), ignore=shutil.ignore_patterns("search-*", "lock*")
+    )
     trained = load_trained(run, "cpu")
     first = open_index(trained, run, FeatureCache(cache_path))
     saved = list(segment_dir(cache_path).glob("search-*.pt"))
@@ -128,7 +146,7 @@ def test_index_is_saved_and_reused_until_the_cache_changes(run: Path, sample_cac
     assert (
         second.ids == first.ids
         and torch.equal(second.temporal, first.temporal)
-        and second.entries.paths == first.entries.paths
+        and second.collection.paths == first.collection.paths
     )
     text, _ = first.encode_queries(["a red circle moves left"])
     assert [h.video_id for h in first.search_features(text, 5)[0]] == [
@@ -148,12 +166,44 @@ def test_explain_and_moments_leave_zero_padded_slots_out(run: Path, sample_cache
     index = open_search(run, sample_cache)
     hits = index.search(["a red circle moves left"], top_k=10)[0][0]
     for hit in hits:
-        record = cache.record(hit.entry)
-        assert record.num_frames < 8  # padded
-        real = record.timestamps[: record.num_frames]
-        assert hit.start_sec in real.tolist() and hit.end_sec <= float(real[-1]) + 1.0 + 1e-6
+        frames = cache.num_frames_of(hit.video_id)
+        assert frames < 8  # padded
+        for m in hit.moments:  # whole frames of the track, never a padded slot
+            assert m["start_sec"] in range(frames) and m["end_sec"] <= cache.duration(hit.video_id)
     words, weights, times = index.word_attention("a red circle", hits[0].video_id)
-    assert weights.shape == (len(words), cache.record(hits[0].entry).num_frames) == (len(words), len(times))
+    assert weights.shape == (len(words), cache.num_frames_of(hits[0].video_id)) == (len(words), len(times))
+
+
+def test_a_window_scores_as_the_model_scores_it_in_training(run: Path, sample_cache: Path) -> None:
+    """The moment path against the training path: the window's frames in the first slots, the padding feature in
+    the rest, the mask, the temporal encoder and the direct LVA, built here by a loop."""
+    from tcmgc_cli.search import open_search
+
+    index = open_search(run, sample_cache)
+    c, model = index.collection, index.trained.model
+    text, _ = index.encode_queries(["a blue square moves up", "a red circle"])
+    windows = [(0, 0, 1), (3, 1, 3), (7, 0, c.counts[7]), (11, 2, 3)]
+    got = index.window_scores(text, windows)
+    from tcmgc_cli.model.tcmgc import VideoFeatures
+
+    for n, (v, a, b) in enumerate(windows):
+        slots = [c.frames[int(c.offsets[v]) + i].float() for i in range(a, b)]
+        slots += [c.pad] * (c.num_frames - len(slots))
+        frames = torch.stack(slots)[None]  # (1, T, D)
+        mask = torch.tensor([[i < b - a for i in range(c.num_frames)]])
+        with torch.no_grad():
+            video = model.encode_video(frames, mask)
+            want = model(text, VideoFeatures(frames, video.temporal, None, None))["logits"][:, 0]
+        np.testing.assert_allclose(got[:, n], want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_moments_inside_one_video(run: Path, sample_cache: Path) -> None:
+    result = search(run, sample_cache, "a red circle moves left", "--video", "video3", "--moments", "5", "--json")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    hits = json.loads(result.stdout)["results"]  # type: ignore[attr-defined]
+    assert [h["video_id"] for h in hits] == ["video3"] and 1 <= len(hits[0]["moments"]) <= 5
+    unknown = search(run, sample_cache, "a red circle", "--video", "nope")
+    assert unknown.exit_code == 2 and "not in the cache" in unknown.output  # type: ignore[attr-defined]
 
 
 QUERIES = ["a red circle moves left", "a blue square moves up", "a green triangle moves down", "a white square"]
@@ -173,7 +223,8 @@ def test_each_query_scores_its_own_shortlist_together_or_alone(index: SearchInde
 
     text, _ = index.encode_queries(QUERIES)
     with torch.no_grad():  # the independent side: the training path's direct LVA over every pair
-        direct = index.trained.model(text, VideoFeatures(index.frames, index.temporal, None, None))["logits"]
+        frames = all_inputs(index)[0]
+        direct = index.trained.model(text, VideoFeatures(frames, index.temporal.float(), None, None))["logits"]
     shared = torch.tensor([[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1]])  # one union of 3: scored in one pass
     apart = torch.arange(12).view(4, 3)  # a union of 12 > 2 x 3: scored query by query
     for shortlist in (shared, apart):
@@ -202,7 +253,7 @@ def test_queries_waiting_for_the_server_are_answered_in_one_pass(
     calls: list[tuple[list[str], int]] = []
     real = index.search
 
-    def spy(queries: list[str], top_k: int = 10, candidates: int = 500, per_video: int = 1) -> object:
+    def spy(queries: list[str], top_k: int = 10, candidates: int = 500, per_video: int = 1, *rest: object) -> object:
         calls.append((list(queries), top_k))
         return real(queries, top_k, candidates, per_video)
 
@@ -223,14 +274,14 @@ def test_queries_waiting_for_the_server_are_answered_in_one_pass(
 
 
 def test_kept_lva_tensors_score_as_those_computed_per_query(index: SearchIndex) -> None:
-    fresh = SearchIndex(index.ranker, index.entries)
+    fresh = SearchIndex(index.ranker, index.collection, temporal=index.temporal)
     text, _ = fresh.encode_queries(QUERIES)
     half = torch.arange(len(index) // 2)
     first = fresh.full_scores(text, half)
     assert fresh.lva is None  # half the collection's tensors computed: not yet worth keeping
     fresh.full_scores(text, half)
     assert fresh.lva is not None and len(fresh.lva.keys) == len(index)  # a whole collection's worth: kept
-    per_query = SearchIndex(index.ranker, index.entries, keep_bytes=0)
+    per_query = SearchIndex(index.ranker, index.collection, temporal=index.temporal, keep_bytes=0)
     every = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(fresh.full_scores(text, every), per_query.full_scores(text, every), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fresh.full_scores(text, half), first, rtol=1e-5, atol=1e-6)

@@ -36,14 +36,33 @@ def evaluate_command(
         Path | None, typer.Option(help="Write the (texts, videos) score matrix here (.npz with ids).")
     ] = None,
     skip_missing: SkipMissingOpt = False,
+    moments: Annotated[
+        Path | None,
+        typer.Option(
+            help="Moment retrieval instead: a JSONL file in QVHighlights' format (qid, query, vid, duration, "
+            "relevant_windows) over the videos of --cache. Prints R1@0.5/0.7 and mAP inside each query's video, and "
+            "the corpus figures (the right video's moment at the top, or in the first 10)."
+        ),
+    ] = None,
+    save_predictions: Annotated[
+        Path | None,
+        typer.Option(help="With --moments: write each query's predicted windows here (pred_relevant_windows)."),
+    ] = None,
+    scorer: Annotated[
+        str, typer.Option(help="With --moments: tcmgc (a checkpoint), clip (no training), or auto.")
+    ] = "auto",
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Score every text of a split against every video and print R@1/5/10, MdR and MnR in both directions.
 
-    Ranks count candidates scoring strictly higher than the ground truth; ties are reported, never split.
+    Ranks count candidates scoring strictly higher than the ground truth; ties are reported, never split. With
+    --moments, moment retrieval metrics of the field instead.
     """
     with handle_errors():
+        if moments is not None:
+            _moments(moments, checkpoint, cache, scorer, device, save_predictions, json_out)
+            return
         from tcmgc_cli.distributed import process_rank
         from tcmgc_cli.evaluate import evaluate
 
@@ -65,3 +84,20 @@ def evaluate_command(
         stdout.print(metrics_table(metrics, title=title))
         stdout.print(f"{metrics['pairs_per_s']:,.0f} text-video pairs/s; ties at the ground truth: "
                      f"t2v {metrics['t2v_tied']}, v2t {metrics['v2t_tied']}")  # fmt: skip
+
+
+def _moments(
+    path: Path, checkpoint: Path | None, cache: Path | None, scorer: str, device: str, save: Path | None, json_out: bool
+) -> None:
+    from rich.table import Table
+
+    from tcmgc_cli.metrics import MOMENT_KEYS
+    from tcmgc_cli.moments import evaluate_moments
+
+    metrics = evaluate_moments(path, checkpoint, cache=cache, scorer=scorer, device=device, save_predictions=save)
+    if json_out:
+        print_json(metrics)
+        return
+    table = Table(*MOMENT_KEYS, title=f"{path.name}: {metrics['num_queries']} queries ({metrics['scorer']} scorer)")
+    table.add_row(*(f"{metrics[k]:.1f}" for k in MOMENT_KEYS))
+    stdout.print(table)

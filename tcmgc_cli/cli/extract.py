@@ -13,9 +13,6 @@ if TYPE_CHECKING:
     from tcmgc_cli.extract import ExtractReport
 
 
-DEFAULT_CLIP_SECONDS = 15.0
-
-
 class Dataset(StrEnum):
     msrvtt = "msrvtt"
 
@@ -28,11 +25,6 @@ class Backend(StrEnum):
 class Padding(StrEnum):
     zero = "zero"
     repeat = "repeat"
-
-
-class Sampling(StrEnum):
-    uniform = "uniform"
-    fps = "fps"
 
 
 def extract_command(
@@ -57,24 +49,27 @@ def extract_command(
         ),
     ] = None,
     num_frames: Annotated[
-        int | None, typer.Option(help="Frames kept per video. Default: the model config's (12 for B/32).")
-    ] = None,
-    sampling: Annotated[
-        Sampling | None,
+        int | None,
         typer.Option(
-            help="uniform: frames spread over the whole video; fps: decode at --fps, then spread. Default: fps for "
-            "--dataset (the reference's 1 frame per second), uniform for --videos."
+            help="Frames the model takes per entry (T). Default: the model config's (12 for B/32, 8 for tiny)."
         ),
     ] = None,
-    fps: Annotated[float, typer.Option(help="Frames per second decoded with --sampling fps.")] = 1.0,
+    fps: Annotated[
+        float,
+        typer.Option(
+            help="Track rate: frames decoded and encoded per second of video, each once (the reference's 1 fps). "
+            "Search moments are this fine."
+        ),
+    ] = 1.0,
     padding: Annotated[
-        Padding | None,
+        Padding,
         typer.Option(
-            help="A video with fewer frames than the model takes: zero (the reference: its frames, then slots of the "
+            help="An entry with fewer frames than the model takes: zero (the reference: its frames, then slots of the "
             "image tower's output for an all-zero frame, masked in the temporal encoder) or repeat (its frames spread "
-            "over every slot). Default: zero for --dataset, repeat for --videos."
+            "over every slot)."
         ),
-    ] = None,
+    ] = Padding.zero,
+    sampling: Annotated[str | None, typer.Option(hidden=True, help="Gone: frames are a track at --fps.")] = None,
     batch_size: Annotated[int, typer.Option(help="Videos per encoder batch (and per cache segment).")] = 16,
     workers: Annotated[int, typer.Option(help="Decoder processes; 0 decodes in the main process.")] = 2,
     store_frames: Annotated[
@@ -91,16 +86,16 @@ def extract_command(
     clip_seconds: Annotated[
         float | None,
         typer.Option(
-            help="With --videos: a video longer than this many seconds is indexed as overlapping clips, so that "
-            "search finds the moment (MSR-VTT's clips, which the models learn from, are 10-30 s; 15 s holds the "
-            "12 frames of ViT-B/32 at 0.8 fps). 0 keeps one entry per video. Default: 15 for --videos; dataset runs "
-            "always keep one entry per video, as the benchmarks define them."
+            help="With --videos: the model scores windows of this many seconds of the track (search finds the best "
+            "ones, then the moment inside). Default: --num-frames frames (12 s for ViT-B/32 at 1 fps), the model's "
+            "input; a shorter video is one entry, zero-padded. 0 keeps one entry per video. Dataset runs always keep "
+            "one entry per video, the reference's input."
         ),
     ] = None,
     clip_stride: Annotated[
         float | None,
         typer.Option(
-            help="Seconds between the starts of consecutive clips (at most --clip-seconds). Default: half a clip."
+            help="Seconds between the starts of consecutive windows (at most --clip-seconds). Default: half a window."
         ),
     ] = None,
     verify: Annotated[
@@ -125,7 +120,10 @@ def extract_command(
             raise ConfigError(
                 "dataset runs keep one entry per video, as the benchmarks define them: drop --clip-seconds."
             )
-        window = clip_seconds if clip_seconds is not None else (0.0 if dataset is not None else DEFAULT_CLIP_SECONDS)
+        if sampling not in (None, "fps"):
+            raise ConfigError(
+                "--sampling is gone: each video is a track of frames at --fps (raise --fps for more frames)."
+            )
         with make_progress("videos", disable=json_out or process_rank() != 0) as progress:
             task = progress.add_task("extract", total=None, rate="")
 
@@ -134,11 +132,10 @@ def extract_command(
                 progress.update(task, completed=done, total=total, rate=f"{speed:.1f} videos/s" if speed else "")
 
             report = extract_folder(
-                folder, model, ids=ids, cache=cache, pretrained=pretrained, num_frames=num_frames,
-                sampling=(sampling or (Sampling.fps if dataset else Sampling.uniform)).value, fps=fps,
-                padding=(padding or (Padding.zero if dataset else Padding.repeat)).value, batch_size=batch_size, workers=workers, store_frames=store_frames, backend=backend.value,
-                device=device, precision=precision, verify=verify, on_progress=on_progress, clip_seconds=window,
-                clip_stride=clip_stride,
+                folder, model, ids=ids, cache=cache, pretrained=pretrained, num_frames=num_frames, fps=fps,
+                padding=padding.value, clip_seconds=0.0 if dataset is not None else clip_seconds,
+                clip_stride=clip_stride, batch_size=batch_size, workers=workers, store_frames=store_frames,
+                backend=backend.value, device=device, precision=precision, verify=verify, on_progress=on_progress,
             )  # fmt: skip
         if process_rank() != 0:
             return  # under torchrun, rank 0 reports for every process
@@ -177,10 +174,14 @@ def _render(report: "ExtractReport", json_out: bool) -> None:
     else:
         from rich.table import Table
 
-        table = Table("extracted", "already cached", "failed", "ignored files", "seconds", title=cache_path)
+        table = Table("extracted", "already cached", "failed", "ignored files", "frames encoded",
+                      "s of video / s", "seconds", title=cache_path)  # fmt: skip
         table.add_row(*map(str, (len(report.extracted), len(report.cached), len(report.failed))),
-                      str(len(report.ignored)), f"{report.wall_s:.1f}")  # fmt: skip
+                      str(len(report.ignored)), f"{report.frames:,}", f"{report.to_dict()['video_seconds_per_s']:.1f}",
+                      f"{report.wall_s:.1f}")  # fmt: skip
         stdout.print(table)
+        for p in report.partial[:20]:
+            stderr.print(f"Note: {p.video_id}: {p.reason}.", highlight=False, soft_wrap=True)
         if report.failed:
             fails = Table("id", "reason", title="failed (a rerun retries these)")
             for f in report.failed[:20]:

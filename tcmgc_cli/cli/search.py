@@ -43,8 +43,19 @@ def search_command(
         bool, typer.Option("--explain", help="Show which words attend to which frames (table and PNG).")
     ] = False,
     video: Annotated[
-        str | None, typer.Option(help="With --explain: the video to explain (default: the top hit).")
+        str | None,
+        typer.Option(
+            help="Look only inside this video (its id, as results name it): its best moments for the query, what a "
+            "person does with one long recording. With --explain: the video to explain (default: the top hit)."
+        ),
     ] = None,
+    moments: Annotated[
+        int,
+        typer.Option(
+            help="Moments listed per result, best first, never overlapping; 0: none (each result's span is "
+            "its best entry's), a little faster."
+        ),
+    ] = 3,
     explain_png: Annotated[
         Path | None, typer.Option(help="With --explain: where to write the PNG. Default: explain.png.")
     ] = None,
@@ -56,15 +67,15 @@ def search_command(
     """Search the cached videos: with a trained checkpoint, a coarse pass over the whole collection, then full
     TC-MGC on the best candidates; without one, CLIP's own similarity.
 
-    Each result is a video with its score, path, the time span the query attends to most (in the best clip of a long
-    video, in seconds from the video's start) and its best few clips as moments.
+    Each result is a video with its score, path and its best moments (start_sec, end_sec, score; at the track's
+    resolution, one second by default), the first of which is start_sec/end_sec.
     """
     with handle_errors():
         texts = _queries(query, queries)
         from tcmgc_cli.search import open_search
 
         index = open_search(checkpoint, cache, device, scorer, pretrained)
-        results, notes = index.search(texts, top_k, candidates, per_video)
+        results, notes = index.search(texts, top_k, candidates, per_video, video, moments)
         for note in notes:
             stderr.print(f"Note: {note}.")
         if index.scorer == "clip" and not json_out:
@@ -105,7 +116,7 @@ def _hits_table(query: str, hits: list[Any], scorer: str) -> Any:
         "rank", "video", "score", "moment (s)", "other moments (s)", "path", title=f"“{escape(query)}” ({how})"
     )
     for h in hits:
-        others = ", ".join(f"{m['start_sec']:.0f}–{m['end_sec']:.0f}" for m in h.moments[1:])
+        others = ", ".join(f"{m['start_sec']:.1f}–{m['end_sec']:.1f}" for m in h.moments[1:])
         table.add_row(str(h.rank), escape(h.video_id), f"{h.score:.3f}", f"{h.start_sec:.1f}–{h.end_sec:.1f}", others,
                       escape(h.path))  # fmt: skip
     return table

@@ -61,9 +61,7 @@ def serve_command(
         assert index.cache_path is not None
         cache_path = index.cache_path
         thumbs = Thumbnails([cache_path.with_name(cache_path.name + ".d") / "thumbs", workspace_dir() / "thumbs"])
-        stderr.print(
-            f"Serving {len(set(index.entries.videos))} videos ({index.scorer} scorer) at http://{host}:{port}/"
-        )
+        stderr.print(f"Serving {len(index.collection.videos)} videos ({index.scorer} scorer) at http://{host}:{port}/")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(1)  # one search per core beats every core on one small search
         uvicorn.run(

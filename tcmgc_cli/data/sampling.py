@@ -1,13 +1,18 @@
-"""Pure functions that choose which frames of a video to decode."""
+"""Pure functions over frame tracks: which frames a track holds, and which of them each scored entry takes.
+
+A video is cached once, as its track: the frames decoded at a fixed rate (`--fps`, 1 by default, the reference's
+rate). What the model scores are entries derived from a track:
+- a whole video (dataset runs): the reference's input, `entry_rows(n, T)`;
+- a window of consecutive track frames (own videos): `window_starts` lays the windows out, each one an entry.
+An entry is always T rows of the track (`-1` for a zero-padded slot), so every path builds the same inputs.
+"""
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from tcmgc_cli.config import SamplingConfig
+PAD = -1  # an entry slot that holds no frame of the track (zero padding, masked)
 
 
 def spread(count: int, num: int) -> list[int]:
@@ -23,45 +28,38 @@ def spread(count: int, num: int) -> list[int]:
 
 
 def fps_candidates(total_frames: int, video_fps: float, fps: float) -> list[int]:
-    """The first frame of every 1/fps-second slot, as the reference decodes at 1 fps."""
+    """The track of a video: the first frame of every 1/fps-second slot, as the reference decodes at 1 fps."""
     step = video_fps / fps if video_fps > 0 else 1.0
     if step <= 1:
         return list(range(total_frames))
     return [math.floor(k * step) for k in range(math.ceil(total_frames / step))]
 
 
-def sample_frame_indices(total_frames: int, video_fps: float, cfg: SamplingConfig) -> list[int]:
-    """Frame indices to decode, non-decreasing: `cfg.num_frames` of them, or, with zero padding, fewer when the
-    video has fewer candidates (the caller pads: method doc, section 2)."""
-    candidates = (
-        list(range(total_frames)) if cfg.strategy == "uniform" else fps_candidates(total_frames, video_fps, cfg.fps)
-    )
-    if cfg.padding == "zero" and len(candidates) <= cfg.num_frames:
-        return candidates
-    return [candidates[i] for i in spread(len(candidates), cfg.num_frames)]
+def entry_rows(count: int, num: int, padding: str = "zero") -> np.ndarray:
+    """Which of `count` track frames fill an entry's `num` slots (method doc, section 2): more frames than slots
+    take round-down(linspace); fewer keep all of them, then PAD slots ("zero") or spread them over every slot
+    ("repeat"). Returns (num,) int64."""
+    if count > num or (padding == "repeat" and count > 0):
+        return np.asarray(spread(count, num), dtype=np.int64)
+    return np.concatenate([np.arange(count), np.full(num - count, PAD)]).astype(np.int64)
 
 
-def clip_spans(duration: float, window: float, stride: float, slack: float = 0.02) -> list[tuple[float, float]]:
-    """Windows of `window` seconds every `stride` seconds over [0, duration], the last one ending at the end, so that
-    they cover the video without gaps (stride <= window). A video no longer than one window, or window 0, is one
-    span (0, duration). A last step longer than the stride by at most `slack` strides (and the overlap) adds no window
-    of its own: a duration a few hundredths of a second longer (decoders measure it differently) makes no near-copy."""
-    if window <= 0 or duration <= window:
-        return [(0.0, duration)]
+def window_starts(count: int, window: int, stride: int) -> list[int]:
+    """Starts of `window`-frame windows every `stride` frames over a track of `count` frames, the last one ending at
+    its end, so that they cover it without gaps. window 0, or a track no longer than one window: [0], the whole."""
+    if window <= 0 or count <= window:
+        return [0]
     if not 0 < stride <= window:
         raise ValueError(f"stride must be in (0, window], got stride={stride}, window={window}")
-    slack = min(slack, (window - stride) / stride) + 1e-9  # never more than the overlap can absorb: no gaps
-    count = max(1, math.ceil((duration - window) / stride - slack))  # windows that start before the last one
-    spans = [(k * stride, k * stride + window) for k in range(count)]
-    return [*spans, (duration - window, duration)]
+    return [*range(0, count - window, stride), count - window]
 
 
-def clip_frame_indices(frame_times: Sequence[float], start: float, end: float, num: int) -> list[int]:
-    """`num` frames of one clip: the frame shown at each of `num` evenly spaced times start + j (end - start) / num
-    (the last frame starting at or before that time). frame_times: every frame's start time, non-decreasing."""
-    times = np.asarray(frame_times, dtype=np.float64)
-    targets = start + (end - start) * np.arange(num) / num
-    return np.clip(np.searchsorted(times, targets + 1e-9, side="right") - 1, 0, len(times) - 1).tolist()  # type: ignore[no-any-return]
+def span_of(times: np.ndarray, duration: float, start: int, stop: int) -> tuple[float, float]:
+    """Seconds covered by track frames [start, stop): from the first frame's time to the next frame's (the video's
+    end after the last frame). times (n,) non-decreasing, the first frame at 0."""
+    begin = 0.0 if start == 0 else float(times[start])
+    end = float(times[stop]) if stop < len(times) else float(duration)
+    return begin, max(end, begin)
 
 
 def video_duration(frame_times: np.ndarray, fps: float) -> float:
@@ -73,19 +71,21 @@ def video_duration(frame_times: np.ndarray, fps: float) -> float:
     return float(frame_times[-1]) + step
 
 
-@dataclass
-class ClipPlan:
-    """Which frames of a video to decode: one clip over the whole video (the `sampling` of a whole video), or, for
-    a video longer than `window` seconds, overlapping clips every `stride` seconds of num_frames frames each."""
+def gather_rows(track: np.ndarray, rows: np.ndarray, pad: np.ndarray) -> np.ndarray:
+    """An entry's features: track (n, D) rows at `rows` (..., T), `pad` (D,) where a row is PAD -> (..., T, D)."""
+    out: np.ndarray = track[np.maximum(rows, 0)]
+    out[rows == PAD] = pad
+    return out
 
-    sampling: SamplingConfig
-    window: float = 0.0  # 0: one clip per video
-    stride: float = 0.0
-    spans: list[tuple[float, float]] = field(default_factory=list)  # filled by __call__: (start, end) seconds
 
-    def __call__(self, reader: Any) -> list[list[int]]:
-        """reader: has num_frames, fps and times (every frame's start, seconds) -> frame indices of each clip."""
-        self.spans = clip_spans(video_duration(reader.times, reader.fps), self.window, self.stride)
-        if len(self.spans) == 1:
-            return [sample_frame_indices(reader.num_frames, reader.fps, self.sampling)]
-        return [clip_frame_indices(reader.times, start, end, self.sampling.num_frames) for start, end in self.spans]
+def windows_of_lengths(lo: int, hi: int, lengths: Sequence[int], min_stride: int = 1) -> list[tuple[int, int]]:
+    """Candidate windows [a, b) inside frames [lo, hi): every length in `lengths` that fits, starting every
+    max(min_stride, length // 2) frames, the last one of each length ending at `hi`."""
+    out: list[tuple[int, int]] = []
+    for length in sorted(set(lengths)):
+        if length < 1 or length > hi - lo:
+            continue
+        step = max(min_stride, length // 2)
+        starts = [*range(lo, hi - length, step), hi - length]
+        out.extend((a, a + length) for a in dict.fromkeys(starts))
+    return out

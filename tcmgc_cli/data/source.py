@@ -30,7 +30,7 @@ class DataSource:
             raise CacheError(missing_message(missing, len(data.video_ids), cache.path))
         if missing:
             log.warning("Skipping %d videos without features (first: %s).", len(missing), ", ".join(missing[:3]))
-            data = data.restrict(set(cache.ids()))
+            data = data.restrict({v for v in data.video_ids if v in cache})
         if not data.captions:
             raise CacheError(f"{data.summary()}: nothing left to use.")
         log.info(data.summary())

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tcmgc_cli.data.sampling import video_duration
 from tcmgc_cli.errors import VideoDecodeError
 
 VIDEO_EXTENSIONS = frozenset(".mp4 .avi .mov .mkv .webm .mpg .mpeg .m4v .3gp .3g2 .wmv .flv .mts .ts .ogv".split())
@@ -198,7 +199,7 @@ def open_video(path: Path, backend: VideoBackend = VideoBackend.decord) -> Video
     return reader  # type: ignore[no-any-return]
 
 
-Plan = Callable[[VideoReader], list[list[int]]]  # frame indices of each clip to decode
+Choose = Callable[[VideoReader], list[int]]  # the frame indices to decode, non-decreasing
 
 
 def read_video(
@@ -206,54 +207,47 @@ def read_video(
     transform: Transform | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
     """Decode the frames that `choose(num_frames, fps)` picks: (T, H, W, 3) uint8 (or transformed), start times
-    (T,), indices. See `read_clips` for the fallback between backends."""
-    decoded = read_clips(path, lambda r: [choose(r.num_frames, r.fps)], backend, transform)
-    return decoded.clips[0].frames, decoded.clips[0].times, decoded.clips[0].indices
+    (T,), indices. Frames that do not decode are left out. See `read_frames` for the fallback between backends."""
+    got = read_frames(path, lambda r: choose(r.num_frames, r.fps), backend, transform)
+    return got.frames, got.times, got.indices
 
 
 @dataclass
-class ClipFrames:
-    number: int  # position in the plan
-    frames: np.ndarray  # (T, H, W, 3) uint8, or transformed
-    times: np.ndarray  # (T,) start seconds
-    indices: list[int]
+class DecodedFrames:
+    frames: np.ndarray  # (n, H, W, 3) uint8, or transformed: the chosen frames that decoded, in order
+    times: np.ndarray  # (n,) their start times, seconds
+    indices: list[int]  # (n,) their frame numbers
+    duration: float  # the video's length: the end of its last frame, seconds
+    dropped: int  # chosen frames that did not decode (left out)
 
 
-@dataclass
-class DecodedVideo:
-    times: np.ndarray  # (N,) every frame's start time
-    clips: list[ClipFrames]  # the clips of the plan whose frames all decoded
-    failed: list[int]  # the clips of the plan with a frame that did not decode
-
-
-def read_clips(
-    path: Path, plan: Plan, backend: VideoBackend = VideoBackend.decord, transform: Transform | None = None
-) -> DecodedVideo:
-    """The clips that `plan(reader)` lays out, each frame decoded once however many clips share it and shrunk by
-    `transform` a few frames at a time: memory does not grow with the length of the video at full resolution.
-    A clip with a frame that does not decode is left out and listed in `failed`.
+def read_frames(
+    path: Path, choose: Choose, backend: VideoBackend = VideoBackend.decord, transform: Transform | None = None
+) -> DecodedFrames:
+    """The frames that `choose(reader)` picks, each decoded once and shrunk by `transform` a few frames at a time:
+    memory does not grow with the video's length at full resolution. A frame that does not decode is left out
+    (the others keep their true times).
 
     decord first; when decord cannot open or decode the file (it fails on some frame sizes and codecs), PyAV.
-    When every backend fails, one VideoDecodeError says what each reported and how to fix the file.
+    When every backend fails, or no chosen frame decodes, one VideoDecodeError says what each reported and how to
+    fix the file.
     """
     _check_file(path)
     errors: list[str] = []
     for b in [backend, VideoBackend.pyav] if backend == VideoBackend.decord and has_decord() else [VideoBackend.pyav]:
         try:
             reader = open_video(path, b)
-            clips = plan(reader)
-            frames, times = reader.get_frames([i for clip in clips for i in clip], transform)
-            out, failed, start = [], [], 0
-            for number, clip in enumerate(clips):
-                span = slice(start, start + len(clip))
-                start += len(clip)
-                if reader.failed.intersection(clip):
-                    failed.append(number)
-                else:
-                    out.append(ClipFrames(number, frames[span], times[span], clip))
-            if not out:
-                raise VideoDecodeError(f"no clip decodes with {b.value}")
-            return DecodedVideo(reader.times, out, failed)
+            wanted = choose(reader)
+            if not wanted:
+                raise VideoDecodeError("no frame to decode at this rate")
+            frames, times = reader.get_frames(wanted, transform)
+            keep = [n for n, i in enumerate(wanted) if i not in reader.failed]
+            if not keep:
+                raise VideoDecodeError(f"no frame decodes with {b.value}")
+            duration = video_duration(reader.times, reader.fps)
+            return DecodedFrames(
+                frames[keep], times[keep], [wanted[n] for n in keep], duration, len(wanted) - len(keep)
+            )
         except VideoDecodeError as err:
             errors.append(str(err).removeprefix(f"{path.name}: "))
         except Exception as err:  # a decoder failing mid-stream (truncated or corrupt data)

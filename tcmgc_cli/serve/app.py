@@ -42,7 +42,7 @@ def create_app(index: SearchIndex, thumbnails: Thumbnails, parallel: int = 1, ma
         batcher.close()
 
     app = FastAPI(title="tcmgc", description="Text-to-video search with TC-MGC.", version="1", lifespan=lifespan)
-    paths = dict(zip(index.entries.videos, index.entries.paths, strict=True))  # video id -> file, from the cache
+    paths = dict(zip(index.collection.videos, index.collection.paths, strict=True))  # video id -> file, from the cache
 
     def video_path(video_id: str) -> Path:
         if video_id not in paths:

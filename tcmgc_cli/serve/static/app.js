@@ -52,7 +52,7 @@ function card(hit, query) {
   node.querySelector(".name").textContent = hit.video_id;
   node.querySelector(".span").textContent = `${seconds(hit.start_sec)} – ${seconds(hit.end_sec)}`;
   node.querySelector(".score").textContent = `score ${hit.score.toFixed(3)}`;
-  const others = hit.moments.slice(1).map((m) => `${m.start_sec.toFixed(0)}–${m.end_sec.toFixed(0)} s`);
+  const others = hit.moments.slice(1).map((m) => `${m.start_sec.toFixed(1)}–${m.end_sec.toFixed(1)} s`);
   node.querySelector(".moments").textContent = others.length ? `also ${others.join(", ")}` : "";
   const play = () => playMoment(node, hit);
   node.addEventListener("click", (e) => { if (!e.target.closest("button, video, .attention")) play(); });

@@ -1,4 +1,5 @@
-"""Long videos become overlapping clips: planning, decoding both backends, the cache's clip API, resume, bad input."""
+"""Videos become frame tracks, long ones scored as windows: decoding with both backends, the cache's track and entry
+API, resume, a changed source, moments in search, bad input."""
 
 import json
 import os
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from tcmgc_cli.cache import FeatureCache
 from tcmgc_cli.cli import app
-from tcmgc_cli.data.sampling import clip_frame_indices, clip_spans
+from tcmgc_cli.data.sampling import window_starts, windows_of_lengths
 from tests.helpers import write_video
 
 runner = CliRunner()
@@ -27,28 +28,24 @@ def long_video(path: Path, seconds: int = 40, fps: int = 2, size: int = 32) -> P
     return write_video(path, frames, fps=fps)
 
 
-def test_clip_spans_cover_the_video_without_gaps() -> None:
-    assert clip_spans(8.0, 15.0, 7.5) == [(0.0, 8.0)]  # shorter than a window: one clip
-    assert clip_spans(100.0, 0.0, 0.0) == [(0.0, 100.0)]  # window 0: whole video
-    cases = [(40.0, 10.0, 5.0), (37.3, 10.0, 5.0), (61.0, 15.0, 7.5), (30.0, 10.0, 10.0), (30.1, 10.0, 10.0),
-             (600.04, 15.0, 7.5), (20.1, 10.0, 9.9)]  # fmt: skip
-    for duration, window, stride in cases:
-        spans = clip_spans(duration, window, stride)
-        assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(duration)
-        assert all(b - a == pytest.approx(window) for a, b in spans)
-        assert all(nxt[0] <= cur[1] for cur, nxt in zip(spans, spans[1:], strict=False))  # no gaps
-        assert all(nxt[0] - cur[0] <= 1.02 * stride for cur, nxt in zip(spans, spans[1:], strict=False))
-    assert len(clip_spans(40.0, 10.0, 5.0)) == 7
-    # 600 s in 15 s windows every 7.5 s: 79, whether a decoder measures 600.00 s or 600.04 s
-    assert len(clip_spans(600.0, 15.0, 7.5)) == len(clip_spans(600.04, 15.0, 7.5)) == 79
-    assert len(clip_spans(600.5, 15.0, 7.5)) == 80  # half a second more is a window of its own
+def test_window_starts_cover_the_track_without_gaps() -> None:
+    assert window_starts(8, 12, 6) == [0]  # shorter than a window: one entry
+    assert window_starts(100, 0, 0) == [0]  # window 0: whole video
+    for count, window, stride in [(40, 10, 5), (37, 10, 5), (61, 15, 7), (30, 10, 10), (31, 10, 10), (600, 12, 6)]:
+        starts = window_starts(count, window, stride)
+        assert starts[0] == 0 and starts[-1] + window == count  # from the start to the end
+        assert all(b - a <= stride for a, b in zip(starts, starts[1:], strict=False))  # no gaps, stride at most
+        assert len(starts) == len(set(starts))
+    assert window_starts(40, 10, 5) == [0, 5, 10, 15, 20, 25, 30]
+    assert len(window_starts(600, 12, 6)) == 99
 
 
-def test_clip_frame_indices_against_a_loop() -> None:
-    times = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
-    got = clip_frame_indices(times, 1.0, 3.0, 4)  # targets 1.0, 1.5, 2.0, 2.5
-    want = [max(i for i, t in enumerate(times) if t <= target) for target in (1.0, 1.5, 2.0, 2.5)]
-    assert got == want == [2, 3, 4, 5]
+def test_candidate_windows_of_several_lengths() -> None:
+    got = windows_of_lengths(2, 10, [1, 4, 8, 16])
+    assert (2, 3) in got and (9, 10) in got and (2, 10) in got  # every frame alone, and the whole range
+    assert all(2 <= a < b <= 10 for a, b in got) and not any(b - a == 16 for a, b in got)
+    fours = [w for w in got if w[1] - w[0] == 4]
+    assert fours == [(2, 6), (4, 8), (6, 10)]  # every half length, the last one ending at the end
 
 
 @pytest.fixture
@@ -68,26 +65,29 @@ def extract(folder: Path, cache: Path, *extra: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
-def test_long_video_is_indexed_as_clips(long_dir: Path, tmp_path: Path, backend: str) -> None:
+def test_a_long_video_is_one_track_scored_as_windows(long_dir: Path, tmp_path: Path, backend: str) -> None:
     cache_path = tmp_path / f"{backend}.h5"
-    extract(long_dir, cache_path, "--backend", backend, "--store-frames")
+    report = extract(long_dir, cache_path, "--backend", backend, "--store-frames")
+    assert report["frames"] == 40 + 3 and report["frames_per_video_second"] == 1.0  # each frame encoded once
     cache = FeatureCache(cache_path)
     assert sorted(cache.videos()) == ["short", "walk"]
+    times, feats = cache.track("walk")
+    assert times.tolist() == [float(k) for k in range(40)] and feats.shape == (40, 32)  # 1 frame per second
     assert cache.clips("short") == [(0.0, 3.0)] and cache.clip_ids("short") == ["short"]
-    assert cache.embeddings("short").shape == (8, 32)  # a whole video keeps its id
+    assert cache.embeddings("short").shape == (8, 32)  # a short video is one entry, zero-padded
+    assert cache.frame_masks(["short"]).tolist() == [[True] * 3 + [False] * 5]
     spans = cache.clips("walk")
     assert spans == [(5.0 * k, 5.0 * k + 10.0) for k in range(7)]
     ids = cache.clip_ids("walk")
     assert ids == [f"walk@{k:04d}" for k in range(7)] and set(ids) <= set(cache.ids())
-    for (start, end), rid in zip(spans, ids, strict=True):
-        record = cache.record(rid, with_frames=True)
-        assert start <= record.timestamps.min() and record.timestamps.max() < end
-        assert record.frames is not None
-        for frame, t in zip(record.frames, record.timestamps, strict=True):  # the colour of its 10-second stretch
-            want = COLORS[int(t // 10) % len(COLORS)]
-            assert np.abs(frame[16, 16].astype(int) - want).max() <= 8, (rid, t)
-    with pytest.raises(KeyError, match="clip_ids"):
-        cache.embeddings("walk")
+    pixels = cache.track_pixels("walk")
+    for t, frame in zip(times, pixels, strict=True):  # the colour of its 10-second stretch
+        want = COLORS[int(t // 10) % len(COLORS)]
+        assert np.abs(frame[16, 16].astype(int) - want).max() <= 8, t
+    for (start, _), rid in zip(spans, ids, strict=True):  # a window's 10 frames, spread over the model's 8 slots
+        rows = [int(start) + i * 9 // 7 for i in range(8)]
+        np.testing.assert_array_equal(cache.embeddings(rid), feats[rows])
+        np.testing.assert_array_equal(cache.frames(rid), pixels[rows])
 
 
 def test_rerun_skips_and_a_shorter_new_version_replaces_every_clip(long_dir: Path, tmp_path: Path) -> None:
@@ -102,6 +102,7 @@ def test_rerun_skips_and_a_shorter_new_version_replaces_every_clip(long_dir: Pat
     cache = FeatureCache(cache_path)
     assert cache.clips("walk") == [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0)]
     assert not [i for i in cache.ids() if i.startswith("walk@0003")]  # the old version's later clips are gone
+    assert len(cache.track("walk")[0]) == 20
 
 
 def test_bad_clip_options(long_dir: Path, tmp_path: Path) -> None:
@@ -116,14 +117,18 @@ def test_bad_clip_options(long_dir: Path, tmp_path: Path) -> None:
         app, [*base, "--dataset", "msrvtt", "--data-root", str(SAMPLE_MSRVTT), "--clip-seconds", "5"]
     )
     assert dataset.exit_code == 2 and "one entry per video" in dataset.output
+    for fps in ("0", "-1"):
+        bad = runner.invoke(app, [*base, "--videos", str(long_dir), "--fps", fps])
+        assert bad.exit_code == 2 and "--fps must be more than 0" in bad.output
+    gone = runner.invoke(app, [*base, "--videos", str(long_dir), "--sampling", "uniform"])
+    assert gone.exit_code == 2 and "track of frames at --fps" in gone.output
 
 
-def test_a_clip_that_fails_to_decode_is_left_out_and_the_others_kept(
+def test_a_frame_that_fails_to_decode_is_left_out_and_the_others_kept(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from tcmgc_cli.config import SamplingConfig
     from tcmgc_cli.data import video as video_module
-    from tcmgc_cli.data.sampling import ClipPlan
+    from tcmgc_cli.data.sampling import fps_candidates
 
     class DamagedInTheMiddle:
         """40 s at 2 fps whose frames 30-33 (15-17 s) do not decode."""
@@ -139,10 +144,11 @@ def test_a_clip_that_fails_to_decode_is_left_out_and_the_others_kept(
     path = tmp_path / "v.mp4"
     path.write_bytes(b"x")
     monkeypatch.setattr(video_module, "open_video", lambda p, b: DamagedInTheMiddle())
-    plan = ClipPlan(SamplingConfig(4), 10.0, 5.0)
-    decoded = video_module.read_clips(path, plan, video_module.VideoBackend.pyav)
-    assert decoded.failed == [2, 3]  # 10-20 s and 15-25 s hold frames 30-33
-    assert [c.number for c in decoded.clips] == [0, 1, 4, 5, 6]
+    got = video_module.read_frames(
+        path, lambda r: fps_candidates(r.num_frames, r.fps, 1.0), video_module.VideoBackend.pyav
+    )
+    assert got.dropped == 2 and got.indices == [i for i in range(0, 80, 2) if not 30 <= i <= 33]
+    assert 15.0 not in got.times.tolist() and 18.0 in got.times.tolist() and got.duration == 40.0
 
 
 def search_json(*args: str) -> dict[str, object]:
@@ -152,26 +158,65 @@ def search_json(*args: str) -> dict[str, object]:
 
 
 def test_search_without_a_checkpoint_returns_videos_with_their_moments(long_dir: Path, tmp_path: Path) -> None:
-    """No trained run in the workspace: CLIP's own similarity, one result per video, moments from its clips."""
+    """No trained run in the workspace: CLIP's own similarity, one result per video, moments at the track's
+    resolution, each scored as CLIP scores a window: the sentence against the mean of its frames."""
+    import torch
+
+    from tcmgc_cli.search import open_search
     from tcmgc_cli.workspace import default_cache_path
 
     extract(long_dir, default_cache_path("tcmgc-tiny"))
-    line = search_json("a yellow square", "--top-k", "5")
+    line = search_json("a yellow square", "--top-k", "5", "--moments", "4")
     assert line["scorer"] == "clip"
     hits = line["results"]
     assert isinstance(hits, list) and sorted(h["video_id"] for h in hits) == ["short", "walk"]  # one each
     walk = next(h for h in hits if h["video_id"] == "walk")
-    spans = FeatureCache(default_cache_path("tcmgc-tiny")).clips("walk")
-    assert len(walk["moments"]) == 3 and walk["moments"][0]["score"] == walk["score"]
-    assert all(a["score"] >= b["score"] for a, b in zip(walk["moments"], walk["moments"][1:], strict=False))
-    assert all(
-        (m["start_sec"], m["end_sec"]) in [(round(a, 3), round(b, 3)) for a, b in spans] for m in walk["moments"]
-    )
-    best = walk["moments"][0]
-    assert best["start_sec"] <= walk["start_sec"] < walk["end_sec"] <= best["end_sec"]  # absolute, inside the clip
+    moments = walk["moments"]
+    assert 1 <= len(moments) <= 4
+    assert (walk["start_sec"], walk["end_sec"]) == (moments[0]["start_sec"], moments[0]["end_sec"])
+    assert all(a["score"] >= b["score"] for a, b in zip(moments, moments[1:], strict=False))
+    spans = sorted((m["start_sec"], m["end_sec"]) for m in moments)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # never overlapping
+    assert all(s == int(s) and 0 <= s < e <= 40 for s, e in spans)  # whole track frames: seconds at 1 fps
+    index = open_search(cache=default_cache_path("tcmgc-tiny"), scorer="clip")
+    text, _ = index.encode_queries(["a yellow square"])
+    sentence = torch.nn.functional.normalize(text.sentence[0], dim=0)
+    _, feats = FeatureCache(default_cache_path("tcmgc-tiny")).track("walk")
+    for m in moments:  # the oracle: cosine of the sentence with the mean of the window's frames
+        mean = torch.from_numpy(feats[int(m["start_sec"]) : int(m["end_sec"])]).mean(0)
+        assert m["score"] == pytest.approx(float(sentence @ torch.nn.functional.normalize(mean, dim=0)), abs=2e-3)
     assert walk["entry"].startswith("walk@")
     several = search_json("a yellow square", "--top-k", "5", "--per-video", "3")["results"]
     assert isinstance(several, list) and [h["video_id"] for h in several].count("walk") == 3
+    inside = search_json("a yellow square", "--video", "walk")["results"]
+    assert isinstance(inside, list) and [h["video_id"] for h in inside] == ["walk"]
+
+
+def test_a_planted_moment_is_found_to_the_second(tmp_path: Path) -> None:
+    """A 60-second track whose frames 21-24 are the query's own direction and all others random directions: the
+    best moment lies inside 21-25 s, found among windows of every length around the best entry."""
+    import torch
+
+    from tcmgc_cli.cache import add_tracks
+    from tcmgc_cli.search import open_search
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    write_video(folder / "seed.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=2)
+    cache = tmp_path / "c.h5"
+    extract(folder, cache)
+    index = open_search(cache=cache, scorer="clip")
+    text, _ = index.encode_queries(["a red circle moves left"])
+    t = torch.nn.functional.normalize(text.sentence[0], dim=0).numpy()
+    others = np.random.default_rng(0).standard_normal((60, len(t))).astype(np.float32)
+    others /= np.linalg.norm(others, axis=1, keepdims=True)
+    feats = np.where((np.arange(60)[:, None] >= 21) & (np.arange(60)[:, None] < 25), t, others)
+    add_tracks(cache, [("planted", np.arange(60.0), feats, "planted.mp4")])
+    index = open_search(cache=cache, scorer="clip")
+    hit = index.search(["a red circle moves left"], video="planted")[0][0][0]
+    assert 21.0 <= hit.start_sec < hit.end_sec <= 25.0 and hit.end_sec - hit.start_sec >= 2
+    top = index.search(["a red circle moves left"], top_k=1)[0][0][0]
+    assert top.video_id == "planted" and 21.0 <= top.start_sec < top.end_sec <= 25.0
 
 
 def test_clip_scorer_equals_open_clips_own_similarity(long_dir: Path, tmp_path: Path) -> None:
@@ -187,13 +232,15 @@ def test_clip_scorer_equals_open_clips_own_similarity(long_dir: Path, tmp_path: 
     index = open_search(cache=cache, scorer="clip")
     query = "a blue square moves"
     got = {h.entry: h.score for h in index.search([query], top_k=10, per_video=20)[0][0]}
+    assert len(got) == 8  # short, and the seven windows of walk
     model, _ = load_clip("tcmgc-clip-tiny", None)
     tokens = open_clip.get_tokenizer("tcmgc-clip-tiny")([query])
     with torch.no_grad():
         text = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)[0]
     features = FeatureCache(cache)
     for entry, score in got.items():
-        video = torch.nn.functional.normalize(torch.from_numpy(features.embeddings(entry)).mean(0), dim=0)
+        real = features.frame_masks([entry])[0]  # the mean of the real frames: zero-padded slots left out
+        video = torch.nn.functional.normalize(torch.from_numpy(features.embeddings(entry)[real]).mean(0), dim=0)
         assert score == pytest.approx(float(text @ video), abs=2e-3)  # the index keeps frames in float16
 
 
@@ -240,7 +287,10 @@ def test_a_container_that_misreports_its_duration_is_clipped_by_its_frames(tmp_p
     extract(folder, cache, "--backend", backend)
     spans = FeatureCache(cache).clips("cut")
     assert spans[0][0] == 0.0 and 15.0 <= spans[-1][1] <= 25.0  # about half of the 40 s decodes
-    assert all(b - a == pytest.approx(10.0) for a, b in spans)
+    assert (
+        all(b - a == pytest.approx(10.0) for a, b in spans[:-1])
+        and 15 <= len(FeatureCache(cache).track("cut")[0]) <= 25
+    )
 
 
 def test_a_machine_without_decord_decodes_with_pyav(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -293,11 +343,11 @@ class _NoRateContainer:
 def test_a_stream_that_reports_zero_fps_is_read_by_its_timestamps(
     long_dir: Path, tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same clips, frames and embeddings as with its real rate, for whole-video sampling at 1 fps and for clips."""
+    """Same track, windows, frames and embeddings as with its real rate."""
     import av
     import decord
 
-    args = ("--backend", backend, "--store-frames", "--sampling", "fps", "--padding", "zero")
+    args = ("--backend", backend, "--store-frames")
     extract(long_dir, tmp_path / "rate.h5", *args)
     if backend == "decord":
         monkeypatch.setattr(decord.VideoReader, "get_avg_fps", lambda self: 0.0)
@@ -309,6 +359,7 @@ def test_a_stream_that_reports_zero_fps_is_read_by_its_timestamps(
     assert zero.ids() == rate.ids() and len(zero.clips("walk")) == 7
     for video in ("short", "walk"):
         assert zero.clips(video) == rate.clips(video)
+        np.testing.assert_array_equal(zero.track(video)[0], rate.track(video)[0])
     for entry in rate.ids():
         np.testing.assert_array_equal(zero.frames(entry), rate.frames(entry))
         np.testing.assert_array_equal(zero.embeddings(entry), rate.embeddings(entry))
