@@ -34,9 +34,10 @@ import torch  # noqa: E402
 from _common import LogitScaleOnly  # noqa: E402
 
 from tcmgc_cli.config import ModelConfig  # noqa: E402
+from tcmgc_cli.index_store import Loaded, Stack, coarse_vectors  # noqa: E402
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures  # noqa: E402
 from tcmgc_cli.ranking import TcmgcRanker  # noqa: E402
-from tcmgc_cli.search import Collection, SearchIndex  # noqa: E402
+from tcmgc_cli.search import SearchIndex  # noqa: E402
 
 D, T, L = 512, 12, 32
 
@@ -58,21 +59,24 @@ def make_index(model: TcmgcModel, n: int, seed: int = 0, encode: bool = True) ->
             if encode
             else frames
         )
-    return SearchIndex(TcmgcRanker(_Trained(model)), collection(frames), temporal=temporal.half())  # type: ignore[arg-type]
+    return SearchIndex(TcmgcRanker(_Trained(model)), loaded(frames, temporal), T, "zero")  # type: ignore[arg-type]
 
 
-def collection(frames: torch.Tensor) -> Collection:
-    """Each video a track of T frames at 1 fps, scored whole (frames (V, T, D))."""
+def loaded(frames: torch.Tensor, temporal: torch.Tensor) -> Loaded:
+    """An index's contents held in memory: each video a track of T frames at 1 fps, scored whole (V, T, D)."""
     n = len(frames)
     ids = [f"v{i}" for i in range(n)]
-    starts = np.zeros(n, dtype=np.int64)
-    return Collection(ids, [""] * n, np.full(n, float(T)), np.arange(n) * T, np.full(n, T), np.tile(np.arange(T, dtype=np.float64), n),
-                      frames.reshape(-1, D).half(), torch.zeros(D), ids, np.arange(n), starts, starts + T, T, "zero")  # fmt: skip
+    first = np.zeros(n, dtype=np.int64)
+    coarse = coarse_vectors(temporal, torch.ones(n, T, dtype=torch.bool), whole=True)
+    return Loaded(ids, [""] * n, np.full(n, float(T)), np.arange(n) * T, np.full(n, T),
+                  np.tile(np.arange(T, dtype=np.float64), n), Stack([frames.reshape(-1, D).half().numpy()]),
+                  np.zeros(D, np.float32), ids, np.arange(n), first, first + T, np.arange(n), coarse,
+                  Stack([temporal.half().numpy()]))  # fmt: skip
 
 
 def frames_of(index: SearchIndex, entries: torch.Tensor) -> torch.Tensor:
     """(n, T, D) the frames of whole-video entries."""
-    return index.collection.frames.view(-1, T, D)[entries].float()
+    return index.collection.entry_inputs(entries)[0]
 
 
 def make_queries(index: SearchIndex, q: int, seed: int = 1) -> TextFeatures:
@@ -157,7 +161,7 @@ def main() -> None:
     for n in (10_000, 100_000):
         # a fresh index over the same entries: the agreement's exhaustive scoring made `small` keep LVA's tensors
         if n == 10_000:
-            index = SearchIndex(small.ranker, small.collection, temporal=small.temporal)
+            index = small.fresh()
         else:
             index = make_index(model, n, encode=False)
         c, text = 500, make_queries(index, 10, seed=2)
@@ -167,7 +171,7 @@ def main() -> None:
             f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query (the first queries; results without moments)", flush=True
         )
         if n == 10_000:  # what moments add: the same queries with each result's 3 best moments
-            fresh = SearchIndex(small.ranker, small.collection, temporal=small.temporal)
+            fresh = small.fresh()
             with_moments = latency(fresh, text, c, moments=3)
             results["latency_ms"][f"{n}_C{c}_moments"] = round(with_moments, 1)
             results["moments_ms_per_query"] = round(with_moments - ms, 1)

@@ -4,12 +4,14 @@ Layout. A cache is a root file `X.h5`, written once, with the settings (schema, 
 fingerprint, track rate, entry rule, image size) and the padding feature, plus a folder `X.h5.d/` of immutable
 segment files, each holding the frame tracks of some videos:
 
-    videos/ids (n,) str | videos/paths | videos/sizes i8 | videos/mtimes i8 | videos/sha1 str
+    videos/ids (n,) str | videos/uids str | videos/paths | videos/sizes i8 | videos/mtimes i8 | videos/sha1 str
     videos/durations f8 | videos/offsets i8 | videos/counts i8      video v's frames are rows offset..offset+count
     frames/features (F, D) f4 | frames/times (F,) f8 | frames/indices (F,) i8 | [frames/pixels (F, S, S, 3) u1]
     removed (m,) str                                                videos this segment deletes from older ones
 
-A track is a video's frames decoded at the cache's rate (`--fps`), each encoded once. Segments are ordered by name
+A track is a video's frames decoded at the cache's rate (`--fps`), each encoded once; its uid names it for good
+(the segment it was first written to, and its row there), through merges, so that search indexes reuse what they
+computed for it. Segments are ordered by name
 (`seg-<ns>-<pid>-<generation>.h5`): a later segment's track of a video replaces the older ones, and its `removed`
 list deletes videos from older segments. What the model scores are entries derived from the tracks when read
 (`data/sampling.py`): a whole video (the reference's input) or windows of consecutive frames; the cache never
@@ -58,8 +60,8 @@ IN_MEMORY_BYTES = 256 << 20  # files up to this size are built in memory, then w
 _STR = h5py.string_dtype("utf-8")
 _SEGMENT = re.compile(r"^seg-(\d+)-(\d+)-(\d+)\.h5$")
 VIDEO_COLUMNS: dict[str, Any] = {  # the per-video table: name -> dtype
-    "ids": _STR, "paths": _STR, "sizes": np.int64, "mtimes": np.int64, "sha1": _STR, "durations": np.float64,
-    "offsets": np.int64, "counts": np.int64,
+    "ids": _STR, "uids": _STR, "paths": _STR, "sizes": np.int64, "mtimes": np.int64, "sha1": _STR,
+    "durations": np.float64, "offsets": np.int64, "counts": np.int64,
 }  # fmt: skip
 
 
@@ -199,11 +201,12 @@ def _frame_shapes(dim: int, image_size: int, store_frames: bool) -> dict[str, tu
 
 
 def _write_tracks(
-    f: h5py.File, tracks: Sequence[Track], removed: Sequence[str], settings: CacheSettings, dim: int
+    f: h5py.File, tracks: Sequence[Track], removed: Sequence[str], settings: CacheSettings, dim: int, stem: str
 ) -> None:
     counts = np.array([len(t.times) for t in tracks], dtype=np.int64)
     table = {
-        "ids": [t.video_id for t in tracks], "paths": [t.path for t in tracks],
+        "ids": [t.video_id for t in tracks], "uids": [f"{stem}:{i}" for i in range(len(tracks))],
+        "paths": [t.path for t in tracks],
         "sizes": [t.size for t in tracks], "mtimes": [t.mtime_ns for t in tracks], "sha1": [t.sha1 for t in tracks],
         "durations": [t.duration for t in tracks], "offsets": np.cumsum(counts) - counts, "counts": counts,
     }  # fmt: skip
@@ -246,6 +249,18 @@ class _Segment:
     table: dict[str, np.ndarray]  # VIDEO_COLUMNS -> (n,)
     removed: list[str]
     row_of: dict[str, int]
+
+
+def _read_segment(f: h5py.File, path: Path) -> _Segment:
+    try:
+        table = {name: (f[f"videos/{name}"].asstr()[:] if dtype is _STR else f[f"videos/{name}"][:])
+                 for name, dtype in VIDEO_COLUMNS.items()}  # fmt: skip
+        removed = list(f["removed"].asstr()[:])
+    except KeyError:
+        raise CacheError(f"segment {path} lacks a table this tcmgc reads: it is damaged or was written by another "
+                         "version. Move the cache away and extract again.") from None  # fmt: skip
+    ids = [str(v) for v in table["ids"]]
+    return _Segment(path, table, removed, dict(zip(ids, range(len(ids)), strict=True)))
 
 
 def _resolve(segments: Sequence[_Segment]) -> dict[str, tuple[int, int]]:
@@ -334,12 +349,7 @@ class FeatureCache:
                 f = self._file(path)
                 if (theirs := _read_settings(f, path)) != settings:
                     raise CacheError(f"segment {path} was written with other settings ({theirs.mismatch(settings)}).")
-                table = {name: (f[f"videos/{name}"].asstr()[:] if dtype is _STR else f[f"videos/{name}"][:])
-                         for name, dtype in VIDEO_COLUMNS.items()}  # fmt: skip
-                ids = [str(v) for v in table["ids"]]
-                segments.append(
-                    _Segment(path, table, list(f["removed"].asstr()[:]), dict(zip(ids, range(len(ids)), strict=True)))
-                )
+                segments.append(_read_segment(f, path))
             self._segments, self._live = segments, _resolve(segments)
         return self._segments
 
@@ -354,11 +364,23 @@ class FeatureCache:
         seg, row = self._video(video_id)
         return seg.table[name][row]
 
+    def live_by_segment(self) -> list[tuple[Path, list[str]]]:
+        """Each live segment with its live videos (in the segment's order): what a search index part covers."""
+        segments = self._load()
+        mine: list[list[tuple[int, str]]] = [[] for _ in segments]
+        for video, (pos, row) in self._live.items():
+            mine[pos].append((row, video))
+        return [(seg.path, [v for _, v in sorted(rows)]) for seg, rows in zip(segments, mine, strict=True)]
+
     # -- videos --
     def videos(self) -> list[str]:
         """The source videos, each once, in the order they were extracted."""
         self._load()
         return list(self._live)
+
+    def uid(self, video_id: str) -> str:
+        """The uid of a video's track: it changes when the video is extracted again, never otherwise."""
+        return str(self._value(video_id, "uids"))
 
     def num_frames_of(self, video_id: str) -> int:
         """Frames in a video's track."""
@@ -636,10 +658,11 @@ class CacheWriter:
         """Write `tracks` (and deletions of older videos) as one new segment, atomically."""
         for t in tracks:
             _check_track(t, self.dim, self.settings.store_frames)
-        target = self.folder / f"seg-{time.time_ns():020d}-{os.getpid()}-00.h5"
+        stem = f"seg-{time.time_ns():020d}-{os.getpid()}"
+        target = self.folder / f"{stem}-00.h5"
         with _atomic_h5(target) as f:
             _write_attrs(f, self.settings, frames=sum(len(t.times) for t in tracks))
-            _write_tracks(f, tracks, removed, self.settings, self.dim)
+            _write_tracks(f, tracks, removed, self.settings, self.dim, stem)
         return target
 
     def compact(self, full: bool = False) -> int:

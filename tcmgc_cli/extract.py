@@ -73,6 +73,7 @@ class ExtractReport:
     failed: list[Failure] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # files in the folder that are not videos
     partial: list[Failure] = field(default_factory=list)  # extracted, but some frames of the track did not decode
+    pruned: list[str] = field(default_factory=list)  # videos removed because their files are gone (--prune)
     entries: int = 0  # entries the extracted videos give the model: one per video, or one per window
     frames: int = 0  # track frames decoded and encoded (each once)
     video_seconds: float = 0.0  # seconds of video extracted
@@ -89,6 +90,7 @@ class ExtractReport:
             "failed": [f.to_dict() for f in self.failed],
             "ignored": self.ignored,
             "partial": [f.to_dict() for f in self.partial],
+            "pruned": self.pruned,
             "entries": self.entries,
             "frames": self.frames,
             "video_seconds": round(self.video_seconds, 3),
@@ -253,6 +255,7 @@ def _skip_plan(
     cache = FeatureCache(cache_path)
     try:
         stamps = cache.source_stamps() if cache.settings.mismatch(settings) is None else {}
+        paths = {v: cache.video_path(v) for v in stamps}
         if verify and stamps:
             for vid in cache.verify([j.video_id for j in jobs if j.video_id in stamps]):
                 del stamps[vid]
@@ -263,10 +266,10 @@ def _skip_plan(
     for job in jobs:
         stamp = stamps.get(job.video_id)
         st = job.path.stat()
-        if stamp and stamp[:2] == (st.st_size, st.st_mtime_ns):
+        if stamp and stamp[:2] == (st.st_size, st.st_mtime_ns) and paths[job.video_id] == str(job.path.resolve()):
             cached.append(job.video_id)
-        else:
-            todo.append((job, stamp[2] if stamp else None))
+        else:  # changed, or moved (extracted again, so that the cache knows where it is now)
+            todo.append((job, stamp[2] if stamp and paths[job.video_id] == str(job.path.resolve()) else None))
     return todo, cached
 
 
@@ -311,7 +314,7 @@ def extract_folder(
     pretrained: str | None = None, num_frames: int | None = None, fps: float = 1.0, padding: str = "zero",
     clip_seconds: float | None = None, clip_stride: float | None = None, batch_size: int = 16, workers: int = 2,
     store_frames: bool = False, backend: str = "decord", device: str = "auto", precision: str = "fp32",
-    verify: bool = False, on_progress: Callable[[int, int], None] | None = None,
+    verify: bool = False, on_progress: Callable[[int, int], None] | None = None, prune: bool = False,
 ) -> ExtractReport:  # fmt: skip
     """Extract every video under `videos` (or only `ids`) with `model`'s image tower into `cache` (default: the
     workspace's cache for `model`, where later commands look). Resumable, like `tcmgc extract`.
@@ -319,7 +322,8 @@ def extract_folder(
     Each video is stored as its track: frames at `fps`, each encoded once. The model scores windows of
     `clip_seconds` (default: the model's num_frames frames, 12 s for ViT-B/32 at 1 fps) every `clip_stride` seconds
     (default: half a window); a shorter video is one entry, zero-padded. clip_seconds 0: one entry per video, the
-    reference's input (what dataset runs use).
+    reference's input (what dataset runs use). prune: then remove the cached videos whose files under `videos` are
+    gone (see `prune_folder`).
 
         report = extract_folder(Path("my_videos"), "tcmgc-b32", pretrained="ViT-B-32.pt")
         report.extracted, report.failed, report.cache
@@ -336,14 +340,58 @@ def extract_folder(
     jobs, pre_failed, ignored = plan_jobs(videos, ids)
     if not jobs and not pre_failed:
         raise ConfigError(f"no video files found in {videos}.")
+    path = cache or default_cache_path(model)
+    gone = files_gone(path, videos) if prune else []  # decided before anything is written: a refusal keeps all
     weights = entry["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
     encoder = FrameEncoder.load(entry["clip"], weights, device, precision)
     settings = CacheSettings(model, encoder.fingerprint, encoder.preprocess.size, rule.to_dict(), store_frames)
-    path = cache or default_cache_path(model)
     report = extract(jobs, path, encoder, settings, backend=VideoBackend(backend), workers=workers,
                      batch_size=batch_size, on_progress=on_progress, pre_failed=pre_failed, verify=verify)  # fmt: skip
     report.ignored, report.cache = ignored, str(path)
+    if gone:
+        report.pruned = remove_videos(path, gone)
     return report
+
+
+def files_gone(cache_path: Path, folder: Path) -> list[str]:
+    """The cached videos extracted from under `folder` whose files are no longer there (by id). Refuses when the
+    folder is missing or holds none of the cache's videos from it (an unmounted drive must never empty a library)."""
+    from tcmgc_cli.errors import ConfigError
+
+    if not folder.is_dir():
+        raise ConfigError(f"--prune: {folder} is missing; nothing was removed. Mount or restore it, then rerun.")
+    if not cache_path.exists():
+        return []
+    cache = FeatureCache(cache_path)
+    try:
+        root = folder.resolve()
+        mine = [v for v in cache.videos() if Path(cache.video_path(v)).is_relative_to(root)]
+    finally:
+        cache.close()
+    found = scan_folder(folder)[0]
+    gone = [v for v in mine if v not in found]
+    if mine and len(gone) == len(mine):
+        raise ConfigError(f"--prune: {folder} holds none of the {len(mine)} videos the cache has from it; nothing was "
+                          "removed. Is the drive mounted? Run without --prune, or check the folder.")  # fmt: skip
+    return gone
+
+
+def remove_videos(cache_path: Path, videos: list[str]) -> list[str]:
+    """Delete videos from a cache (one atomic segment that removes them); returns those that were there."""
+    cache = FeatureCache(cache_path)
+    try:
+        known = set(cache.videos())
+        settings, there = cache.settings, [v for v in videos if v in known]
+    finally:
+        cache.close()
+    if there:
+        writer = CacheWriter(cache_path, settings)
+        try:
+            writer.add([], removed=there)
+            writer.compact()
+        finally:
+            writer.close()
+    return there
 
 
 def merge_reports(reports: list[ExtractReport]) -> ExtractReport:

@@ -22,6 +22,7 @@ class Ranker(Protocol):
 
     name: str  # "tcmgc" or "clip"
     tokenizer: Tokenizer
+    keeps_temporal: bool  # whether `temporal` computes something (kept in the index) or returns the frames
 
     @property
     def device(self) -> torch.device: ...
@@ -55,6 +56,7 @@ class Ranker(Protocol):
 
 class TcmgcRanker:
     name = "tcmgc"
+    keeps_temporal = True
 
     def __init__(self, trained: Trained) -> None:
         self.trained, self.tokenizer = trained, trained.tokenizer
@@ -117,6 +119,7 @@ class ClipRanker:
     """CLIP's own similarity: sentence . normalized mean of the frames; moments from sentence . each frame."""
 
     name = "clip"
+    keeps_temporal = False
 
     def __init__(self, text: TextEncoder, sharpness: float = 100.0) -> None:
         self.text, self.tokenizer, self.sharpness = text, text.tokenizer, sharpness

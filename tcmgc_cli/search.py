@@ -18,8 +18,10 @@ sentence with the frames inside minus outside, the training-free TFVTG score) pi
 in full (MOMENT_BUDGET windows per query in all).
 """
 
-import hashlib
+import functools
+import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,17 +30,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tcmgc_cli.cache import FeatureCache, segment_dir
-from tcmgc_cli.checkpoint import Trained, find_checkpoint, load_verified, save_verified
+from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.checkpoint import Trained, find_checkpoint
 from tcmgc_cli.data.sampling import PAD, entry_rows, span_of, windows_of_lengths
 from tcmgc_cli.errors import CheckpointError, ConfigError, NumericsError
+from tcmgc_cli.index_store import Loaded, Stack, index_folders, prune_indexes, sync_parts, writable_folder
 from tcmgc_cli.model.attention import LvaVideo
 from tcmgc_cli.model.encoder import TextEncoder
 from tcmgc_cli.model.tcmgc import TextFeatures
 from tcmgc_cli.ranking import ClipRanker, Ranker, TcmgcRanker
 
 MOMENT_LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # candidate moment lengths, in track frames
-MOMENT_BUDGET = 32  # candidate windows per query that the ranker scores in full (the rest only cheaply)
+MOMENT_BUDGET = 24  # candidate windows per query that the ranker scores in full (the rest only cheaply)
 MOMENTS = 3  # moments listed per result
 KEEP_LVA_BYTES = 512 << 20  # LVA's per-entry tensors are kept up to this size: 10,000 entries at ViT-B/32 sizes
 
@@ -63,15 +66,16 @@ class Hit:
 
 @dataclass
 class Collection:
-    """The cache's videos and entries as a search reads them: V videos, F track frames, E entries of T slots, D."""
+    """The cache's videos and entries as a search reads them: V videos, F track frames (memory-mapped), E entries
+    of T slots, D dims."""
 
     videos: list[str]
     paths: list[str]
     durations: np.ndarray  # (V,) seconds
-    offsets: np.ndarray  # (V,) int64 first track row of each video
+    offsets: np.ndarray  # (V,) int64 first row of each video in `frames`
     counts: np.ndarray  # (V,) int64 track frames of each video
     times: np.ndarray  # (F,) float64 frame start seconds, within each video
-    frames: torch.Tensor  # (F, D) float16 frame features as the ranker sees them
+    frames: Stack  # (F, D) float16 frame features as the ranker sees them
     pad: torch.Tensor  # (D,) float32 what a zero-padded slot holds
     entry_ids: list[str]
     entry_video: np.ndarray  # (E,) int64 index into videos
@@ -79,11 +83,11 @@ class Collection:
     entry_stop: np.ndarray  # (E,) int64 one past the last
     num_frames: int  # T
     padding: str  # "zero" or "repeat"
-    rows: torch.Tensor = field(init=False, repr=False)  # (E, T) int32 absolute track rows of each entry's slots
+    rows: torch.Tensor = field(init=False, repr=False)  # (E, T) int32 rows of `frames` filling each entry's slots
 
     def __post_init__(self) -> None:
         lengths = self.entry_stop - self.entry_start
-        first = self.offsets[self.entry_video] + self.entry_start  # (E,) absolute row of each entry's first frame
+        first = self.offsets[self.entry_video] + self.entry_start  # (E,) row of each entry's first frame
         rows = np.full((len(lengths), self.num_frames), PAD, dtype=np.int32)
         for length in np.unique(lengths):  # one layout per window length: a few
             mine = lengths == length
@@ -92,28 +96,13 @@ class Collection:
         self.rows = torch.from_numpy(rows)
 
     @classmethod
-    def from_cache(cls, cache: FeatureCache, ranker: Ranker) -> "Collection":
-        videos = cache.videos()
-        tracks = cache.tracks(videos)
-        feats, pad = ranker.frame_features(cache, videos)
-        counts = np.array([len(tracks[v][0]) for v in videos], dtype=np.int64)
-        entries = cache.entries()
-        number = {v: i for i, v in enumerate(videos)}
-        rule = cache.settings.tracks
-        dim = len(pad)
-        return cls(
-            videos, [cache.video_path(v) for v in videos], np.array([cache.duration(v) for v in videos]),
-            np.cumsum(counts) - counts, counts,
-            np.concatenate([tracks[v][0] for v in videos]) if videos else np.zeros(0),
-            torch.from_numpy(np.concatenate([feats[v] for v in videos]) if videos else np.zeros((0, dim))).half(),
-            torch.from_numpy(np.asarray(pad, dtype=np.float32)), [e.id for e in entries],
-            np.array([number[e.video] for e in entries], dtype=np.int64),
-            np.array([e.start for e in entries], dtype=np.int64), np.array([e.stop for e in entries], dtype=np.int64),
-            rule.num_frames, rule.padding,
-        )  # fmt: skip
+    def of(cls, loaded: Loaded, num_frames: int, padding: str) -> "Collection":
+        return cls(loaded.videos, loaded.paths, loaded.durations, loaded.offsets, loaded.counts, loaded.times,
+                   loaded.frames, torch.from_numpy(np.asarray(loaded.pad, np.float32)), loaded.entry_ids,
+                   loaded.entry_video, loaded.entry_start, loaded.entry_stop, num_frames, padding)  # fmt: skip
 
     def window_rows(self, video: int, start: int, stop: int) -> np.ndarray:
-        """(T,) absolute track rows filling the slots of frames [start, stop) of a video (PAD: zero padding)."""
+        """(T,) rows of `frames` filling the slots of frames [start, stop) of a video (PAD: zero padding)."""
         rows = entry_rows(stop - start, self.num_frames, self.padding)
         return np.where(rows == PAD, PAD, rows + start + int(self.offsets[video]))
 
@@ -128,14 +117,17 @@ class Collection:
         return self.gather(self.rows[idx].long())
 
     def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames (n, T, D) float32 of track rows (n, T), the padding feature where a row is PAD, and the mask."""
+        """Frames (n, T, D) float32 of rows (n, T) of `frames`, the padding feature where a row is PAD, and the
+        mask of real frames."""
         mask = rows != PAD
-        frames = self.frames[rows.clamp_min(0)].float()  # (n, T, D)
+        frames = torch.from_numpy(self.frames.take(rows.clamp_min(0).numpy())).float()  # (n, T, D)
         frames[~mask] = self.pad
         return frames, mask
 
-    def entry_windows(self, idx: list[int] | np.ndarray) -> list[tuple[int, int, int]]:
-        return [(int(self.entry_video[i]), int(self.entry_start[i]), int(self.entry_stop[i])) for i in idx]
+    def track_frames(self, video: int) -> torch.Tensor:
+        """(n, D) float32: a video's track."""
+        off = int(self.offsets[video])
+        return torch.from_numpy(self.frames.take(np.arange(off, off + int(self.counts[video])))).float()
 
     def span(self, video: int, start: int, stop: int) -> tuple[float, float]:
         off = int(self.offsets[video])
@@ -143,19 +135,8 @@ class Collection:
 
     def entry_times(self, entry: int) -> np.ndarray:
         """(T,) start seconds of an entry's slots (a padded slot: its last real frame's)."""
-        rows = self.window_rows(*self.entry_windows([entry])[0])
+        rows = self.rows[entry].long().numpy()
         return np.asarray(self.times[np.where(rows == PAD, rows.max(), rows)], dtype=np.float64)
-
-    def to_payload(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "rows"}
-        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
-
-    @classmethod
-    def from_payload(cls, p: dict[str, Any]) -> "Collection":
-        return cls(**{k: p[k].numpy() if k in _ARRAYS else p[k] for k in cls.__dataclass_fields__ if k != "rows"})
-
-
-_ARRAYS = {"durations", "offsets", "counts", "times", "entry_video", "entry_start", "entry_stop"}
 
 
 def coarse_topk(coarse: torch.Tensor, queries: torch.Tensor, k: int, block: int = 65536) -> torch.Tensor:
@@ -215,15 +196,15 @@ class SearchIndex:
     twice the work of knowing the number of queries in advance). A larger collection computes them per query.
     """
 
-    def __init__(
-        self, ranker: Ranker, collection: Collection, cache_path: Path | None = None,
-        temporal: torch.Tensor | None = None, keep_bytes: int = KEEP_LVA_BYTES,
-    ) -> None:  # fmt: skip
-        self.ranker, self.collection, self.cache_path = ranker, collection, cache_path
-        self.ids = collection.entry_ids
-        self.temporal = self._encode_all() if temporal is None else temporal  # (E, T, D) float16
-        self.coarse = F.normalize(self.temporal.float().mean(1), dim=-1).half()  # (E, D) float16: 1 KB an entry
-        e, t, d = self.temporal.shape
+    def __init__(self, ranker: Ranker, loaded: Loaded, num_frames: int, padding: str,
+                 cache_path: Path | None = None, keep_bytes: int = KEEP_LVA_BYTES) -> None:  # fmt: skip
+        self.ranker, self.cache_path, self.loaded = ranker, cache_path, loaded
+        self.checkpoint: Path | None = None  # the checkpoint file it was opened with (`reopen` keeps to it)
+        self.collection = Collection.of(loaded, num_frames, padding)
+        self.ids = self.collection.entry_ids
+        self.coarse = loaded.coarse  # (E, D) float16 in memory: 1 KB an entry at D = 512
+        self._temporal, self._temporal_rows = loaded.temporal, torch.from_numpy(loaded.entry_rows)
+        e, t, d = len(self.ids), num_frames, self.coarse.shape[1]
         self.lva: LvaVideo | None = None
         self._lva_worth = e * t * (2 * d + 3 * t + 3) * 4 <= keep_bytes
         self._lva_rows = 0  # entries whose tensors queries have computed so far
@@ -231,18 +212,33 @@ class SearchIndex:
 
     @classmethod
     def from_cache(cls, ranker: Ranker | Trained, cache: FeatureCache) -> "SearchIndex":
-        """Read every track and run the ranker's temporal encoder once over every entry (kept in float16)."""
+        """An index of the whole cache built now, in a temporary folder (`open_index` keeps it beside the cache)."""
         ranker = TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker
-        return cls(ranker, Collection.from_cache(cache, ranker), cache.path)
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:  # the files stay mapped once deleted
+            loaded = sync_parts(Path(tmp), cache, ranker)
+        rule = cache.settings.tracks
+        return cls(ranker, loaded, rule.num_frames, rule.padding, cache.path)
 
-    @torch.no_grad()
-    def _encode_all(self, batch: int = 512) -> torch.Tensor:
-        c, dev = self.collection, self.ranker.device
-        parts = [torch.zeros(0, c.num_frames, len(c.pad), dtype=torch.float16)]
-        for i in range(0, len(self.ids), batch):
-            frames, mask = c.entry_inputs(torch.arange(i, min(i + batch, len(self.ids))))
-            parts.append(self.ranker.temporal(frames.to(dev), mask.to(dev)).half().cpu())
-        return torch.cat(parts)
+    def reopen(self) -> "SearchIndex":
+        """The index of the same ranker over the cache as it is now (parts built only for what is new)."""
+        assert self.cache_path is not None, "an index made from arrays has no cache to follow"
+        return open_index(self.ranker, self.checkpoint, FeatureCache(self.cache_path))
+
+    @functools.cached_property
+    def video_paths(self) -> dict[str, str]:
+        """video id -> its file, from the cache."""
+        return dict(zip(self.collection.videos, self.collection.paths, strict=True))
+
+    def fresh(self, keep_bytes: int = KEEP_LVA_BYTES) -> "SearchIndex":
+        """A new index over the same files, as a new process would open it (no tensors kept yet)."""
+        c = self.collection
+        return SearchIndex(self.ranker, self.loaded, c.num_frames, c.padding, self.cache_path, keep_bytes)
+
+    def temporal_of(self, idx: torch.Tensor) -> torch.Tensor:
+        """(n, T, D) float32: the entries' temporal-encoder output (CLIP: their frames), read from the files."""
+        if self._temporal is None:
+            return self.collection.entry_inputs(idx)[0]
+        return torch.from_numpy(self._temporal.take(self._temporal_rows[idx].numpy())).float()
 
     def masks(self, idx: torch.Tensor) -> torch.Tensor:
         """(n, T) bool: the entries' slots that hold a real frame."""
@@ -264,7 +260,7 @@ class SearchIndex:
         parts = []
         for i in range(0, len(self.ids), batch):
             idx = torch.arange(i, min(i + batch, len(self.ids)))
-            parts.append(self.ranker.lva_tensors(self.temporal[idx].float(), self.masks(idx)))
+            parts.append(self.ranker.lva_tensors(self.temporal_of(idx), self.masks(idx)))
         kept = [p for p in parts if p is not None]
         return LvaVideo.cat(kept) if kept and len(kept) == len(parts) else None
 
@@ -277,22 +273,6 @@ class SearchIndex:
         if not isinstance(self.ranker, TcmgcRanker):
             raise ConfigError("the clip scorer has no trained model")
         return self.ranker.trained
-
-    def save(self, path: Path, key: str) -> None:
-        """Write the index atomically; `key` identifies the checkpoint and cache state it was built from."""
-        save_verified({"key": key, "collection": self.collection.to_payload(), "temporal": self.temporal}, path)
-
-    @classmethod
-    def load(cls, ranker: Ranker | Trained, path: Path, key: str) -> "SearchIndex | None":
-        """The saved index if it is intact and was built from the same checkpoint and cache state, else None."""
-        try:
-            payload = load_verified(path)
-        except CheckpointError:
-            return None
-        if not isinstance(payload, dict) or payload.get("key") != key or "collection" not in payload:
-            return None
-        ranker = TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker
-        return cls(ranker, Collection.from_payload(payload["collection"]), temporal=payload["temporal"])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -333,7 +313,7 @@ class SearchIndex:
     ) -> list[list[Hit]]:
         if top_k < 1 or candidates < 1 or per_video < 1 or moments < 0:
             raise ConfigError("--top-k, --candidates and --per-video must be at least 1, --moments at least 0.")
-        wanted = len(self) if self.scorer == "clip" else max(candidates, top_k)  # CLIP scores are exact and cheap
+        wanted = max(candidates, top_k)  # CLIP's coarse vectors are its own scores (float16): an exact shortlist
         shortlist = self.shortlist(text, wanted)  # (Q, C)
         scores = self._shortlist_scores(text, shortlist)  # (Q, C)
         return [
@@ -358,7 +338,7 @@ class SearchIndex:
         for i in range(0, len(idx), chunk):
             part = idx[i : i + chunk]
             frames, mask = self.collection.entry_inputs(part)
-            parts.append(self.ranker.scores(text, frames.to(dev), self.temporal[part].float().to(dev), mask.to(dev),
+            parts.append(self.ranker.scores(text, frames.to(dev), self.temporal_of(part).to(dev), mask.to(dev),
                                             self._kept_lva(part)).float().cpu())  # fmt: skip
         return torch.cat(parts, 1) if parts else torch.zeros(len(text.sentence), 0)
 
@@ -389,7 +369,7 @@ class SearchIndex:
         order = scores.argsort(descending=True)
         ranked = list(zip(idx[order].tolist(), scores[order].tolist(), strict=True))
         picked = pick(ranked, self.collection.entry_video, top_k, per_video)
-        budget = max(3, MOMENT_BUDGET // max(1, len(picked)))
+        budget = moment_budget(len(picked))
         videos = [(int(self.collection.entry_video[e]), seeds) for e, _, seeds in picked]
         found = self.moments(text, videos, budget, moments) if moments else [[] for _ in picked]
         return [self._hit(rank, entry, score, best) for rank, ((entry, score, _), best)
@@ -406,26 +386,28 @@ class SearchIndex:
         return Hit(rank, c.videos[v], score, c.paths[v], start, end, listed, self.scorer, self.ids[entry])
 
     def moments(
-        self, text: TextFeatures, videos: list[tuple[int, list[tuple[int, float]]]], refine: int, keep: int
+        self, text: TextFeatures, videos: list[tuple[int, list[tuple[int, float]]]], refine: list[int], keep: int
     ) -> list[list[tuple[int, int, float]]]:
         """For one query and each (video, its best entries first with their scores): its `keep` best non-overlapping
         moments (start frame, stop frame, score), best first. Candidate windows of MOMENT_LENGTHS around the video's
-        two best entries are ranked by `window_proxy`; the `refine` best of them are scored in full, beside those
-        entries (whose scores are known)."""
+        two best entries are ranked by `window_proxy`; the video's `refine[i]` best of them are scored in full, beside
+        those entries (whose scores are known)."""
         c = self.collection
         sentence = F.normalize(text.sentence[0].float().cpu(), dim=-1)  # (D,)
         plans: list[dict[tuple[int, int], float | None]] = []  # window -> its score, None until scored
-        for v, seeds in videos:
-            off, n = int(c.offsets[v]), int(c.counts[v])
-            relevance = (F.normalize(c.frames[off : off + n].float(), dim=-1) @ sentence).numpy()  # (n,)
-            plan: dict[tuple[int, int], float | None] = {}
+        for (v, seeds), wanted in zip(videos, refine, strict=True):
+            n = int(c.counts[v])
+            relevance = (F.normalize(c.track_frames(v), dim=-1) @ sentence).numpy()  # (n,)
+            proxies: dict[tuple[int, int], float] = {}
             for e, _ in seeds[:2]:
                 a, b = int(c.entry_start[e]), int(c.entry_stop[e])
                 margin = max(1, (b - a) // 4) if n > b - a else 0
                 lo, hi = max(0, a - margin), min(n, b + margin)
                 windows = windows_of_lengths(lo, hi, [m for m in MOMENT_LENGTHS if m <= max(b - a, c.num_frames)])
-                proxy = window_proxy(relevance, windows, lo, hi)
-                plan.update({windows[i]: None for i in np.argsort(-proxy, kind="stable")[:refine]})
+                for w, p in zip(windows, window_proxy(relevance, windows, lo, hi).tolist(), strict=True):
+                    proxies[w] = max(p, proxies.get(w, p))
+            best = sorted(proxies, key=lambda w: -proxies[w])[:wanted]  # stable: ties keep the candidates' order
+            plan: dict[tuple[int, int], float | None] = dict.fromkeys(best)
             plan.update({(int(c.entry_start[e]), int(c.entry_stop[e])): score for e, score in seeds[:2]})
             plans.append(plan)
         todo = [
@@ -450,7 +432,7 @@ class SearchIndex:
         scores = self.full_scores(text, rows)[0]
         order = scores.argsort(descending=True)
         seeds = list(zip(rows[order].tolist(), scores[order].tolist(), strict=True))
-        found = self.moments(text, [(v, seeds)], MOMENT_BUDGET, keep)[0]
+        found = self.moments(text, [(v, seeds)], moment_budget(1, 2 * MOMENT_BUDGET), keep)[0]  # one video: more
         return self._hit(1, seeds[0][0], seeds[0][1], found)
 
     def attention_of(self, queries: torch.Tensor, entries: list[int]) -> np.ndarray:
@@ -460,7 +442,7 @@ class SearchIndex:
         dev, idx = queries.device, torch.tensor(entries)
         frames, _ = self.collection.entry_inputs(idx)
         with torch.no_grad():
-            a = self.ranker.attention(queries, frames.to(dev), self.temporal[idx].float().to(dev))
+            a = self.ranker.attention(queries, frames.to(dev), self.temporal_of(idx).to(dev))
         return a.float().cpu().numpy()
 
     def word_attention(self, query: str, video_id: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -479,6 +461,13 @@ class SearchIndex:
         real = self.masks(torch.tensor([entry]))[0].numpy()  # zero-padded slots are left out of the picture
         weights = self.attention_of(text.words[0, :n], [entry])[:, 0][:, real]
         return words, weights, c.entry_times(entry)[real]
+
+
+def moment_budget(hits: int, total: int = MOMENT_BUDGET) -> list[int]:
+    """Windows scored in full for each of `hits` results, best result first: shares of `total` falling with the
+    rank (1/r, the top result matters most), at least 2 each."""
+    weights = [1 / (r + 1) for r in range(hits)]
+    return [max(2, round(total * w / sum(weights))) for w in weights]
 
 
 def pick(
@@ -502,59 +491,36 @@ def pick(
     return out
 
 
-def index_key(checkpoint: Path, cache: FeatureCache) -> str:
-    """Changes whenever the checkpoint file or the cache's contents change."""
-    h = hashlib.sha1()
-    for p in [checkpoint, cache.path, *cache.segments()]:
-        st = p.stat()
-        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
-
-
-KEEP_INDEXES = 3  # saved search indexes kept per folder (the most recently built); older ones are deleted
-
-
 def _shorten(text: str, width: int = 40) -> str:
     return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
-def index_locations(checkpoint: Path, cache: FeatureCache) -> list[Path]:
-    """Where the index of this checkpoint and cache is kept: beside the cache, else (read-only cache folder) in
-    the workspace."""
-    from tcmgc_cli.workspace import workspace_dir
+def ranker_key(ranker: Ranker, checkpoint: Path | None = None) -> str:
+    """What an index was built with: the checkpoint file as it is now, or CLIP's weights."""
+    if checkpoint is not None:
+        st = checkpoint.stat()
+        return f"tcmgc|{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    assert isinstance(ranker, ClipRanker)
+    return f"clip|{ranker.text.fingerprint}"
 
-    name = f"search-{hashlib.sha1(f'{checkpoint.resolve()}|{cache.path.resolve()}'.encode()).hexdigest()[:12]}.pt"
-    return [segment_dir(cache.path) / name, workspace_dir() / "search-index" / name]
 
-
-def open_index(trained: Trained, checkpoint: Path, cache: FeatureCache) -> SearchIndex:
-    """The search index for this checkpoint and cache: loaded when saved earlier for the same state, else built
-    (the temporal encoder over every video) and saved for the next search (beside the cache when its folder is
-    writable, else in the workspace). Each folder keeps the KEEP_INDEXES most recently built indexes."""
-    file = find_checkpoint(checkpoint)
-    key = index_key(file, cache)
-    places = index_locations(file, cache)
-    for path in places:
-        index = SearchIndex.load(trained, path, key) if path.is_file() else None
-        if index is not None:
-            index.cache_path = cache.path
-            return index
-    index = SearchIndex.from_cache(trained, cache)
-    for path in places:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            index.save(path, key)
-        except OSError:
-            continue  # not writable here: try the next place (the search itself goes on)
-        _prune(path.parent)
-        break
+def open_index(
+    ranker: Ranker | Trained, checkpoint: Path | None, cache: FeatureCache,
+    on_encoded: Callable[[int], None] | None = None,
+) -> SearchIndex:  # fmt: skip
+    """The search index of this ranker over this cache, kept on disk (`index_store.py`) and grown with the cache:
+    only tracks that no part holds yet run through the temporal encoder (`on_encoded(n)` after each batch of n
+    entries). Beside the cache when its folder is writable, else in the workspace; each folder keeps the
+    KEEP_INDEXES most recently used indexes."""
+    ranker = TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker
+    file = find_checkpoint(checkpoint) if checkpoint is not None else None
+    folder = writable_folder(index_folders(ranker_key(ranker, file), cache))
+    loaded = sync_parts(folder, cache, ranker, on_encoded)
+    prune_indexes(folder.parent)
+    rule = cache.settings.tracks
+    index = SearchIndex(ranker, loaded, rule.num_frames, rule.padding, cache.path)
+    index.checkpoint = file
     return index
-
-
-def _prune(folder: Path) -> None:
-    saved = sorted(folder.glob("search-*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for old in saved[KEEP_INDEXES:]:
-        old.unlink(missing_ok=True)
 
 
 SCORERS = ("auto", "tcmgc", "clip")
@@ -562,7 +528,7 @@ SCORERS = ("auto", "tcmgc", "clip")
 
 def open_search(
     checkpoint: Path | None = None, cache: Path | None = None, device: str = "auto", scorer: str = "auto",
-    pretrained: str | None = None,
+    pretrained: str | None = None, on_encoded: Callable[[int], None] | None = None,
 ) -> SearchIndex:  # fmt: skip
     """A search index ready for `search(["a dog runs"])`. scorer "tcmgc": a trained checkpoint (default: the
     newest run) over its cache (default: the workspace's for its model); "clip": the cache's own CLIP embeddings,
@@ -579,7 +545,7 @@ def open_search(
     if source is not None and scorer != "clip":
         trained, features, where = open_trained(source, cache, device)
         _check_not_empty(features, trained.spec.name)
-        return open_index(trained, where, features)
+        return open_index(trained, where, features, on_encoded)
     features = FeatureCache(cache or _only_workspace_cache())
     _check_not_empty(features, features.settings.encoder)
     text = _text_encoder(features, pretrained, device)
@@ -588,7 +554,7 @@ def open_search(
             f"{features.path} was extracted with other {features.settings.encoder} weights than these: pass the "
             "--pretrained you extracted with."
         )
-    return SearchIndex.from_cache(ClipRanker(text), features)
+    return open_index(ClipRanker(text), None, features, on_encoded)
 
 
 def _check_not_empty(cache: FeatureCache, model: str) -> None:

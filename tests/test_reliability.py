@@ -391,7 +391,8 @@ def test_long_query_note_is_short(data: Path, sample_cache: Path, tmp_path: Path
 
 def test_saved_search_indexes_do_not_pile_up(sample_cache: Path, tmp_path: Path, data: Path) -> None:
     from tcmgc_cli.checkpoint import load_trained
-    from tcmgc_cli.search import KEEP_INDEXES, open_index
+    from tcmgc_cli.index_store import KEEP_INDEXES
+    from tcmgc_cli.search import open_index
 
     cache = tmp_path / "c.h5"
     copy_cache(sample_cache, cache)
@@ -402,14 +403,16 @@ def test_saved_search_indexes_do_not_pile_up(sample_cache: Path, tmp_path: Path,
         shutil.copy(run / "checkpoints" / "best.pt", copy)
         open_index(load_trained(copy, "cpu"), copy, FeatureCache(cache))
         time.sleep(0.01)
-    assert len(list((tmp_path / "c.h5.d").glob("search-*.pt"))) == KEEP_INDEXES
+    assert len(list((tmp_path / "c.h5.d").glob("index-*"))) == KEEP_INDEXES
 
 
 def test_search_on_a_read_only_cache_folder_saves_its_index_in_the_workspace(
     sample_cache: Path, tmp_path: Path, data: Path
 ) -> None:
-    from tcmgc_cli.checkpoint import load_trained
-    from tcmgc_cli.search import index_locations, open_index
+    from tcmgc_cli.checkpoint import find_checkpoint, load_trained
+    from tcmgc_cli.index_store import index_folders
+    from tcmgc_cli.ranking import TcmgcRanker
+    from tcmgc_cli.search import open_index, ranker_key
 
     run = tmp_path / "run"
     assert runner.invoke(app, train_args(data, sample_cache, run)).exit_code == 0
@@ -423,10 +426,10 @@ def test_search_on_a_read_only_cache_folder_saves_its_index_in_the_workspace(
         pytest.skip("cannot bind-mount here (needs root)")
     try:
         cache = FeatureCache(mount / "c.h5")
-        best = run / "checkpoints" / "best.pt"
-        index = open_index(load_trained(run, "cpu"), run, cache)
-        beside, workspace = index_locations(best, cache)
-        assert not beside.exists() and workspace.is_file() and len(index) == len(cache)
+        trained = load_trained(run, "cpu")
+        index = open_index(trained, run, cache)
+        beside, workspace = index_folders(ranker_key(TcmgcRanker(trained), find_checkpoint(run)), cache)
+        assert not beside.exists() and list(workspace.glob("part-*/meta.json")) and len(index) == len(cache)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 

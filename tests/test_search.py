@@ -82,7 +82,9 @@ def test_two_stage_equals_exhaustive_when_shortlist_is_everything(run: Path, sam
 
     with torch.no_grad():
         frames = all_inputs(index)[0]
-        direct = index.trained.model(text, VideoFeatures(frames, index.temporal.float(), None, None))["logits"][0]
+        direct = index.trained.model(
+            text, VideoFeatures(frames, index.temporal_of(torch.arange(len(index))), None, None)
+        )["logits"][0]
     want = [index.ids[i] for i in direct.argsort(descending=True)[:10].tolist()]
     assert [h.video_id for h in hits] == want
     for h in hits:
@@ -124,37 +126,56 @@ def test_blockwise_coarse_topk_equals_full_topk() -> None:
     assert all(set(e.tolist()) <= set(g.tolist()) for e, g in zip(exact, got, strict=True))
 
 
-def test_index_is_saved_and_reused_until_the_cache_changes(run: Path, sample_cache: Path, tmp_path: Path) -> None:
-    import shutil
-
-    from tcmgc_cli.cache import FeatureCache, segment_dir
+def test_the_index_grows_with_the_cache(run: Path, sample_cache: Path, tmp_path: Path) -> None:
+    """Only new or changed tracks run through the temporal encoder; merges reuse what was computed; the grown index
+    scores every entry as one built from scratch does."""
+    from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache
     from tcmgc_cli.checkpoint import load_trained
     from tcmgc_cli.search import open_index
+    from tests.helpers import copy_cache, random_frames, write_video
 
-    cache_path = tmp_path / "c.h5"
-    shutil.copy(sample_cache, cache_path)
-    shutil.copytree(
-        segment_dir(sample_cache), segment_dir(cache_path), ignore=shutil.ignore_patterns("search-*", "lock*")
-    )
+    cache_path = copy_cache(sample_cache, tmp_path / "c.h5")
     trained = load_trained(run, "cpu")
-    first = open_index(trained, run, FeatureCache(cache_path))
-    saved = list(segment_dir(cache_path).glob("search-*.pt"))
-    assert len(saved) == 1
-    stamp = saved[0].stat().st_mtime_ns
-    second = open_index(trained, run, FeatureCache(cache_path))  # loaded, not rebuilt
-    assert saved[0].stat().st_mtime_ns == stamp
-    assert (
-        second.ids == first.ids
-        and torch.equal(second.temporal, first.temporal)
-        and second.collection.paths == first.collection.paths
-    )
-    text, _ = first.encode_queries(["a red circle moves left"])
-    assert [h.video_id for h in first.search_features(text, 5)[0]] == [
-        h.video_id for h in second.search_features(text, 5)[0]
-    ]
-    cache_path.touch()  # the cache changed: the index is rebuilt
-    open_index(trained, run, FeatureCache(cache_path))
-    assert saved[0].stat().st_mtime_ns != stamp
+    encoded: list[int] = []
+
+    def grown() -> SearchIndex:
+        encoded.clear()
+        return open_index(trained, run, FeatureCache(cache_path), encoded.append)
+
+    def same_as_from_scratch(index: SearchIndex) -> None:
+        scratch = SearchIndex.from_cache(trained, FeatureCache(cache_path))
+        assert sorted(index.ids) == sorted(scratch.ids) and sorted(index.collection.videos) == sorted(
+            scratch.collection.videos
+        )
+        text, _ = index.encode_queries(["a red circle moves left", "a blue square"])
+        mine = index.full_scores(text, torch.arange(len(index)))
+        theirs = scratch.full_scores(text, torch.tensor([scratch.ids.index(e) for e in index.ids]))
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+    first = grown()
+    assert sum(encoded) == 120 and len(first) == 120
+    grown()
+    assert sum(encoded) == 0  # the same cache: nothing runs again
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for n in range(3):
+        write_video(folder / f"new{n}.mp4", random_frames(8, seed=n), fps=4)
+    write_video(folder / "video5.mp4", random_frames(12, seed=9), fps=4)  # a changed file for a known id
+    args = ["extract", "--videos", str(folder), "--model", "tcmgc-tiny", "--cache", str(cache_path), "--workers",
+            "0", "--clip-seconds", "0", "--json"]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    index = grown()
+    assert sum(encoded) == 4 and len(index) == 123  # three new videos and the changed one, nothing else
+    assert index.collection.counts[index.collection.videos.index("video5")] == 3  # the new version only
+    same_as_from_scratch(index)
+    cache = FeatureCache(cache_path)
+    writer = CacheWriter(cache_path, CacheSettings(**cache.settings.__dict__))
+    writer.add([], removed=["video7"])
+    writer.compact(full=True)  # every segment merged into one: the tracks are the same, so nothing runs again
+    writer.close()
+    index = grown()
+    assert sum(encoded) == 0 and len(index) == 122 and "video7" not in index.collection.videos
+    same_as_from_scratch(index)
 
 
 def test_explain_and_moments_leave_zero_padded_slots_out(run: Path, sample_cache: Path) -> None:
@@ -187,7 +208,8 @@ def test_a_window_scores_as_the_model_scores_it_in_training(run: Path, sample_ca
     from tcmgc_cli.model.tcmgc import VideoFeatures
 
     for n, (v, a, b) in enumerate(windows):
-        slots = [c.frames[int(c.offsets[v]) + i].float() for i in range(a, b)]
+        track = c.track_frames(v)  # (n, D)
+        slots = [track[i] for i in range(a, b)]
         slots += [c.pad] * (c.num_frames - len(slots))
         frames = torch.stack(slots)[None]  # (1, T, D)
         mask = torch.tensor([[i < b - a for i in range(c.num_frames)]])
@@ -224,7 +246,9 @@ def test_each_query_scores_its_own_shortlist_together_or_alone(index: SearchInde
     text, _ = index.encode_queries(QUERIES)
     with torch.no_grad():  # the independent side: the training path's direct LVA over every pair
         frames = all_inputs(index)[0]
-        direct = index.trained.model(text, VideoFeatures(frames, index.temporal.float(), None, None))["logits"]
+        direct = index.trained.model(
+            text, VideoFeatures(frames, index.temporal_of(torch.arange(len(index))), None, None)
+        )["logits"]
     shared = torch.tensor([[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1]])  # one union of 3: scored in one pass
     apart = torch.arange(12).view(4, 3)  # a union of 12 > 2 x 3: scored query by query
     for shortlist in (shared, apart):
@@ -274,14 +298,14 @@ def test_queries_waiting_for_the_server_are_answered_in_one_pass(
 
 
 def test_kept_lva_tensors_score_as_those_computed_per_query(index: SearchIndex) -> None:
-    fresh = SearchIndex(index.ranker, index.collection, temporal=index.temporal)
+    fresh = index.fresh()
     text, _ = fresh.encode_queries(QUERIES)
     half = torch.arange(len(index) // 2)
     first = fresh.full_scores(text, half)
     assert fresh.lva is None  # half the collection's tensors computed: not yet worth keeping
     fresh.full_scores(text, half)
     assert fresh.lva is not None and len(fresh.lva.keys) == len(index)  # a whole collection's worth: kept
-    per_query = SearchIndex(index.ranker, index.collection, temporal=index.temporal, keep_bytes=0)
+    per_query = index.fresh(keep_bytes=0)
     every = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(fresh.full_scores(text, every), per_query.full_scores(text, every), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fresh.full_scores(text, half), first, rtol=1e-5, atol=1e-6)

@@ -184,3 +184,58 @@ def test_the_page_in_a_real_browser(server: str) -> None:
         shared.wait_for_function("document.querySelectorAll('.card').length > 0")
         assert shared.input_value("#q") == "a blue square"
         browser.close()
+
+
+def test_a_grown_cache_is_served_without_a_restart(collection: Path, tmp_path: Path) -> None:
+    """An extract into the served cache: the server finds the new video within seconds, answering throughout."""
+    import uvicorn
+
+    from tcmgc_cli.search import open_search
+    from tcmgc_cli.serve.app import create_app
+    from tcmgc_cli.serve.live import LiveIndex
+    from tcmgc_cli.serve.media import Thumbnails
+    from tests.helpers import copy_cache, write_video
+
+    cache = copy_cache(collection, tmp_path / "c.h5")
+    live = LiveIndex(open_search(cache=cache, scorer="clip"), every_s=0.2)
+    srv = uvicorn.Server(uvicorn.Config(create_app(live, Thumbnails([tmp_path / "thumbs"])), host="127.0.0.1",
+                                        port=(port := free_port()), log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert httpx.post(f"{base}/api/reload").json() == {"reloaded": False, "videos": 3, "entries": 3}
+        folder = tmp_path / "more"
+        folder.mkdir()
+        frames = np.full((24, 64, 64, 3), 20, dtype=np.uint8)
+        frames[:, 24:40, 24:40] = (230, 230, 30)
+        write_video(folder / "yellow.mp4", frames)  # libvpx will not open in this process (see `collection`)
+        args = ["extract", "--videos", str(folder), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0"]
+        assert runner.invoke(app, args).exit_code == 0
+        deadline, found = time.monotonic() + 20, set()
+        while "yellow" not in found and time.monotonic() < deadline:
+            response = httpx.get(f"{base}/api/search", params={"q": "a yellow square", "top_k": 10})
+            assert response.status_code == 200  # answered throughout, from the old index until the new one is ready
+            found = {h["video_id"] for h in response.json()["results"]}
+            time.sleep(0.1)
+        assert found == {"red", "green", "blue", "yellow"}
+        assert httpx.get(f"{base}/media/video/yellow").status_code == 200
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_thumbnails_are_named_by_the_frame_shown_and_capped(collection: Path, tmp_path: Path) -> None:
+    from tcmgc_cli.serve.media import Thumbnails
+
+    red = collection.parent / "videos" / "red.webm"  # 6 s at 4 fps: 24 frames
+    thumbs = Thumbnails([tmp_path / "t"], cap_bytes=10**9)
+    past = {thumbs.get("red", red, 6.0 + k) for k in range(100)}  # every time past the end shows the last frame
+    assert len(past) == 1 and len(list((tmp_path / "t").glob("*.jpg"))) == 1
+    assert thumbs.get("red", red, 0.0) == thumbs.get("red", red, 0.2)  # both show frame 0 (a frame lasts 0.25 s)
+    small = Thumbnails([tmp_path / "s"], cap_bytes=1)  # room for none: only the newest stays
+    for t in (0.0, 1.0, 2.0):
+        newest = small.get("red", red, t)
+    assert list((tmp_path / "s").glob("*.jpg")) == [newest]

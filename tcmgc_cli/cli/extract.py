@@ -104,6 +104,14 @@ def extract_command(
             "--verify", help="Read every cached row first (checksums, finite values); re-extract damaged ones."
         ),
     ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="With --videos: afterwards, remove from the cache the videos whose files are gone from the folder. "
+            "Refused, removing nothing, when the folder is missing or holds none of the cache's videos from it.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Decode videos, encode their frames with CLIP and store them in the HDF5 cache.
@@ -115,11 +123,15 @@ def extract_command(
         from tcmgc_cli.distributed import process_rank
         from tcmgc_cli.extract import extract_folder
 
+        if prune and videos is not None and not videos.is_dir():
+            raise ConfigError(f"--prune: {videos} is missing; nothing was removed. Mount or restore it, then rerun.")
         folder, ids = _resolve_jobs(videos, dataset, data_root, annotations)
         if dataset is not None and clip_seconds:
             raise ConfigError(
                 "dataset runs keep one entry per video, as the benchmarks define them: drop --clip-seconds."
             )
+        if prune and dataset is not None:
+            raise ConfigError("--prune goes with --videos DIR (a folder whose removed files leave the cache).")
         if sampling not in (None, "fps"):
             raise ConfigError(
                 "--sampling is gone: each video is a track of frames at --fps (raise --fps for more frames)."
@@ -136,6 +148,7 @@ def extract_command(
                 padding=padding.value, clip_seconds=0.0 if dataset is not None else clip_seconds,
                 clip_stride=clip_stride, batch_size=batch_size, workers=workers, store_frames=store_frames,
                 backend=backend.value, device=device, precision=precision, verify=verify, on_progress=on_progress,
+                prune=prune,
             )  # fmt: skip
         if process_rank() != 0:
             return  # under torchrun, rank 0 reports for every process
@@ -180,6 +193,10 @@ def _render(report: "ExtractReport", json_out: bool) -> None:
                       str(len(report.ignored)), f"{report.frames:,}", f"{report.to_dict()['video_seconds_per_s']:.1f}",
                       f"{report.wall_s:.1f}")  # fmt: skip
         stdout.print(table)
+        if report.pruned:
+            stderr.print(
+                f"Removed {len(report.pruned)} video(s) whose files are gone: {', '.join(report.pruned[:10])}."
+            )
         for p in report.partial[:20]:
             stderr.print(f"Note: {p.video_id}: {p.reason}.", highlight=False, soft_wrap=True)
         if report.failed:

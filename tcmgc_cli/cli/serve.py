@@ -30,12 +30,24 @@ def serve_command(
             "one at a time).",
         ),
     ] = 16,
+    watch: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between looks at the cache: a grown or changed cache (an extract that finished) is indexed "
+            "and used, queries answered from the old index meanwhile. 0: only on POST /api/reload.",
+        ),
+    ] = 2.0,
+    thumb_cache_mb: Annotated[
+        int, typer.Option(min=1, help="Thumbnails kept on disk, in MB (the least recently used go first).")
+    ] = 256,
 ) -> None:
     """Serve the search page at http://HOST:PORT/ and the API under /api (docs at /docs).
 
     The model and the index load once; each query then takes milliseconds, and queries that arrive together are
-    answered together (one text-encoder batch, one scoring pass). Videos and thumbnails are served by
-    video id only, never by a path from the request.
+    answered together (one text-encoder batch, one scoring pass). The server follows its cache: videos extracted
+    while it runs are found within seconds. Videos and thumbnails are served by video id only, never by a path from
+    the request.
     """
     with handle_errors(interrupted="the server stopped."):
         import socket
@@ -52,18 +64,21 @@ def serve_command(
         import torch
         import uvicorn
 
+        from tcmgc_cli.cache import segment_dir
         from tcmgc_cli.search import open_search
         from tcmgc_cli.serve.app import create_app
+        from tcmgc_cli.serve.live import LiveIndex
         from tcmgc_cli.serve.media import Thumbnails
         from tcmgc_cli.workspace import workspace_dir
 
         index = open_search(checkpoint, cache, device, scorer, pretrained)
         assert index.cache_path is not None
         cache_path = index.cache_path
-        thumbs = Thumbnails([cache_path.with_name(cache_path.name + ".d") / "thumbs", workspace_dir() / "thumbs"])
+        live = LiveIndex(index, every_s=watch, on_error=lambda err: stderr.print(f"Note: not reloaded yet ({err})."))
+        thumbs = Thumbnails([segment_dir(cache_path) / "thumbs", workspace_dir() / "thumbs"], thumb_cache_mb << 20)
         stderr.print(f"Serving {len(index.collection.videos)} videos ({index.scorer} scorer) at http://{host}:{port}/")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(1)  # one search per core beats every core on one small search
         uvicorn.run(
-            create_app(index, thumbs, parallel=cores, max_batch=max_batch), host=host, port=port, log_level="warning"
+            create_app(live, thumbs, parallel=cores, max_batch=max_batch), host=host, port=port, log_level="warning"
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from tcmgc_cli.errors import TcmgcError
 from tcmgc_cli.search import Hit, SearchIndex
+from tcmgc_cli.serve.live import LiveIndex
 
 
 @dataclass
@@ -31,9 +32,9 @@ class SearchBatcher:
     slots it shares with other work on the index, such as word attention)."""
 
     def __init__(
-        self, index: SearchIndex, slots: threading.BoundedSemaphore, workers: int = 1, max_batch: int = 16
+        self, index: "SearchIndex | LiveIndex", slots: threading.BoundedSemaphore, workers: int = 1, max_batch: int = 16
     ) -> None:
-        self.index, self.slots, self.max_batch = index, slots, max_batch
+        self.source, self.slots, self.max_batch = index, slots, max_batch
         self._queue: deque[_Job] = deque()
         self._ready = threading.Condition()
         self._closed = False
@@ -93,7 +94,8 @@ class SearchBatcher:
     def _run(self, batch: list[_Job]) -> None:
         top_k, per_video = batch[0].options
         try:
-            hits = self.index.search([j.query for j in batch], top_k, per_video=per_video)[0]
+            index = self.source.current if isinstance(self.source, LiveIndex) else self.source  # the newest
+            hits = index.search([j.query for j in batch], top_k, per_video=per_video)[0]
         except TcmgcError as err:
             if len(batch) > 1:  # one query's fault must not fail the others: each alone
                 for job in batch:
