@@ -8,7 +8,9 @@ Steps, each compared with the CPU where the two must agree:
 2. train a few epochs on the device in fp32 and in bf16 -> fp32 losses vs CPU's, bf16 losses finite and close;
 3. evaluate the fp32 run on the device -> the same metrics as on the CPU;
 4. scoring at ViT-B/32 sizes (synthetic, 1,000 x 1,000): X-CLIP-style vs TC-MGC (factorized) on the device, with
-   the device's scores against the CPU's on a 64 x 64 corner.
+   the device's scores against the CPU's on a 64 x 64 corner;
+5. image towers a user picks (ViT-B-32, MobileCLIP2-S0, ViT-B-16-SigLIP2, random weights): frames/s in fp32 and
+   bf16 on the device, each one's features against the CPU's fp32 (cosine), and what `--precision auto` takes.
 Needs only the project's own dependencies. The last line printed is one JSON object with every figure.
 """
 
@@ -132,6 +134,29 @@ def check_scoring(device: str, n: int) -> dict[str, Any]:
     return out
 
 
+def check_models(device: str, frames: int = 64) -> dict[str, Any]:
+    from tcmgc_cli.model.encoder import FrameEncoder
+
+    out: dict[str, Any] = {}
+    for name in ("ViT-B-32-quickgelu", "MobileCLIP2-S0", "ViT-B-16-SigLIP2"):
+        ref = FrameEncoder.load(name, None, "cpu", "fp32")
+        x = torch.randint(0, 256, (frames, ref.preprocess.size, ref.preprocess.size, 3), dtype=torch.uint8)
+        want = ref(x[:8])
+        for precision in ("fp32", "bf16"):
+            enc = FrameEncoder.load(name, None, device, precision)
+            enc(x[:8])  # warm-up
+            _sync(device)
+            start = time.perf_counter()
+            enc(x)
+            _sync(device)
+            out[f"{name}_{precision}_frames_per_s"] = round(frames / (time.perf_counter() - start), 1)
+            cos = torch.nn.functional.cosine_similarity(enc(x[:8]), want, dim=-1).min()
+            out[f"{name}_{precision}_min_cosine_vs_cpu"] = round(float(cos), 6)
+        out[f"{name}_auto"] = FrameEncoder.load(name, None, device, "auto").precision
+    out["models_agree"] = all(v >= 0.999 for k, v in out.items() if k.endswith("_min_cosine_vs_cpu"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="the device to check against the CPU (default: cuda)")
@@ -150,6 +175,8 @@ def main() -> None:
             summary.update(step(args.device, work))
             print(json.dumps(summary), flush=True)
     summary.update(check_scoring(args.device, args.scoring_size))
+    print(json.dumps(summary), flush=True)
+    summary.update(check_models(args.device))
     summary["all_agree"] = all(v for k, v in summary.items() if k.endswith("agrees"))
     summary["wall_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(summary))

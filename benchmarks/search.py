@@ -44,7 +44,7 @@ D, T, L = 512, 12, 32
 
 class _Trained:
     def __init__(self, model: TcmgcModel) -> None:
-        self.model, self.device, self.tokenizer = model, torch.device("cpu"), None
+        self.model, self.device, self.tokenizer, self.precision = model, torch.device("cpu"), None, "fp32"
 
 
 def make_index(model: TcmgcModel, n: int, seed: int = 0, encode: bool = True) -> SearchIndex:

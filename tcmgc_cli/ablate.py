@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from tcmgc_cli.ablate_plots import plot_all
 from tcmgc_cli.data.annotations import Split
@@ -150,17 +149,9 @@ def run_grid(
 def evaluate_variant(run_dir: Path, setup: TrainSetup, test: Split) -> dict[str, Any]:
     """Metrics of a variant's best checkpoint, its scoring speed (pairs/s) and its positive-pair score variance."""
     from tcmgc_cli.checkpoint import load_trained
-    from tcmgc_cli.evaluate import metrics_for, score_split, score_variance
+    from tcmgc_cli.scoring import measure_split
 
-    trained = load_trained(run_dir, str(setup.device))
-    parts: list[torch.Tensor] = []
-    start = time.perf_counter()
-    scores = score_split(trained, setup.cache, test, setup.cfg.eval_chunk, parts=parts)
-    seconds = time.perf_counter() - start
-    metrics: dict[str, Any] = metrics_for(scores, test)
-    metrics["pairs_per_s"] = scores.size / seconds
-    metrics["score_variance"] = score_variance(torch.cat(parts), test.caption_video)
-    return metrics
+    return measure_split(load_trained(run_dir, str(setup.device)), setup.cache, test, setup.cfg.eval_chunk)[1]
 
 
 def ablate(

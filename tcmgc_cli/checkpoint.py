@@ -130,6 +130,7 @@ class Trained:
     device: torch.device
     encoder_fingerprint: str  # the cache encoder it was trained on
     visual_trained: bool  # True when the image tower was fine-tuned: frames must be re-encoded
+    precision: str = "fp32"  # of the text tower and temporal encoder: "fp32" or "bf16" (scoring stays fp32)
 
 
 def find_checkpoint(path: Path) -> Path:

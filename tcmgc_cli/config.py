@@ -165,7 +165,7 @@ class TrainConfig:
     seed: int = 42
     eval_chunk: int = 64  # texts and videos per scoring block
     expand_captions: bool = True  # every caption is a sample (the reference); False: one caption per video per epoch
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast, CUDA only)
+    precision: str = "auto"  # "fp32", "bf16" (autocast, CPU or CUDA), or "auto": the faster here (precision.py)
     log_every: int = 10  # steps between metrics-log lines
 
     def __post_init__(self) -> None:
@@ -177,6 +177,8 @@ class TrainConfig:
             raise ConfigError("epochs and accumulate must be at least 1, batch_size at least 2.")
         if self.lr <= 0 or not 0 <= self.warmup < 1:
             raise ConfigError("lr must be positive and warmup in [0, 1).")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"unknown precision {self.precision!r}: use auto, fp32 or bf16.")
 
 
 def _parse_value(raw: str, current: Any) -> Any:

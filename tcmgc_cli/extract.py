@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -313,8 +314,9 @@ def extract_folder(
     videos: Path, model: str = "tcmgc-b32", *, ids: list[str] | None = None, cache: Path | None = None,
     pretrained: str | None = None, num_frames: int | None = None, fps: float = 1.0, padding: str = "zero",
     clip_seconds: float | None = None, clip_stride: float | None = None, batch_size: int = 16, workers: int = 2,
-    store_frames: bool = False, backend: str = "decord", device: str = "auto", precision: str = "fp32",
+    store_frames: bool = False, backend: str = "decord", device: str = "auto", precision: str = "auto",
     verify: bool = False, on_progress: Callable[[int, int], None] | None = None, prune: bool = False,
+    threads: int | None = None,
 ) -> ExtractReport:  # fmt: skip
     """Extract every video under `videos` (or only `ids`) with `model`'s image tower into `cache` (default: the
     workspace's cache for `model`, where later commands look). Resumable, like `tcmgc extract`.
@@ -323,17 +325,21 @@ def extract_folder(
     `clip_seconds` (default: the model's num_frames frames, 12 s for ViT-B/32 at 1 fps) every `clip_stride` seconds
     (default: half a window); a shorter video is one entry, zero-padded. clip_seconds 0: one entry per video, the
     reference's input (what dataset runs use). prune: then remove the cached videos whose files under `videos` are
-    gone (see `prune_folder`).
+    gone (see `files_gone`). precision: fp32, bf16, or auto (the faster on this host, measured once; a cache keeps
+    the precision it was started with). threads: at most this many CPU threads for the image tower and as many
+    decoder processes (default: every core, and `workers`).
 
         report = extract_folder(Path("my_videos"), "tcmgc-b32", pretrained="ViT-B-32.pt")
         report.extracted, report.failed, report.cache
     """
     from tcmgc_cli.errors import ConfigError
-    from tcmgc_cli.model.registry import get_model_config
+    from tcmgc_cli.model.registry import get_model_config, resolve_weights
     from tcmgc_cli.workspace import default_cache_path
 
     if batch_size < 1 or workers < 0:
         raise ConfigError("--batch-size must be at least 1 and --workers at least 0.")
+    if threads is not None:
+        workers = min(workers, cap_threads(threads))
     entry = get_model_config(model)
     frames = entry["num_frames"] if num_frames is None else num_frames
     rule = TrackConfig.from_seconds(fps, frames, clip_seconds, clip_stride, padding)  # bad values fail first
@@ -342,8 +348,9 @@ def extract_folder(
         raise ConfigError(f"no video files found in {videos}.")
     path = cache or default_cache_path(model)
     gone = files_gone(path, videos) if prune else []  # decided before anything is written: a refusal keeps all
-    weights = entry["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
-    encoder = FrameEncoder.load(entry["clip"], weights, device, precision)
+    weights = resolve_weights(entry, pretrained)
+    chosen = (cache_precision(path) or precision) if precision == "auto" else precision  # auto: as the cache began
+    encoder = FrameEncoder.load(entry["clip"], weights, device, chosen)
     settings = CacheSettings(model, encoder.fingerprint, encoder.preprocess.size, rule.to_dict(), store_frames)
     report = extract(jobs, path, encoder, settings, backend=VideoBackend(backend), workers=workers,
                      batch_size=batch_size, on_progress=on_progress, pre_failed=pre_failed, verify=verify)  # fmt: skip
@@ -351,6 +358,50 @@ def extract_folder(
     if gone:
         report.pruned = remove_videos(path, gone)
     return report
+
+
+def cap_threads(threads: int) -> int:
+    """At most `threads` CPU threads for torch's work (people index in the background on laptops)."""
+    from tcmgc_cli.errors import ConfigError
+
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1 (got {threads}); leave it out to use every core.")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def cache_precision(path: Path) -> str | None:
+    """The precision an existing cache's features were computed in (a cache never mixes them)."""
+    if not path.exists():
+        return None
+    cache = FeatureCache(path)
+    try:
+        return "bf16" if cache.settings.encoder_fingerprint.endswith(":bf16") else "fp32"
+    finally:
+        cache.close()
+
+
+def extract_dataset(
+    dataset: str, data_root: Path, model: str = "tcmgc-b32", *, annotations: Path | None = None, **options: Any
+) -> ExtractReport:
+    """Extract the videos of a dataset laid out as the reference code reads it (`tcmgc extract --dataset`), each
+    scored whole with the reference's input (method doc, section 2); `annotations`: only the ids a CSV lists.
+    `options` are `extract_folder`'s.
+
+        report = extract_dataset("msrvtt", Path("MSRVTT"), "tcmgc-b32", pretrained="ViT-B-32.pt")
+    """
+    from tcmgc_cli.data.annotations import msrvtt_videos, read_id_list
+    from tcmgc_cli.errors import ConfigError
+
+    if dataset != "msrvtt":
+        raise ConfigError(f"extracting --dataset {dataset} is not supported yet: use --videos DIR with its folder.")
+    if options.get("clip_seconds"):
+        raise ConfigError("dataset runs keep one entry per video, as the benchmarks define them: drop --clip-seconds.")
+    folder, ids = msrvtt_videos(data_root)
+    if annotations is not None:
+        known = set(ids)
+        ids = [i for i in read_id_list(annotations) if i in known]
+    return extract_folder(folder, model, ids=ids, **{**options, "clip_seconds": 0.0})
 
 
 def files_gone(cache_path: Path, folder: Path) -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any
 from tcmgc_cli.errors import AnnotationError
 from tcmgc_cli.fileio import write_text_atomic
 from tcmgc_cli.metrics import MAX_PREDICTIONS, moment_metrics
-from tcmgc_cli.search import SearchIndex, open_search
+from tcmgc_cli.opening import open_search
+from tcmgc_cli.search import SearchIndex
 
 
 @dataclass
@@ -77,11 +78,11 @@ def _parse(line: str, n: int, path: Path, durations: dict[str, float], slack: fl
 def evaluate_moments(
     path: Path, checkpoint: Path | None = None, *, cache: Path | None = None, scorer: str = "auto",
     pretrained: str | None = None, device: str = "auto", candidates: int = 500,
-    save_predictions: Path | None = None,
+    save_predictions: Path | None = None, precision: str = "auto",
 ) -> dict[str, Any]:  # fmt: skip
     """Moment metrics (`metrics.MOMENT_KEYS`, `num_queries`) of a checkpoint (or CLIP's own similarity) on a
     QVHighlights-style file; `save_predictions` writes each query's predicted windows in the same format."""
-    index = open_search(checkpoint, cache, device, scorer, pretrained)
+    index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision)
     return score_moments(index, path, candidates, save_predictions)
 
 

@@ -15,6 +15,7 @@ from tcmgc_cli.checkpoint import Trained
 from tcmgc_cli.model.attention import LvaVideo
 from tcmgc_cli.model.encoder import TextEncoder, Tokenizer, encode_tokens
 from tcmgc_cli.model.tcmgc import TextFeatures, VideoFeatures
+from tcmgc_cli.precision import autocast
 
 
 class Ranker(Protocol):
@@ -66,14 +67,15 @@ class TcmgcRanker:
         return self.trained.device
 
     def encode(self, tokens: torch.Tensor) -> TextFeatures:
-        return self.trained.model.encode_text(tokens.to(self.trained.device))
+        with autocast(self.trained.device, self.trained.precision):
+            return self.trained.model.encode_text(tokens.to(self.trained.device)).float()
 
     @torch.no_grad()
     def frame_features(self, cache: FeatureCache, videos: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The cached features; a model whose image tower was fine-tuned encodes the cached frames itself."""
         if not self.trained.visual_trained:
             return {v: f for v, (_, f) in cache.tracks(videos).items()}, cache.padding_feature
-        from tcmgc_cli.evaluate import encode_frames
+        from tcmgc_cli.scoring import encode_frames
 
         model, dev = self.trained.model, self.trained.device
         size = cache.settings.image_size
@@ -85,7 +87,8 @@ class TcmgcRanker:
         return out, pad.float().cpu().numpy()
 
     def temporal(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.trained.model.encode_video(frames, mask).temporal
+        with autocast(self.trained.device, self.trained.precision):
+            return self.trained.model.encode_video(frames, mask).temporal.float()
 
     def scores(
         self, text: TextFeatures, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor,

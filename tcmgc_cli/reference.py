@@ -21,7 +21,8 @@ from tcmgc_cli.fileio import write_text_atomic
 from tcmgc_cli.model.encoder import module_fingerprint
 from tcmgc_cli.model.factory import create_model, resolve_spec
 from tcmgc_cli.model.registry import get_model_config
-from tcmgc_cli.train import TrainState, claim_run, freeze, make_optimizer
+from tcmgc_cli.runs import claim_run
+from tcmgc_cli.train import TrainState, freeze, make_optimizer
 
 SIZES = {"msrvtt": (32, 12), "vatex": (32, 12), "didemo": (64, 64)}  # (Nw, Nf), method doc section 1
 

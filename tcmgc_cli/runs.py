@@ -13,6 +13,7 @@
 import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,13 @@ from tcmgc_cli.config import TrainConfig, apply_overrides
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.data.source import DataSource
 from tcmgc_cli.distributed import process_rank, world_size
-from tcmgc_cli.errors import ConfigError
-from tcmgc_cli.fileio import write_text_atomic
+from tcmgc_cli.errors import ConfigError, RunExistsError
+from tcmgc_cli.fileio import FolderLock, write_text_atomic
 from tcmgc_cli.model.encoder import Tokenizer, resolve_device
 from tcmgc_cli.model.factory import ModelSpec, create_model, resolve_spec
 from tcmgc_cli.model.registry import get_model_config
-from tcmgc_cli.train import TrainData, Trainer, TrainState, check_training_cache, claim_run, seed_everything
+from tcmgc_cli.scoring import check_cache
+from tcmgc_cli.train import TrainData, Trainer, TrainState, seed_everything
 from tcmgc_cli.workspace import default_cache_path, latest_run, new_run_dir
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def prepare(
     overrides, cfg = apply_overrides({}, entry.get("train", {}), config, list(sets))
     cfg = dataclasses.replace(cfg, **(train or {}))
     features = FeatureCache(cache or default_cache_path(model))
-    check_training_cache(features, resolve_spec(model, pretrained, overrides), cfg)
+    check_cache(features, resolve_spec(model, pretrained, overrides), needs_frames=cfg.freeze == "none")
     train_split = source.split("train", features)
     return TrainSetup(model, pretrained, overrides, cfg, features, train_split, source.validation_split(features),
                       resolve_device(device), source.dataset)  # fmt: skip
@@ -116,7 +118,7 @@ def train(
     overwrite: bool = False, pretrained: str | None = None, cache: Path | None = None, config: Path | None = None,
     sets: Sequence[str] = (), epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
     seed: int | None = None, freeze_backbone: bool = False, device: str = "auto",
-    on_event: Callable[[Event], None] | None = None,
+    on_event: Callable[[Event], None] | None = None, precision: str | None = None,
 ) -> TrainResult:  # fmt: skip
     """Train TC-MGC on `source` into `output` (default: a new run folder in the workspace; with `resume`, the
     newest run). Settings merge: recipe -> model config -> `config` -> `sets` -> the keyword arguments."""
@@ -124,10 +126,37 @@ def train(
         raise ConfigError("pass --resume (continue the run) or --overwrite (start it again), not both.")
     if world_size() > 1 and output is None:
         raise ConfigError("under torchrun pass --output DIR, so that every process writes to the same run folder.")
-    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "precision": precision}
     keys = {k: v for k, v in flags.items() if v is not None} | ({"freeze": "all"} if freeze_backbone else {})
     setup = prepare(source, model, pretrained=pretrained, cache=cache, config=config, sets=sets, train=keys,
                     device=device)  # fmt: skip
     run_dir = output or ((latest_run() if resume else None) or new_run_dir(model))
     state = train_run(setup, setup.spec(), setup.cfg, run_dir, resume=resume, overwrite=overwrite, on_event=on_event)
     return TrainResult(run_dir, state)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a folder already holds (part of) a training run."""
+    return (run_dir / "metrics.jsonl").exists() or any((run_dir / "checkpoints").glob("*.pt"))
+
+
+def claim_run(run_dir: Path, resume: bool, overwrite: bool = False) -> FolderLock:
+    """Lock `run_dir` for this process (held until closed; the kernel drops it if the process dies).
+
+    A folder that holds a run is continued only with `resume`, and started over only with `overwrite`, which
+    deletes its checkpoints and logs; otherwise RunExistsError, and nothing in it changes.
+    """
+    lock = FolderLock(
+        run_dir, f"{run_dir} is being written by another tcmgc process: wait for it, or pass another --output."
+    )
+    if not resume and holds_run(run_dir):
+        if not overwrite:
+            lock.close()
+            raise RunExistsError(
+                f"{run_dir} already holds a training run: continue it with --resume, start it again with --overwrite "
+                "(deletes its checkpoints and metrics), or pass another --output."
+            )
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for name in ("metrics.jsonl", "config.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    return lock

@@ -21,7 +21,6 @@ in full (MOMENT_BUDGET windows per query in all).
 import functools
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from tcmgc_cli.cache import FeatureCache
-from tcmgc_cli.checkpoint import Trained, find_checkpoint
+from tcmgc_cli.checkpoint import Trained
 from tcmgc_cli.data.sampling import PAD, entry_rows, span_of, windows_of_lengths
-from tcmgc_cli.errors import CheckpointError, ConfigError, NumericsError
-from tcmgc_cli.index_store import Loaded, Stack, index_folders, prune_indexes, sync_parts, writable_folder
+from tcmgc_cli.errors import ConfigError, NumericsError
+from tcmgc_cli.index_store import Loaded, Stack, sync_parts
 from tcmgc_cli.model.attention import LvaVideo
-from tcmgc_cli.model.encoder import TextEncoder
 from tcmgc_cli.model.tcmgc import TextFeatures
-from tcmgc_cli.ranking import ClipRanker, Ranker, TcmgcRanker
+from tcmgc_cli.ranking import Ranker, TcmgcRanker
 
 MOMENT_LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # candidate moment lengths, in track frames
 MOMENT_BUDGET = 24  # candidate windows per query that the ranker scores in full (the rest only cheaply)
@@ -218,11 +216,6 @@ class SearchIndex:
             loaded = sync_parts(Path(tmp), cache, ranker)
         rule = cache.settings.tracks
         return cls(ranker, loaded, rule.num_frames, rule.padding, cache.path)
-
-    def reopen(self) -> "SearchIndex":
-        """The index of the same ranker over the cache as it is now (parts built only for what is new)."""
-        assert self.cache_path is not None, "an index made from arrays has no cache to follow"
-        return open_index(self.ranker, self.checkpoint, FeatureCache(self.cache_path))
 
     @functools.cached_property
     def video_paths(self) -> dict[str, str]:
@@ -495,92 +488,10 @@ def _shorten(text: str, width: int = 40) -> str:
     return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
-def ranker_key(ranker: Ranker, checkpoint: Path | None = None) -> str:
-    """What an index was built with: the checkpoint file as it is now, or CLIP's weights."""
-    if checkpoint is not None:
-        st = checkpoint.stat()
-        return f"tcmgc|{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    assert isinstance(ranker, ClipRanker)
-    return f"clip|{ranker.text.fingerprint}"
+def __getattr__(name: str) -> Any:
+    """`open_search` and `open_index` live in `tcmgc_cli.opening`; importing them from here still works."""
+    if name in ("open_search", "open_index", "ranker_key"):
+        from tcmgc_cli import opening
 
-
-def open_index(
-    ranker: Ranker | Trained, checkpoint: Path | None, cache: FeatureCache,
-    on_encoded: Callable[[int], None] | None = None,
-) -> SearchIndex:  # fmt: skip
-    """The search index of this ranker over this cache, kept on disk (`index_store.py`) and grown with the cache:
-    only tracks that no part holds yet run through the temporal encoder (`on_encoded(n)` after each batch of n
-    entries). Beside the cache when its folder is writable, else in the workspace; each folder keeps the
-    KEEP_INDEXES most recently used indexes."""
-    ranker = TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker
-    file = find_checkpoint(checkpoint) if checkpoint is not None else None
-    folder = writable_folder(index_folders(ranker_key(ranker, file), cache))
-    loaded = sync_parts(folder, cache, ranker, on_encoded)
-    prune_indexes(folder.parent)
-    rule = cache.settings.tracks
-    index = SearchIndex(ranker, loaded, rule.num_frames, rule.padding, cache.path)
-    index.checkpoint = file
-    return index
-
-
-SCORERS = ("auto", "tcmgc", "clip")
-
-
-def open_search(
-    checkpoint: Path | None = None, cache: Path | None = None, device: str = "auto", scorer: str = "auto",
-    pretrained: str | None = None, on_encoded: Callable[[int], None] | None = None,
-) -> SearchIndex:  # fmt: skip
-    """A search index ready for `search(["a dog runs"])`. scorer "tcmgc": a trained checkpoint (default: the
-    newest run) over its cache (default: the workspace's for its model); "clip": the cache's own CLIP embeddings,
-    no checkpoint needed (default cache: the workspace's only one); "auto": tcmgc when there is a checkpoint."""
-    from tcmgc_cli.errors import CacheError
-    from tcmgc_cli.evaluate import open_trained
-    from tcmgc_cli.workspace import latest_run
-
-    if scorer not in SCORERS:
-        raise ConfigError(f"unknown scorer {scorer!r}: use {', '.join(SCORERS)}.")
-    source = checkpoint or (latest_run() if scorer != "clip" else None)
-    if scorer == "tcmgc" and source is None:
-        raise CheckpointError("no trained run in the workspace: train one, pass --checkpoint, or use --scorer clip.")
-    if source is not None and scorer != "clip":
-        trained, features, where = open_trained(source, cache, device)
-        _check_not_empty(features, trained.spec.name)
-        return open_index(trained, where, features, on_encoded)
-    features = FeatureCache(cache or _only_workspace_cache())
-    _check_not_empty(features, features.settings.encoder)
-    text = _text_encoder(features, pretrained, device)
-    if text.fingerprint != features.settings.encoder_fingerprint.removesuffix(":bf16"):
-        raise CacheError(
-            f"{features.path} was extracted with other {features.settings.encoder} weights than these: pass the "
-            "--pretrained you extracted with."
-        )
-    return open_index(ClipRanker(text), None, features, on_encoded)
-
-
-def _check_not_empty(cache: FeatureCache, model: str) -> None:
-    from tcmgc_cli.errors import CacheError
-
-    if len(cache) == 0:
-        raise CacheError(f"{cache.path} holds no videos: run `tcmgc extract --videos DIR --model {model}`.")
-
-
-def _only_workspace_cache() -> Path:
-    from tcmgc_cli.errors import CacheError
-    from tcmgc_cli.workspace import workspace_dir
-
-    found = sorted((workspace_dir() / "cache").glob("*.h5"))
-    if not found:
-        raise CacheError("no cache in the workspace: run `tcmgc extract --videos DIR` first, or pass --cache FILE.")
-    if len(found) > 1:
-        raise ConfigError(
-            f"the workspace holds {len(found)} caches ({', '.join(p.name for p in found)}): pass --cache."
-        )
-    return found[0]
-
-
-def _text_encoder(cache: FeatureCache, pretrained: str | None, device: str) -> TextEncoder:
-    from tcmgc_cli.model.registry import get_model_config
-
-    entry = get_model_config(cache.settings.encoder)
-    weights = entry["pretrained"] if pretrained is None else (None if pretrained.lower() == "none" else pretrained)
-    return TextEncoder.load(entry["clip"], weights, device)
+        return getattr(opening, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,14 +25,14 @@ from tcmgc_cli.checkpoint import Trained, read_checkpoint, save_checkpoint
 from tcmgc_cli.config import TrainConfig
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.distributed import Dist
-from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError, RunExistsError
-from tcmgc_cli.evaluate import metrics_for, score_split, score_variance
-from tcmgc_cli.fileio import FolderLock
+from tcmgc_cli.errors import CheckpointError, NumericsError
 from tcmgc_cli.model.encoder import Tokenizer
 from tcmgc_cli.model.factory import ModelSpec
 from tcmgc_cli.model.losses import tcmgc_loss
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures
 from tcmgc_cli.optim import BertAdam, param_groups, warmup_cosine
+from tcmgc_cli.precision import autocast
+from tcmgc_cli.scoring import measure_split
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
@@ -119,7 +118,7 @@ class TrainStep(torch.nn.Module):
         with torch.set_grad_enabled(self.text_trains and torch.is_grad_enabled()):
             text = model.encode_text(tokens)
         if frames.dtype == torch.uint8:
-            from tcmgc_cli.evaluate import encode_frames
+            from tcmgc_cli.scoring import encode_frames
 
             frames = encode_frames(model, frames, mask)
         text = TextFeatures(g(text.words), g(text.sentence), None if text.mask is None else g(text.mask))
@@ -148,6 +147,25 @@ class Trainer:
         self.total_steps = max(1, cfg.epochs * self.batches_per_epoch // cfg.accumulate)
         self.optimizer = make_optimizer(model, cfg)
         self.state = TrainState()
+        self.precision = self._precision()
+
+    def _precision(self) -> str:
+        """fp32 or bf16 autocast for the whole step: as configured, or the faster on this host ("auto"); under
+        torchrun every process takes rank 0's answer."""
+        from tcmgc_cli.precision import resolve
+
+        sample = epoch_order(self.cfg, self.data, 0)[: min(8, len(self.data.tokens))]
+
+        @torch.no_grad()
+        def run(p: str) -> torch.Tensor:
+            return self._forward(sample, p)[0].float()
+
+        training = self.model.training
+        self.model.eval()  # no dropout, and the random state is left as it was: a measured run trains the same
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            mine = resolve(self.cfg.precision, f"train step {self.spec.name} ({self.spec.clip})", self.device, run)
+        self.model.train(training)
+        return str(self.dist.gather_objects(mine)[0]) if self.dist.world > 1 else mine
 
     @property
     def visual_trained(self) -> bool:
@@ -161,12 +179,15 @@ class Trainer:
         raw = [torch.from_numpy(self.cache.frames(self.data.video_ids[v])) for v in videos.tolist()]
         return torch.stack(raw).to(self.device)
 
-    def _loss(self, captions: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _forward(self, captions: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
         videos = self.data.caption_video[captions]
-        amp = self.device.type == "cuda" and self.cfg.precision == "bf16"
         mask = None if self.data.masks is None else self.data.masks[videos].to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(self.device, precision):
             logits, parts = self.step(self.data.tokens[captions].to(self.device), self._frames(videos), mask)
+        return logits, parts
+
+    def _loss(self, captions: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits, parts = self._forward(captions, self.precision)
         return tcmgc_loss(logits.float(), parts.float(), self.spec.config.sdr_alpha)
 
     def _lr(self) -> float:
@@ -228,9 +249,7 @@ class Trainer:
     def validate(self, split: Split) -> dict[str, float]:
         """Metrics on `split`, and the score variance on its positive pairs (logged every epoch: SDR's effect)."""
         self.model.eval()
-        parts: list[torch.Tensor] = []
-        scores = score_split(self._trained(), self.cache, split, self.cfg.eval_chunk, parts=parts)
-        return {**metrics_for(scores, split), "score_variance": score_variance(torch.cat(parts), split.caption_video)}
+        return measure_split(self._trained(), self.cache, split, self.cfg.eval_chunk)[1]
 
     def _log(self, record: Event) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
@@ -268,7 +287,7 @@ class Trainer:
             except CheckpointError as err:
                 log.warning("%s; trying the previous one", err)
                 continue
-            if payload["spec"] != self.spec.to_dict() or payload["train"] != asdict(self.cfg):
+            if payload["spec"] != self.spec.to_dict() or _recipe(payload["train"]) != _recipe(asdict(self.cfg)):
                 raise CheckpointError(
                     f"{path} was trained with another config: resume it with the same options, or use a new --output."
                 )
@@ -321,52 +340,6 @@ class Trainer:
         return self.state
 
 
-def holds_run(run_dir: Path) -> bool:
-    """Whether a folder already holds (part of) a training run."""
-    return (run_dir / "metrics.jsonl").exists() or any((run_dir / "checkpoints").glob("*.pt"))
-
-
-def claim_run(run_dir: Path, resume: bool, overwrite: bool = False) -> FolderLock:
-    """Lock `run_dir` for this process (held until closed; the kernel drops it if the process dies).
-
-    A folder that holds a run is continued only with `resume`, and started over only with `overwrite`, which
-    deletes its checkpoints and logs; otherwise RunExistsError, and nothing in it changes.
-    """
-    lock = FolderLock(
-        run_dir, f"{run_dir} is being written by another tcmgc process: wait for it, or pass another --output."
-    )
-    if not resume and holds_run(run_dir):
-        if not overwrite:
-            lock.close()
-            raise RunExistsError(
-                f"{run_dir} already holds a training run: continue it with --resume, start it again with --overwrite "
-                "(deletes its checkpoints and metrics), or pass another --output."
-            )
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        for name in ("metrics.jsonl", "config.json"):
-            (run_dir / name).unlink(missing_ok=True)
-    return lock
-
-
-def check_training_cache(cache: FeatureCache, spec: ModelSpec, cfg: TrainConfig) -> None:
-    """Raise one message for a cache this training cannot use (other encoder or frame count, frames missing)."""
-    settings = cache.settings
-    if settings.encoder != spec.name:
-        raise CacheError(
-            f"{cache.path} was extracted with --model {settings.encoder}, this run trains {spec.name}: extract with --model {spec.name}."
-        )
-    if settings.num_frames != spec.config.num_frames:
-        raise CacheError(
-            f"{cache.path} holds {settings.num_frames} frames per video, {spec.name} uses {spec.config.num_frames}: "
-            f"re-extract with --num-frames {spec.config.num_frames} into another --cache, or --set model.num_frames=..."
-        )
-    if cfg.freeze == "none" and not settings.store_frames:
-        raise CacheError(
-            f"fine-tuning CLIP end to end needs frames, and {cache.path} holds only embeddings: "
-            "re-extract with --store-frames, or train the new modules only with --freeze-backbone."
-        )
-
-
-def missing_message(missing: list[str], total: int, cache: Path) -> str:
-    return (f"{len(missing)} of {total} videos have no features in {cache} (first: {', '.join(missing[:5])}). "
-            "Run `tcmgc extract` for them, or pass --skip-missing to go on without them.")  # fmt: skip
+def _recipe(train: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with its checkpoint: the recipe, not how fast the host runs it."""
+    return {k: v for k, v in train.items() if k != "precision"}

@@ -7,6 +7,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["TCMGC_PRECISION"] = "fp32"  # `auto` measures the host: tests compare exact features, so pin it
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_MSRVTT = ROOT / "sample_data" / "msrvtt"
@@ -16,6 +17,7 @@ SAMPLE_MSRVTT = ROOT / "sample_data" / "msrvtt"
 def _offline_seeded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TCMGC_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))  # precision records stay in the test
     random.seed(0)
     np.random.seed(0)
 

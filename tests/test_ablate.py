@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from tcmgc_cli.ablate import Variant, expand_variants, run_grid, summarize
 from tcmgc_cli.cli import app
 from tcmgc_cli.errors import ConfigError
-from tcmgc_cli.evaluate import score_variance
+from tcmgc_cli.scoring import score_variance
 from tests.test_cli_train_evaluate import small_dataset
 
 runner = CliRunner()

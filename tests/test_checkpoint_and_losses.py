@@ -241,3 +241,18 @@ def test_import_reference_command_makes_a_run_that_evaluates_and_resumes(sample_
                                   "--set", "model.temporal_positions=77", "--set", "model.keep_rate=0.25", *sets])  # fmt: skip
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["epochs"] == 2
+    # its image tower is the one sample_cache was extracted with: the cached features serve, no frames needed
+    fresh = tmp_path / "fresh"
+    assert runner.invoke(app, ["import-reference", str(path), "--keep-rate", "0.25", "--model", "tcmgc-tiny",
+                               "--output", str(fresh), *sets]).exit_code == 0  # fmt: skip
+    evaluate = ["evaluate", "--dataset", "csv", "--annotations", str(data), "--cache", str(sample_cache), "--json"]
+    same = runner.invoke(app, [*evaluate, "--checkpoint", str(fresh)])
+    assert same.exit_code == 0, same.output
+    with torch.no_grad():
+        source.clip.visual.proj.add_(0.01)  # another tower: its features must come from frames
+    torch.save(reference_layout(source), path)
+    other = tmp_path / "other"
+    assert runner.invoke(app, ["import-reference", str(path), "--keep-rate", "0.25", "--model", "tcmgc-tiny",
+                               "--output", str(other), *sets]).exit_code == 0  # fmt: skip
+    refused = runner.invoke(app, [*evaluate, "--checkpoint", str(other)])
+    assert refused.exit_code == 1 and "--store-frames" in refused.output

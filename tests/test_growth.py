@@ -51,7 +51,8 @@ def test_prune_refuses_a_folder_that_looks_unmounted(video_dir: Path, tmp_path: 
 
 def test_a_killed_index_build_is_cleaned_up_and_built_again(video_dir: Path, tmp_path: Path) -> None:
     from tcmgc_cli.index_store import index_folders
-    from tcmgc_cli.search import SearchIndex, open_search, ranker_key
+    from tcmgc_cli.opening import open_search, ranker_key
+    from tcmgc_cli.search import SearchIndex
 
     cache = tmp_path / "c.h5"
     assert extract(video_dir, cache)[0] == 0

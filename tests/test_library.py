@@ -12,8 +12,8 @@ from tests.test_cli_train_evaluate import small_dataset
 def test_extract_train_evaluate_search_from_python(video_dir: Path, sample_cache: Path, tmp_path: Path) -> None:
     from tcmgc_cli.evaluate import evaluate
     from tcmgc_cli.extract import extract_folder
+    from tcmgc_cli.opening import open_search
     from tcmgc_cli.runs import train
-    from tcmgc_cli.search import open_search
 
     report = extract_folder(video_dir, "tcmgc-tiny", cache=tmp_path / "c.h5", workers=0)
     assert sorted(report.extracted) == ["video0", "video1", "video2", "video3"] and report.cache == str(
@@ -38,3 +38,36 @@ def test_library_errors_are_the_commands_errors(tmp_path: Path) -> None:
         train(data, "tcmgc-tiny", resume=True, overwrite=True)
     with pytest.raises(CacheError, match="run `tcmgc extract` first"):
         train(data, "tcmgc-tiny", cache=tmp_path / "missing.h5")
+
+
+def _same_cache(a: Path, b: Path) -> None:
+    import numpy as np
+
+    from tcmgc_cli.cache import FeatureCache
+
+    one, two = FeatureCache(a), FeatureCache(b)
+    assert one.settings == two.settings and one.ids() == two.ids()
+    for video in one.videos():
+        for x, y in zip(one.track(video), two.track(video), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_the_library_and_the_command_build_the_same_cache(video_dir: Path, tmp_path: Path) -> None:
+    """Defaults live in the library: the same arguments give the same cache from Python and from the command line."""
+    from typer.testing import CliRunner
+
+    from tcmgc_cli import extract_dataset, extract_folder
+    from tcmgc_cli.cli import app
+    from tests.conftest import SAMPLE_MSRVTT
+
+    runner = CliRunner()
+    base = ["extract", "--model", "tcmgc-tiny", "--workers", "0"]
+    assert runner.invoke(app, [*base, "--videos", str(video_dir), "--cache", str(tmp_path / "cli.h5")]).exit_code == 0
+    extract_folder(video_dir, "tcmgc-tiny", cache=tmp_path / "py.h5", workers=0)
+    _same_cache(tmp_path / "cli.h5", tmp_path / "py.h5")
+    listing = tmp_path / "ids.csv"
+    listing.write_text("video_id\nvideo3\nvideo100\n")
+    dataset = [*base, "--dataset", "msrvtt", "--data-root", str(SAMPLE_MSRVTT), "--annotations", str(listing)]
+    assert runner.invoke(app, [*dataset, "--cache", str(tmp_path / "cli-d.h5")]).exit_code == 0
+    extract_dataset("msrvtt", SAMPLE_MSRVTT, "tcmgc-tiny", annotations=listing, cache=tmp_path / "py-d.h5", workers=0)
+    _same_cache(tmp_path / "cli-d.h5", tmp_path / "py-d.h5")

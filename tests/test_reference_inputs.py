@@ -28,9 +28,9 @@ def short_video(tmp_path: Path) -> tuple[Path, np.ndarray]:
 
 def test_short_video_from_file_to_scores_as_the_reference(short_video: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     from tcmgc_cli.data.transforms import normalize, resize_crop
-    from tcmgc_cli.evaluate import frame_masks
     from tcmgc_cli.model.factory import create_model, resolve_spec
     from tcmgc_cli.model.tcmgc import TextFeatures
+    from tcmgc_cli.scoring import frame_masks
 
     folder, frames = short_video
     cache_path = tmp_path / "c.h5"

@@ -86,8 +86,8 @@ def test_nan_row_in_cache_is_named_by_evaluate_and_train(data: Path, sample_cach
 
 
 def test_metrics_and_scores_refuse_nan() -> None:
-    from tcmgc_cli.evaluate import check_finite_scores
     from tcmgc_cli.metrics import retrieval_metrics
+    from tcmgc_cli.scoring import check_finite_scores
 
     scores = np.eye(3)
     scores[1, 2] = np.nan  # NaN was "never strictly higher": the old code ranked video 1's text first
@@ -392,7 +392,7 @@ def test_long_query_note_is_short(data: Path, sample_cache: Path, tmp_path: Path
 def test_saved_search_indexes_do_not_pile_up(sample_cache: Path, tmp_path: Path, data: Path) -> None:
     from tcmgc_cli.checkpoint import load_trained
     from tcmgc_cli.index_store import KEEP_INDEXES
-    from tcmgc_cli.search import open_index
+    from tcmgc_cli.opening import open_index
 
     cache = tmp_path / "c.h5"
     copy_cache(sample_cache, cache)
@@ -411,8 +411,8 @@ def test_search_on_a_read_only_cache_folder_saves_its_index_in_the_workspace(
 ) -> None:
     from tcmgc_cli.checkpoint import find_checkpoint, load_trained
     from tcmgc_cli.index_store import index_folders
+    from tcmgc_cli.opening import open_index, ranker_key
     from tcmgc_cli.ranking import TcmgcRanker
-    from tcmgc_cli.search import open_index, ranker_key
 
     run = tmp_path / "run"
     assert runner.invoke(app, train_args(data, sample_cache, run)).exit_code == 0

@@ -131,7 +131,7 @@ def test_the_index_grows_with_the_cache(run: Path, sample_cache: Path, tmp_path:
     scores every entry as one built from scratch does."""
     from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache
     from tcmgc_cli.checkpoint import load_trained
-    from tcmgc_cli.search import open_index
+    from tcmgc_cli.opening import open_index
     from tests.helpers import copy_cache, random_frames, write_video
 
     cache_path = copy_cache(sample_cache, tmp_path / "c.h5")
@@ -181,7 +181,7 @@ def test_the_index_grows_with_the_cache(run: Path, sample_cache: Path, tmp_path:
 def test_explain_and_moments_leave_zero_padded_slots_out(run: Path, sample_cache: Path) -> None:
     """sample_cache is a dataset run: 1 fps and zero padding, so most of tcmgc-tiny's 8 slots are padding."""
     from tcmgc_cli.cache import FeatureCache
-    from tcmgc_cli.search import open_search
+    from tcmgc_cli.opening import open_search
 
     cache = FeatureCache(sample_cache)
     index = open_search(run, sample_cache)
@@ -198,7 +198,7 @@ def test_explain_and_moments_leave_zero_padded_slots_out(run: Path, sample_cache
 def test_a_window_scores_as_the_model_scores_it_in_training(run: Path, sample_cache: Path) -> None:
     """The moment path against the training path: the window's frames in the first slots, the padding feature in
     the rest, the mask, the temporal encoder and the direct LVA, built here by a loop."""
-    from tcmgc_cli.search import open_search
+    from tcmgc_cli.opening import open_search
 
     index = open_search(run, sample_cache)
     c, model = index.collection, index.trained.model

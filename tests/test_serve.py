@@ -68,7 +68,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import uvicorn
 
-    from tcmgc_cli.search import open_search
+    from tcmgc_cli.opening import open_search
     from tcmgc_cli.serve.app import create_app
     from tcmgc_cli.serve.media import Thumbnails
 
@@ -190,7 +190,7 @@ def test_a_grown_cache_is_served_without_a_restart(collection: Path, tmp_path: P
     """An extract into the served cache: the server finds the new video within seconds, answering throughout."""
     import uvicorn
 
-    from tcmgc_cli.search import open_search
+    from tcmgc_cli.opening import open_search
     from tcmgc_cli.serve.app import create_app
     from tcmgc_cli.serve.live import LiveIndex
     from tcmgc_cli.serve.media import Thumbnails

@@ -162,7 +162,7 @@ def test_search_without_a_checkpoint_returns_videos_with_their_moments(long_dir:
     resolution, each scored as CLIP scores a window: the sentence against the mean of its frames."""
     import torch
 
-    from tcmgc_cli.search import open_search
+    from tcmgc_cli.opening import open_search
     from tcmgc_cli.workspace import default_cache_path
 
     extract(long_dir, default_cache_path("tcmgc-tiny"))
@@ -198,7 +198,7 @@ def test_a_planted_moment_is_found_to_the_second(tmp_path: Path) -> None:
     import torch
 
     from tcmgc_cli.cache import add_tracks
-    from tcmgc_cli.search import open_search
+    from tcmgc_cli.opening import open_search
 
     folder = tmp_path / "v"
     folder.mkdir()
@@ -225,7 +225,7 @@ def test_clip_scorer_equals_open_clips_own_similarity(long_dir: Path, tmp_path: 
     import torch
 
     from tcmgc_cli.model.encoder import load_clip
-    from tcmgc_cli.search import open_search
+    from tcmgc_cli.opening import open_search
 
     cache = tmp_path / "c.h5"
     extract(long_dir, cache)

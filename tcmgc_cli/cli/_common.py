@@ -19,6 +19,25 @@ stdout = Console()
 
 DeviceOpt = Annotated[str, typer.Option(help="Where the model runs: auto (CUDA when present), cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (the faster of fp32 and bf16 on this machine for this model, measured the first time, bf16 only "
+        "within 1e-3 cosine of fp32), fp32 or bf16: the text tower and temporal encoder (training: the whole step)."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="At most this many CPU threads (to run in the background). Default: every core.")
+]
+
+
+def cap_threads(threads: int | None) -> None:
+    """--threads: a one-line error below 1, else torch's CPU threads capped (before any model runs)."""
+    if threads is None:
+        return
+    from tcmgc_cli.extract import cap_threads as cap
+
+    cap(threads)
 
 
 @contextlib.contextmanager

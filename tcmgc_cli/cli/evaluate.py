@@ -5,7 +5,17 @@ from typing import Annotated
 
 import typer
 
-from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, make_progress, print_json, stdout
+from tcmgc_cli.cli._common import (
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+    cap_threads,
+    handle_errors,
+    make_progress,
+    print_json,
+    stdout,
+)
 from tcmgc_cli.cli._data import (
     AnnotationsOpt,
     CacheOpt,
@@ -52,6 +62,8 @@ def evaluate_command(
         str, typer.Option(help="With --moments: tcmgc (a checkpoint), clip (no training), or auto.")
     ] = "auto",
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score every text of a split against every video and print R@1/5/10, MdR and MnR in both directions.
@@ -60,8 +72,9 @@ def evaluate_command(
     --moments, moment retrieval metrics of the field instead.
     """
     with handle_errors():
+        cap_threads(threads)
         if moments is not None:
-            _moments(moments, checkpoint, cache, scorer, device, save_predictions, json_out)
+            _moments(moments, checkpoint, cache, scorer, device, save_predictions, json_out, precision)
             return
         from tcmgc_cli.distributed import process_rank
         from tcmgc_cli.evaluate import evaluate
@@ -70,7 +83,7 @@ def evaluate_command(
             task = progress.add_task("score", total=None, rate="")
             metrics = evaluate(
                 source(dataset, data_root, annotations, skip_missing), checkpoint, split=split, cache=cache, dsl=dsl,
-                chunk=chunk, save_scores=save_scores, device=device,
+                chunk=chunk, save_scores=save_scores, device=device, precision=precision,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )  # fmt: skip
         if process_rank() != 0:
@@ -87,14 +100,16 @@ def evaluate_command(
 
 
 def _moments(
-    path: Path, checkpoint: Path | None, cache: Path | None, scorer: str, device: str, save: Path | None, json_out: bool
-) -> None:
+    path: Path, checkpoint: Path | None, cache: Path | None, scorer: str, device: str, save: Path | None,
+    json_out: bool, precision: str,
+) -> None:  # fmt: skip
     from rich.table import Table
 
     from tcmgc_cli.metrics import MOMENT_KEYS
     from tcmgc_cli.moments import evaluate_moments
 
-    metrics = evaluate_moments(path, checkpoint, cache=cache, scorer=scorer, device=device, save_predictions=save)
+    metrics = evaluate_moments(path, checkpoint, cache=cache, scorer=scorer, device=device, save_predictions=save,
+                               precision=precision)  # fmt: skip
     if json_out:
         print_json(metrics)
         return

@@ -2,7 +2,7 @@
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -81,8 +81,19 @@ def extract_command(
     backend: Annotated[Backend, typer.Option(help="Video decoder.")] = Backend.decord,
     device: DeviceOpt = "auto",
     precision: Annotated[
-        str, typer.Option(help="fp32, or bf16 autocast on CUDA (faster, slightly different features).")
-    ] = "fp32",
+        str,
+        typer.Option(
+            help="auto (the faster of fp32 and bf16 on this machine for this model, measured the first time; bf16 "
+            "only within 1e-3 cosine of fp32), fp32 or bf16. A cache keeps the precision it was started with."
+        ),
+    ] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="At most this many CPU threads for the image tower, and at most as many decoder processes "
+            "(to index in the background). Default: every core."
+        ),
+    ] = None,
     clip_seconds: Annotated[
         float | None,
         typer.Option(
@@ -121,17 +132,18 @@ def extract_command(
     """
     with handle_errors():
         from tcmgc_cli.distributed import process_rank
-        from tcmgc_cli.extract import extract_folder
+        from tcmgc_cli.extract import extract_dataset, extract_folder
 
-        if prune and videos is not None and not videos.is_dir():
-            raise ConfigError(f"--prune: {videos} is missing; nothing was removed. Mount or restore it, then rerun.")
-        folder, ids = _resolve_jobs(videos, dataset, data_root, annotations)
-        if dataset is not None and clip_seconds:
-            raise ConfigError(
-                "dataset runs keep one entry per video, as the benchmarks define them: drop --clip-seconds."
-            )
+        if (videos is None) == (dataset is None):
+            raise ConfigError("pass either --videos DIR or --dataset NAME --data-root DIR.")
+        if dataset is not None and data_root is None:
+            raise ConfigError("--dataset needs --data-root DIR (the folder with the annotation files and videos/).")
         if prune and dataset is not None:
             raise ConfigError("--prune goes with --videos DIR (a folder whose removed files leave the cache).")
+        if prune and videos is not None and not videos.is_dir():
+            raise ConfigError(f"--prune: {videos} is missing; nothing was removed. Mount or restore it, then rerun.")
+        if videos is not None and not videos.is_dir():
+            raise ConfigError(f"--videos {videos} is not a folder.")
         if sampling not in (None, "fps"):
             raise ConfigError(
                 "--sampling is gone: each video is a track of frames at --fps (raise --fps for more frames)."
@@ -143,13 +155,20 @@ def extract_command(
                 speed = progress.tasks[task].speed
                 progress.update(task, completed=done, total=total, rate=f"{speed:.1f} videos/s" if speed else "")
 
-            report = extract_folder(
-                folder, model, ids=ids, cache=cache, pretrained=pretrained, num_frames=num_frames, fps=fps,
-                padding=padding.value, clip_seconds=0.0 if dataset is not None else clip_seconds,
-                clip_stride=clip_stride, batch_size=batch_size, workers=workers, store_frames=store_frames,
-                backend=backend.value, device=device, precision=precision, verify=verify, on_progress=on_progress,
-                prune=prune,
-            )  # fmt: skip
+            options: dict[str, Any] = {
+                "cache": cache, "pretrained": pretrained, "num_frames": num_frames, "fps": fps,
+                "padding": padding.value, "clip_seconds": clip_seconds, "clip_stride": clip_stride,
+                "batch_size": batch_size, "workers": workers, "store_frames": store_frames, "backend": backend.value,
+                "device": device, "precision": precision, "verify": verify, "on_progress": on_progress,
+                "threads": threads,
+            }  # fmt: skip
+            if dataset is not None:
+                assert data_root is not None
+                report = extract_dataset(dataset.value, data_root, model, annotations=annotations, **options)
+            else:
+                assert videos is not None
+                ids = _listed(annotations)
+                report = extract_folder(videos, model, ids=ids, prune=prune, **options)
         if process_rank() != 0:
             return  # under torchrun, rank 0 reports for every process
         _render(report, json_out)
@@ -157,30 +176,16 @@ def extract_command(
             raise typer.Exit(1)
 
 
-def _resolve_jobs(
-    videos: Path | None, dataset: Dataset | None, data_root: Path | None, annotations: Path | None
-) -> tuple[Path, list[str] | None]:
-    from tcmgc_cli.data.annotations import msrvtt_videos, read_id_list
+def _listed(annotations: Path | None) -> list[str] | None:
+    """The ids a CSV lists (its video_id column), or None for every video."""
+    from tcmgc_cli.data.annotations import read_id_list
 
-    if (videos is None) == (dataset is None):
-        raise ConfigError("pass either --videos DIR or --dataset NAME --data-root DIR.")
-    ids: list[str] | None = None
-    if dataset is not None:
-        if data_root is None:
-            raise ConfigError("--dataset needs --data-root DIR (the folder with the annotation files and videos/).")
-        folder, ids = msrvtt_videos(data_root)
-    else:
-        assert videos is not None
-        if not videos.is_dir():
-            raise ConfigError(f"--videos {videos} is not a folder.")
-        folder = videos
-    if annotations is not None:
-        listed = read_id_list(annotations)
-        ids = listed if ids is None else [i for i in listed if i in set(ids)]
-    return folder, ids
+    return None if annotations is None else read_id_list(annotations)
 
 
 def _render(report: "ExtractReport", json_out: bool) -> None:
+    from tcmgc_cli.cache import segment_dir
+
     cache_path = report.cache
     if json_out:
         print_json(report.to_dict())
@@ -208,6 +213,6 @@ def _render(report: "ExtractReport", json_out: bool) -> None:
         where = '"failed" in the JSON output' if json_out else "the reasons above"
         stderr.print(
             f"[yellow]Warning:[/yellow] {len(report.failed)} video(s) failed; see {where} "
-            f"(also in {cache_path}.d/failures.json). A rerun retries them.",
+            f"(also in {segment_dir(Path(cache_path)) / 'failures.json'}). A rerun retries them.",
             highlight=False, soft_wrap=True,
         )  # fmt: skip

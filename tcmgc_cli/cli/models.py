@@ -1,13 +1,29 @@
 """`tcmgc models`: the registered model configs and the size of what TC-MGC adds to CLIP."""
 
+from typing import Annotated
+
+import typer
+
 from tcmgc_cli.cli._common import JsonOpt, handle_errors, print_json
 
 
-def models_command(json_out: JsonOpt = False) -> None:
+def models_command(
+    all_models: Annotated[
+        bool,
+        typer.Option("--all", help="Every open_clip architecture --model accepts, with its pretrained tags."),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """List the model configs that --model accepts, with the parameter count of each new module.
 
-    Columns: temporal encoder, LVA, G and L matrices, all ISA matrices, LSA, and the head's total.
+    Columns: temporal encoder, LVA, G and L matrices, all ISA matrices, LSA, and the head's total. With --all, every
+    open_clip architecture (any of them extracts and searches with --scorer clip; TC-MGC needs a text tower with
+    per-token features: CLIP-style and SigLIP towers).
     """
+    if all_models:
+        with handle_errors():
+            _architectures(json_out)
+        return
     from rich.table import Table
 
     from tcmgc_cli.cli._common import stdout
@@ -31,3 +47,21 @@ def models_command(json_out: JsonOpt = False) -> None:
                 f"{c['temporal']:,}", f"{c['lva']:,}", f"{c['G'] + c['L']:,}", f"{c['isa']:,}", f"{c['lsa']:,}", f"{c['total']:,}",
             )  # fmt: skip
         stdout.print(table)
+
+
+def _architectures(json_out: bool) -> None:
+    from rich.table import Table
+
+    from tcmgc_cli.cli._common import stdout
+    from tcmgc_cli.model.encoder import pretrained_tags
+    from tcmgc_cli.model.registry import get_model_config, open_clip_architectures
+
+    tags = pretrained_tags()
+    rows = [{"name": n, **get_model_config(n), "tags": tags.get(n, [])} for n in open_clip_architectures()]
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("architecture", "D", "words", "pretrained tags (--pretrained)", title="open_clip architectures")
+    for r in rows:
+        table.add_row(r["name"], str(r["embed_dim"]), str(r["max_words"]), ", ".join(r["tags"]) or "-")
+    stdout.print(table)

@@ -5,7 +5,16 @@ from typing import Annotated, Any
 
 import typer
 
-from tcmgc_cli.cli._common import DeviceOpt, handle_errors, print_json, stderr, stdout
+from tcmgc_cli.cli._common import (
+    DeviceOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+    cap_threads,
+    handle_errors,
+    print_json,
+    stderr,
+    stdout,
+)
 
 DEFAULT_CANDIDATES = 500  # benchmarks/search.py: top-10 agreement with exhaustive scoring on 10,000 videos
 
@@ -60,6 +69,8 @@ def search_command(
         Path | None, typer.Option(help="With --explain: where to write the PNG. Default: explain.png.")
     ] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object per query and line: {query, results}.")
     ] = False,
@@ -72,9 +83,10 @@ def search_command(
     """
     with handle_errors():
         texts = _queries(query, queries)
-        from tcmgc_cli.search import open_search
+        from tcmgc_cli.opening import open_search
 
-        index = open_search(checkpoint, cache, device, scorer, pretrained)
+        cap_threads(threads)
+        index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision)
         results, notes = index.search(texts, top_k, candidates, per_video, video, moments)
         for note in notes:
             stderr.print(f"Note: {note}.")

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from tcmgc_cli.cli._common import DeviceOpt, handle_errors, stderr
+from tcmgc_cli.cli._common import DeviceOpt, PrecisionOpt, ThreadsOpt, cap_threads, handle_errors, stderr
 
 
 def serve_command(
@@ -22,6 +22,8 @@ def serve_command(
         str | None, typer.Option(help="With the clip scorer: the CLIP weights the cache was extracted with.")
     ] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
     max_batch: Annotated[
         int,
         typer.Option(
@@ -65,19 +67,21 @@ def serve_command(
         import uvicorn
 
         from tcmgc_cli.cache import segment_dir
-        from tcmgc_cli.search import open_search
+        from tcmgc_cli.opening import open_search
         from tcmgc_cli.serve.app import create_app
         from tcmgc_cli.serve.live import LiveIndex
         from tcmgc_cli.serve.media import Thumbnails
         from tcmgc_cli.workspace import workspace_dir
 
-        index = open_search(checkpoint, cache, device, scorer, pretrained)
+        cap_threads(threads)
+        index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision)
         assert index.cache_path is not None
         cache_path = index.cache_path
         live = LiveIndex(index, every_s=watch, on_error=lambda err: stderr.print(f"Note: not reloaded yet ({err})."))
         thumbs = Thumbnails([segment_dir(cache_path) / "thumbs", workspace_dir() / "thumbs"], thumb_cache_mb << 20)
         stderr.print(f"Serving {len(index.collection.videos)} videos ({index.scorer} scorer) at http://{host}:{port}/")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = min(cores, threads or cores)  # --threads: at most that many searches at once, one thread each
         torch.set_num_threads(1)  # one search per core beats every core on one small search
         uvicorn.run(
             create_app(live, thumbs, parallel=cores, max_batch=max_batch), host=host, port=port, log_level="warning"

@@ -5,7 +5,16 @@ from typing import Annotated, Any
 
 import typer
 
-from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, print_json, stdout
+from tcmgc_cli.cli._common import (
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+    cap_threads,
+    handle_errors,
+    print_json,
+    stdout,
+)
 from tcmgc_cli.cli._data import (
     AnnotationsOpt,
     BatchSizeOpt,
@@ -55,6 +64,8 @@ def train_command(
     skip_missing: SkipMissingOpt = False,
     train_list: TrainListOpt = "9k",
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train TC-MGC. Checkpoints each epoch (atomic), keeps the best by validation t2v R@1, logs metrics.jsonl.
@@ -65,12 +76,14 @@ def train_command(
         from tcmgc_cli.distributed import process_rank
         from tcmgc_cli.runs import train
 
+        cap_threads(threads)
         quiet = json_out or process_rank() != 0
         with live_view(quiet) as on_event:
             result = train(
                 source(dataset, data_root, annotations, skip_missing, train_list), model, output=output, resume=resume,
                 overwrite=overwrite, pretrained=pretrained, cache=cache, config=config, sets=set_ or [], epochs=epochs,
                 batch_size=batch_size, lr=lr, seed=seed, freeze_backbone=freeze_backbone, device=device, on_event=on_event,
+                precision=precision,
             )  # fmt: skip
         if process_rank() != 0:
             return

@@ -96,6 +96,16 @@ def load_clip(clip_name: str, pretrained: str | None) -> tuple[Any, Preprocess]:
     return model, Preprocess.from_open_clip(open_clip.get_model_preprocess_cfg(model))
 
 
+def pretrained_tags() -> dict[str, list[str]]:
+    """open_clip's pretrained tags by architecture (what --pretrained accepts besides a local file)."""
+    import open_clip
+
+    out: dict[str, list[str]] = {}
+    for name, tag in open_clip.list_pretrained():
+        out.setdefault(name, []).append(tag)
+    return out
+
+
 def module_fingerprint(module: nn.Module) -> str:
     """A short content hash of a module's weights: equal weights give equal fingerprints."""
     h = hashlib.blake2b(digest_size=8)
@@ -113,35 +123,50 @@ class FrameEncoder:
     visual: nn.Module
     preprocess: Preprocess
     device: torch.device
-    fingerprint: str
-    precision: str = "fp32"  # "fp32", or "bf16" autocast (CUDA only; features then differ slightly)
+    fingerprint: str  # "<open_clip name>:<weights hash>", with ":bf16" for features computed in bf16
+    precision: str = "fp32"  # "fp32" or "bf16" autocast (features then differ slightly: the cache records it)
 
     @classmethod
     def load(
         cls, clip_name: str, pretrained: str | None, device: str = "auto", precision: str = "fp32"
     ) -> "FrameEncoder":
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"unknown precision {precision!r}: use fp32 or bf16.")
+        """precision "auto": the faster of fp32 and bf16 on this host for this tower (measured the first time,
+        bf16 only within 1e-3 cosine of fp32; `precision.py`)."""
+        from tcmgc_cli import precision as prec
+
+        prec.check(precision)
         model, pp = load_clip(clip_name, pretrained)
         visual = model.visual
         assert isinstance(visual, nn.Module)
         dev = resolve_device(device)
-        amp = precision if dev.type == "cuda" else "fp32"
-        fingerprint = f"{clip_name}:{module_fingerprint(visual)}" + ("" if amp == "fp32" else f":{amp}")
-        return cls(visual.to(dev), pp, dev, fingerprint, amp)
+        weights = module_fingerprint(visual)
+        encoder = cls(visual.to(dev).eval(), pp, dev, f"{clip_name}:{weights}")
+        sample = torch.randint(0, 256, (8, pp.size, pp.size, 3), generator=torch.Generator().manual_seed(0),
+                               dtype=torch.uint8)  # fmt: skip
+        chosen = prec.resolve(precision, f"image tower {clip_name}", dev, lambda p: encoder.with_precision(p)(sample))
+        return encoder.with_precision(chosen)
+
+    def with_precision(self, precision: str) -> "FrameEncoder":
+        name = self.fingerprint.removesuffix(":bf16")
+        return FrameEncoder(self.visual, self.preprocess, self.device, name + (":bf16" if precision == "bf16" else ""),
+                            precision)  # fmt: skip
 
     @torch.inference_mode()
     def padding_feature(self) -> torch.Tensor:
         """(D,): the image tower's output for an all-zero normalized frame, what the reference's padded slots hold."""
+        from tcmgc_cli.precision import autocast
+
         x = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=self.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with autocast(self.device, self.precision):
             out: torch.Tensor = self.visual(x)
         return out.float().cpu()[0]
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        from tcmgc_cli.precision import autocast
+
         x = normalize(frames.to(self.device, non_blocking=True), self.preprocess)  # (N, 3, S, S)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with autocast(self.device, self.precision):
             out: torch.Tensor = self.visual(x)  # (N, D)
         return out.float().cpu()
 
@@ -151,8 +176,13 @@ def encode_tokens(clip: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.
 
     ln_final and the text projection are applied to all positions (open_clip's pooled output gives only the end
     token); s is W at the end token (the largest token id). Texts shorter than CLIP's context use the first L
-    positional embeddings and the matching corner of the causal mask, as the reference does.
+    positional embeddings and the matching corner of the causal mask, as the reference does. Other open_clip text
+    towers (SigLIP, MobileCLIP, PE: `model.text`) give their tokens after ln_final, projected here, and their own
+    pooled sentence feature.
     """
+    tower = getattr(clip, "text", None)
+    if tower is not None:
+        return _tower_tokens(tower, tokens)
     length = tokens.shape[1]
     cast = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)  # (Q, L, W)
@@ -162,6 +192,38 @@ def encode_tokens(clip: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.
     words: torch.Tensor = proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (Q, L, D)
     sentence = words[torch.arange(len(tokens), device=tokens.device), tokens.argmax(-1)]  # (Q, D)
     return words, sentence
+
+
+def has_token_features(clip: Any) -> bool:
+    """Whether a text tower gives per-token features (what TC-MGC's words are): CLIP-style and open_clip's own
+    TextTransformer towers do; Hugging Face towers and towers with an appended class token do not."""
+    tower = getattr(clip, "text", None)
+    if tower is None:
+        return hasattr(clip, "transformer") and hasattr(clip, "ln_final")
+    return hasattr(tower, "output_tokens") and getattr(tower, "cls_emb", None) is None
+
+
+def _tower_tokens(tower: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not hasattr(tower, "output_tokens") or getattr(tower, "cls_emb", None) is not None:
+        raise EncoderError(
+            f"this model's text tower ({type(tower).__name__}) gives no per-token features, which TC-MGC's words "
+            "need: train and search with a CLIP-style or SigLIP model, or use --scorer clip."
+        )
+    tower.output_tokens = True
+    sentence, x = tower(tokens)  # (Q, D) projected, (Q, L, W) after ln_final
+    proj = tower.text_projection
+    words: torch.Tensor = x if proj is None else proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (Q, L, D)
+    return words, sentence
+
+
+def text_blocks(clip: Any) -> tuple[Any, torch.Tensor]:
+    """The text transformer's blocks and position table (what seeds the temporal encoder)."""
+    tower = getattr(clip, "text", clip)
+    return tower.transformer.resblocks, tower.positional_embedding
+
+
+def context_length(clip: Any) -> int:
+    return int(getattr(getattr(clip, "text", clip), "context_length", 77))
 
 
 class Tokenizer:
@@ -205,7 +267,7 @@ class TextEncoder:
         model, _ = load_clip(clip_name, pretrained)
         dev = resolve_device(device)
         fingerprint = f"{clip_name}:{module_fingerprint(model.visual)}"
-        return cls(model.to(dev), Tokenizer(clip_name, int(model.context_length)), dev, fingerprint)
+        return cls(model.to(dev), Tokenizer(clip_name, context_length(model)), dev, fingerprint)
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcmgc_cli.config import ModelConfig
-from tcmgc_cli.model.registry import get_model_config
+from tcmgc_cli.model.registry import get_model_config, resolve_weights
 
 log = logging.getLogger(__name__)
 _TOLD: set[tuple[str, int]] = set()
@@ -40,9 +40,7 @@ def resolve_spec(
     entry = get_model_config(name)
     base = {"embed_dim": entry["embed_dim"], "max_words": entry["max_words"], "num_frames": entry["num_frames"]}
     cfg = ModelConfig.from_dict({**base, **entry.get("model", {}), **(overrides or {})})
-    weights = entry["pretrained"] if pretrained is None and keep_default else pretrained
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
+    weights = resolve_weights(entry, pretrained) if keep_default or pretrained is not None else None
     return ModelSpec(name, entry["clip"], weights, cfg)
 
 
@@ -50,21 +48,19 @@ def create_model(spec: ModelSpec, weights_follow: bool = False) -> Any:
     """A TcmgcModel on CPU in train mode; the temporal encoder starts from CLIP's text blocks when widths match
     (the reference's init), else from random weights, which is logged. weights_follow: a checkpoint's weights
     replace these at once (no init, no log)."""
-    from tcmgc_cli.model.encoder import load_clip
+    from tcmgc_cli.model.encoder import load_clip, text_blocks
     from tcmgc_cli.model.tcmgc import TcmgcModel
 
     with _no_init() if weights_follow else contextlib.nullcontext():
         clip, preprocess = load_clip(spec.clip, spec.pretrained)
         model = TcmgcModel(spec.config, clip)
     model.preprocess = preprocess
-    seeded = weights_follow or model.head.temporal.init_from_clip_text(
-        clip.transformer.resblocks, clip.positional_embedding
-    )
+    seeded = weights_follow or model.head.temporal.init_from_clip_text(*text_blocks(clip))
     if not seeded and (spec.clip, spec.config.embed_dim) not in _TOLD:  # once per process (ablate builds many)
         _TOLD.add((spec.clip, spec.config.embed_dim))
         log.info(
             "The temporal encoder starts from random weights: %s's text blocks (width %d) cannot seed it (width %d).",
-            spec.clip, clip.positional_embedding.shape[-1], spec.config.embed_dim,
+            spec.clip, text_blocks(clip)[1].shape[-1], spec.config.embed_dim,
         )  # fmt: skip
     return model.train()
 

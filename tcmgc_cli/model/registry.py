@@ -1,5 +1,7 @@
-"""Named model configs, kept as JSON files in the open_clip way. Torch-free, so listing models is instant."""
+"""Named model configs, kept as JSON files in the open_clip way, and open_clip's own architectures. Torch-free: the
+presets and open_clip's config files are read as JSON, so listing models is instant."""
 
+import importlib.util
 import json
 from functools import cache
 from pathlib import Path
@@ -21,9 +23,44 @@ def list_models() -> list[str]:
 
 
 def get_model_config(name: str) -> dict[str, Any]:
-    """A copy of the named config; raises ConfigError naming the known models."""
+    """A copy of the named preset, or an entry for an open_clip architecture (random weights unless --pretrained
+    names a tag or file); raises ConfigError naming the choices."""
     configs = _configs()
-    if name not in configs:
-        raise ConfigError(f"unknown model {name!r}: use one of {', '.join(configs)} (see `tcmgc models`).")
-    copy: dict[str, Any] = json.loads(json.dumps(configs[name]))
-    return copy
+    if name in configs:
+        copy: dict[str, Any] = json.loads(json.dumps(configs[name]))
+        return copy
+    architectures = open_clip_architectures()
+    if name in architectures:
+        return _architecture_entry(name, json.loads(architectures[name].read_text()))
+    raise ConfigError(
+        f"unknown model {name!r}: use a preset ({', '.join(configs)}) or an open_clip architecture "
+        "(`tcmgc models --all` lists them, e.g. ViT-B-16-SigLIP2, MobileCLIP2-S0)."
+    )
+
+
+@cache
+def open_clip_architectures() -> dict[str, Path]:
+    """open_clip's model configs by name (its JSON files, read without importing it)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model_configs"
+    return {p.stem: p for p in sorted(folder.glob("*.json"))}
+
+
+def _architecture_entry(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A CLIP-style text tower reads the reference's 32 tokens; other towers (SigLIP, MobileCLIP, PE) their own
+    context, which their pooling and masks assume."""
+    context = int(cfg.get("text_cfg", {}).get("context_length", 77))
+    words = context if cfg.get("custom_text") else min(32, context)
+    return {"description": f"open_clip {name}", "clip": name, "pretrained": None, "embed_dim": int(cfg["embed_dim"]),
+            "num_frames": 12, "max_words": words}  # fmt: skip
+
+
+def resolve_weights(entry: dict[str, Any], pretrained: str | None) -> str | None:
+    """The weights a `--pretrained` value means for a registry entry: None, its default; "none", random init (None);
+    anything else, an open_clip tag or a local file."""
+    if pretrained is None:
+        default: str | None = entry.get("pretrained")
+        return default
+    return None if pretrained.lower() == "none" else pretrained

@@ -32,6 +32,10 @@ class TextFeatures:
     def select(self, idx: slice) -> "TextFeatures":
         return TextFeatures(self.words[idx], self.sentence[idx], None if self.mask is None else self.mask[idx])
 
+    def float(self) -> "TextFeatures":
+        """In float32 (features computed under bf16 autocast come out in bf16)."""
+        return TextFeatures(self.words.float(), self.sentence.float(), self.mask)
+
 
 @dataclass
 class VideoFeatures:
@@ -99,7 +103,13 @@ class TcmgcHead(nn.Module):
         1 for a real frame, False or 0 for padding (the reference passes 0/1 integers)."""
         mask = None if mask is None else as_bool_mask(mask)
         full = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device) if mask is None else mask
-        temporal = self.temporal(frames, full)
+        return self.video_features(frames, self.temporal(frames, full), mask, factorized)
+
+    def video_features(
+        self, frames: torch.Tensor, temporal: torch.Tensor, mask: torch.Tensor | None, factorized: bool = False
+    ) -> VideoFeatures:
+        """The video side from the temporal encoder's output: LVA's mask and, when asked, its per-video tensors."""
+        mask = None if mask is None else as_bool_mask(mask)
         lva_mask = mask if self.cfg.mask_padding else None
         lva = self.lva.precompute(temporal, lva_mask) if factorized and self.lva is not None else None
         return VideoFeatures(frames, temporal, lva_mask, lva)

@@ -66,8 +66,11 @@ class TemporalEncoder(nn.Module):
         mine = self.resblocks
         if len(blocks) < len(mine) or positional_embedding.shape[-1] != self.frame_position_embeddings.weight.shape[1]:
             return False
-        for ours, theirs in zip(mine, blocks, strict=False):
-            ours.load_state_dict({k: v for k, v in theirs.state_dict().items() if k in ours.state_dict()})
+        pairs = [(ours.state_dict(), theirs.state_dict()) for ours, theirs in zip(mine, blocks, strict=False)]
+        if any(k not in t or t[k].shape != v.shape for o, t in pairs for k, v in o.items()):
+            return False  # another kind of block (other names or shapes): nothing to copy
+        for ours, (own, theirs) in zip(mine, pairs, strict=False):
+            ours.load_state_dict({k: theirs[k] for k in own})
         rows = min(len(positional_embedding), self.frame_position_embeddings.weight.shape[0])
         self.frame_position_embeddings.weight[:rows] = positional_embedding[:rows]
         return True

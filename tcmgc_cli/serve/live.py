@@ -9,7 +9,14 @@ import threading
 from collections.abc import Callable
 
 from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.opening import open_index
 from tcmgc_cli.search import SearchIndex
+
+
+def reopen(index: SearchIndex) -> SearchIndex:
+    """The index of the same ranker over its cache as it is now (parts built only for what is new)."""
+    assert index.cache_path is not None, "an index made from arrays has no cache to follow"
+    return open_index(index.ranker, index.checkpoint, FeatureCache(index.cache_path))
 
 
 def cache_state(index: SearchIndex) -> tuple[str, ...]:
@@ -42,7 +49,7 @@ class LiveIndex:
             state = cache_state(self.current)
             if state == self._state:
                 return False
-            self.current = self.current.reopen()
+            self.current = reopen(self.current)
             self._state = state
             return True
 

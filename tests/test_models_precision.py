@@ -1,0 +1,125 @@
+"""Any open_clip model, the precision a host runs fastest (measured, remembered, checked), and a thread cap."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tcmgc_cli import precision as prec
+from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.cli import app
+
+runner = CliRunner()
+
+
+def extract(folder: Path, cache: Path, *extra: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["extract", "--videos", str(folder), "--cache", str(cache), "--workers", "0",
+                                 "--json", *extra])  # fmt: skip
+    return result.exit_code, result.output
+
+
+def test_auto_takes_bf16_only_when_faster_and_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TCMGC_PRECISION")
+    x = torch.randn(4, 16)
+    slow_bf16 = {"fp32": 0.0, "bf16": 0.02}
+    calls: list[str] = []
+
+    def run(speeds: dict[str, float], bf16_out: torch.Tensor) -> object:
+        def go(p: str) -> torch.Tensor:
+            import time
+
+            calls.append(p)
+            time.sleep(speeds[p])
+            return x if p == "fp32" else bf16_out
+
+        return go
+
+    cpu = torch.device("cpu")
+    assert prec.resolve("auto", "slow bf16", cpu, run(slow_bf16, x)) == "fp32"  # type: ignore[arg-type]
+    fast = {"fp32": 0.02, "bf16": 0.0}
+    assert prec.resolve("auto", "fast but far", cpu, run(fast, x + 0.5 * torch.randn(4, 16))) == "fp32"  # type: ignore[arg-type]
+    assert prec.resolve("auto", "fast and close", cpu, run(fast, x * (1 + 1e-4))) == "bf16"  # type: ignore[arg-type]
+    calls.clear()
+    assert prec.resolve("auto", "fast and close", cpu, run(slow_bf16, x)) == "bf16"  # type: ignore[arg-type]
+    assert calls == []  # remembered for this host: not measured again
+    kept = prec.measured("fast but far", cpu)
+    assert kept is not None and kept["min_cosine"] < 1 - prec.MAX_COSINE_GAP and kept["bf16_s"] < kept["fp32_s"]
+    assert prec.resolve("fp32", "fast and close", cpu, run(fast, x)) == "fp32"  # asked for: as asked
+    with pytest.raises(Exception, match="unknown precision 'half'"):
+        prec.check("half")
+
+
+def test_a_cache_records_its_precision_and_keeps_it(video_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "c.h5"
+    assert extract(video_dir, cache, "--model", "tcmgc-tiny", "--precision", "bf16")[0] == 0
+    assert FeatureCache(cache).settings.encoder_fingerprint.endswith(":bf16")
+    code, output = extract(video_dir, cache, "--model", "tcmgc-tiny", "--precision", "fp32")
+    assert code == 1 and "other settings" in output
+    (video_dir / "video0.mp4").rename(video_dir / "again.mp4")
+    code, output = extract(video_dir, cache, "--model", "tcmgc-tiny")  # auto: the cache's own precision
+    assert code == 0, output and json.loads(output)["extracted"] == ["again"]
+
+
+def test_a_non_clip_model_extracts_and_searches(video_dir: Path, tmp_path: Path) -> None:
+    """MobileCLIP2-S0 (a timm image tower and a CLIP-BPE text tower without a causal mask), random weights."""
+    from tcmgc_cli.model.encoder import encode_tokens, load_clip
+
+    cache = tmp_path / "m.h5"
+    code, output = extract(video_dir, cache, "--model", "MobileCLIP2-S0", "--pretrained", "none")
+    assert code == 0, output
+    settings = FeatureCache(cache).settings
+    assert settings.encoder == "MobileCLIP2-S0" and settings.image_size == 256
+    found = runner.invoke(app, ["search", "a red circle", "--cache", str(cache), "--scorer", "clip", "--json"])
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.stdout)["results"]) == 4
+    clip, _ = load_clip("MobileCLIP2-S0", None)  # token features, against the tower's own forward
+    tokens = torch.randint(1, 1000, (2, 77))
+    tokens[:, 9] = 49407
+    with torch.no_grad():
+        words, sentence = encode_tokens(clip, tokens)
+        clip.text.output_tokens = False
+        pooled = clip.text(tokens)
+    torch.testing.assert_close(sentence, pooled)
+    torch.testing.assert_close(words[torch.arange(2), tokens.argmax(-1)], pooled)  # its pooling: the end token
+    assert words.shape == (2, 77, 512)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "ViT-Imaginary-99"], "unknown model 'ViT-Imaginary-99'"),
+        (["--model", "ViT-B-32-quickgelu", "--pretrained", "no-such-tag"], "could not load weights 'no-such-tag'"),
+        (["--model", "tcmgc-tiny", "--threads", "0"], "--threads must be at least 1"),
+        (["--model", "tcmgc-tiny", "--precision", "half"], "unknown precision 'half'"),
+    ],
+)
+def test_bad_models_and_options_are_one_line(video_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    code, output = extract(video_dir, tmp_path / "c.h5", *args)
+    assert code in (1, 2) and message in output and "Traceback" not in output
+
+
+def test_threads_cap_the_tower(video_dir: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        assert extract(video_dir, tmp_path / "c.h5", "--model", "tcmgc-tiny", "--threads", "1")[0] == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_tcmgc_on_a_text_tower_without_token_features_is_one_line() -> None:
+    from tcmgc_cli.errors import EncoderError
+    from tcmgc_cli.model.encoder import encode_tokens
+
+    class HfTower(torch.nn.Module):  # what open_clip's Hugging Face text towers look like: no per-token output
+        pass
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text = HfTower()
+
+    with pytest.raises(EncoderError, match="no per-token features"):
+        encode_tokens(Model(), torch.zeros(1, 4, dtype=torch.long))
