@@ -1,7 +1,8 @@
 """Ablation grids: which TC-MGC parts earn their keep. Every variant trains and evaluates on the same cache.
 
 Each axis varies one setting away from the base config (not a cross product): keep rates, SDR weights, components
-(each "-x" removes one part) and aggregations. A finished variant leaves `result.json` in its folder and is skipped
+(each "-x" removes one part, "+x" adds phrases or clips), aggregations, and combinations of similarities each with
+SDR off and with each SDR rule. A finished variant leaves `result.json` in its folder and is skipped
 on a rerun; an unfinished one resumes from its last epoch checkpoint.
 
     summary, folder = ablate(expand_variants([0.05, 0.5], [], [], []), [1, 2], DataSource("csv", annotations=csv),
@@ -32,6 +33,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "-sdr": {"sdr_alpha": 0.0},
     "-textcond": {"text_conditioning": False},
 }
+ADDABLE = {"phrases": {"phrases": True}, "clips": {"clips": True}}  # "+x" adds a part: "+phrases+clips" both
 EXTRA = ("pairs_per_s", "score_variance")
 
 
@@ -55,17 +57,76 @@ def parse_floats(text: str | None, what: str) -> list[float]:
         raise ConfigError(f"{what} must be comma-separated numbers, e.g. 0.05,0.1,0.5 (got {text!r}).") from None
 
 
+def component(name: str) -> dict[str, Any]:
+    """The overrides of a component: "-x" removes a part, "+x" (or "+x+y") adds parts."""
+    if name in COMPONENTS:
+        return COMPONENTS[name]
+    parts = name.split("+")[1:] if name.startswith("+") else []
+    if not parts or any(p not in ADDABLE for p in parts):
+        valid = [*COMPONENTS, *(f"+{a}" for a in ADDABLE), "+phrases+clips"]
+        raise ConfigError(f"unknown component {name!r}: use {', '.join(valid)}.")
+    return {k: v for p in parts for k, v in ADDABLE[p].items()}
+
+
+def parse_combinations(text: str | None) -> list[tuple[str, ...]]:
+    """--similarities "vs,vw;vs,fw": combinations of the four similarities, separated by ';'."""
+    from tcmgc_cli.config import SIMILARITIES
+
+    if not text:
+        return []
+    combos = [tuple(n.strip() for n in c.split(",") if n.strip()) for c in text.split(";")]
+    if any(not c for c in combos):
+        raise ConfigError(f"--similarities {text!r} holds an empty combination: write e.g. \"vs,vw;vs,fw\" "
+                          f"with names from {', '.join(SIMILARITIES)}.")  # fmt: skip
+    unknown = sorted({n for c in combos for n in c} - set(SIMILARITIES))
+    if unknown:
+        raise ConfigError(f"unknown similarity {', '.join(unknown)} in --similarities: use {', '.join(SIMILARITIES)}.")
+    return list(dict.fromkeys(combos))
+
+
+def sdr_variants(combinations: list[tuple[str, ...]], rules: list[str]) -> list[Variant]:
+    """Each combination with SDR off and with each SDR rule (the base config's weight)."""
+    from tcmgc_cli.config import SDR_RULES
+
+    unknown = [r for r in rules if r not in SDR_RULES]
+    if unknown:
+        raise ConfigError(f"unknown SDR rule(s) {unknown}: use {', '.join(SDR_RULES)}.")
+    out = []
+    for combo in combinations:
+        sims = ",".join(combo)
+        out.append(Variant(f"sims={sims} sdr=off", {"similarities": combo, "sdr_alpha": 0.0}))
+        out += [Variant(f"sims={sims} sdr={r}", {"similarities": combo, "sdr_rule": r}) for r in rules]
+    if not combinations:
+        out += [Variant(f"sdr_rule={r}", {"sdr_rule": r}) for r in rules if r != "variance"]
+    return out
+
+
+def sdr_effects(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """For each combination of the --similarities grid: R@1 (mean, std) with SDR off and with each rule, and the
+    rules whose mean R@1 is below SDR off's (where SDR hurts)."""
+    rows = summary[summary["variant"].str.startswith("sims=")]
+    out: list[dict[str, Any]] = []
+    for combo, group in rows.groupby(rows["variant"].str.split(" ").str[0], sort=False):
+        by_rule = {
+            v.split("sdr=")[1]: (r["t2v_R@1"], r["t2v_R@1_std"])
+            for v, (_, r) in zip(group["variant"], group.iterrows(), strict=True)
+        }
+        off = by_rule.get("off")
+        lowers = [rule for rule, (mean, _) in by_rule.items() if off is not None and rule != "off" and mean < off[0]]
+        out.append({"similarities": combo.removeprefix("sims="), "t2v_R@1": by_rule, "sdr_lowers_R@1": lowers})
+    return out
+
+
 def expand_variants(
     keep_rates: list[float], sdr_alphas: list[float], components: list[str], aggregations: list[str],
-    keep_masses: list[float] | None = None,
+    keep_masses: list[float] | None = None, combinations: list[tuple[str, ...]] | None = None,
+    sdr_rules: list[str] | None = None,
 ) -> list[Variant]:  # fmt: skip
     """The variants of the grid, "full" first; each axis value changes one setting of the base config."""
     bad = [r for r in keep_rates if not 0 < r <= 1]
     if bad:
         raise ConfigError(f"keep rates must be in (0, 1]: {bad} is not; e.g. --keep-rates 0.05,0.1,0.5.")
-    unknown = [c for c in components if c not in COMPONENTS]
-    if unknown:
-        raise ConfigError(f"unknown component(s) {unknown}: use {', '.join(COMPONENTS)}.")
+    overrides = {c: component(c) for c in components}
     bad_agg = [a for a in aggregations if a not in ("lsa", "mean", "softmax")]
     if bad_agg:
         raise ConfigError(f"unknown aggregation(s) {bad_agg}: use lsa, mean, softmax.")
@@ -76,9 +137,11 @@ def expand_variants(
     variants = [Variant("full")]
     variants += [Variant(f"keep_rate={r:g}", {"keep_rate": r}) for r in keep_rates]
     variants += [Variant(f"sdr_alpha={a:g}", {"sdr_alpha": a}) for a in sdr_alphas]
-    variants += [Variant(c, COMPONENTS[c], c) for c in components if c != "full"]
+    variants += [Variant(c, overrides[c], c) for c in components if c != "full"]
     variants += [Variant(f"aggregation={a}", {"aggregation": a}) for a in aggregations]
     variants += [Variant(f"keep_mass={p:g}", {"keep_rule": "mass", "keep_mass": p}) for p in keep_masses or []]
+    if combinations or sdr_rules:
+        variants += sdr_variants(combinations or [], sdr_rules or ["variance"])
     return list({v.name: v for v in variants}.values())
 
 
@@ -90,7 +153,11 @@ def summarize(results: list[dict[str, Any]]) -> pd.DataFrame:
     for name, group in df.groupby("variant", sort=False):
         row: dict[str, Any] = {
             "variant": name,
-            **{k: group.iloc[0][k] for k in ("keep_rate", "sdr_alpha", "components") if k in group},
+            **{
+                k: group.iloc[0][k]
+                for k in ("keep_rate", "sdr_alpha", "components", "sdr_rule", "similarities")
+                if k in group
+            },  # fmt: skip
             "keep_mass": group.iloc[0]["keep_mass"] if "keep_mass" in group else None,
         }
         row["seeds"] = sorted(int(s) for s in group["seed"])
@@ -176,11 +243,13 @@ def ablate(
         train_run(setup, spec, dataclasses.replace(setup.cfg, seed=seed), run_dir, resume=True, announce=False)
         mass = spec.config.keep_mass if spec.config.keep_rule == "mass" else None
         return {**evaluate_variant(run_dir, setup, test), "keep_rate": spec.config.keep_rate,
-                "sdr_alpha": spec.config.sdr_alpha, "keep_mass": mass}  # fmt: skip
+                "sdr_alpha": spec.config.sdr_alpha, "keep_mass": mass, "sdr_rule": spec.config.sdr_rule,
+                "similarities": ",".join(spec.config.active_similarities)}  # fmt: skip
 
     results = run_grid(variants, seeds, folder, run_one, on_event)
     summary = summarize(results)
     summary.to_csv(folder / "ablation.csv", index=False)
     facts = plot_all(summary, results, folder, {(v.name, s): v.slug for v in variants for s in seeds})
+    facts["sdr_effects"] = sdr_effects(summary)
     write_text_atomic(folder / "ablation.json", json.dumps(facts, indent=1))
     return summary, folder

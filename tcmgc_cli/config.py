@@ -63,6 +63,9 @@ class TrackConfig:
 
 
 SIMILARITIES = ("vs", "vw", "sf", "fw")  # video-sentence, video-word, sentence-frame, frame-word
+# with phrases and clips (the paper's open question 2): video-phrase, phrase-frame, clip-sentence, clip-word, clip-phrase
+UNIT_SIMILARITIES = ("vp", "pf", "cs", "cw", "cp")
+SDR_RULES = ("variance", "standardized")
 AGGREGATIONS = ("lsa", "mean", "softmax")
 KEEP_RULES = ("fixed", "mass")
 ISA_FORMS = ("tcmgc", "xclip")
@@ -90,6 +93,12 @@ class ModelConfig:
     aggregation: str = "lsa"  # "lsa" (learned 4x4), "mean", or "softmax" (softmax-weighted average)
     lva_dropout: float = 0.3  # dropout inside LVA (training only; the factorized retrieval path has none)
     sdr_alpha: float = 0.5  # weight of the SDR variance loss
+    sdr_rule: str = "variance"  # "variance": of the K scores of a positive pair (the paper); "standardized": of
+    # the scores after standardizing each similarity over the batch's pairs (docs/method.md, section 16)
+    phrases: bool = False  # text units between words and sentence: spans of phrase_words consecutive tokens
+    phrase_words: int = 3
+    clips: bool = False  # video units between frames and video: windows of clip_frames consecutive frames,
+    clip_frames: int = 3  # each pooled by LVA conditioned on the sentence
     mask_padding: bool = False  # mask padding words and padded frames (the reference does not)
     logit_scale_max: float = 100.0  # tau is clamped to at most this
 
@@ -99,6 +108,10 @@ class ModelConfig:
         unknown = [s for s in self.similarities if s not in SIMILARITIES]
         if unknown or not self.similarities:
             raise ConfigError(f"similarities must be a non-empty subset of {', '.join(SIMILARITIES)}; got {unknown}.")
+        if self.sdr_rule not in SDR_RULES:
+            raise ConfigError(f"unknown sdr_rule {self.sdr_rule!r}: use one of {', '.join(SDR_RULES)}.")
+        if self.phrase_words < 1 or self.clip_frames < 1:
+            raise ConfigError("phrase_words and clip_frames must be at least 1.")
         if self.keep_rule not in KEEP_RULES or not 0 < self.keep_mass <= 1:
             raise ConfigError(f"keep_rule must be one of {', '.join(KEEP_RULES)} and keep_mass in (0, 1].")
         if self.aggregation not in AGGREGATIONS:
@@ -114,6 +127,22 @@ class ModelConfig:
     def num_units(self) -> int:
         """Fine-grained visual units per pair: Nw word-conditioned frames, or T raw frames without LVA."""
         return self.max_words if self.text_conditioning else self.num_frames
+
+    @property
+    def num_phrases(self) -> int:
+        """P: text spans of phrase_words tokens over the max_words positions."""
+        return math.ceil(self.max_words / self.phrase_words)
+
+    @property
+    def num_clips(self) -> int:
+        """C: windows of clip_frames frames over the num_frames slots."""
+        return math.ceil(self.num_frames / self.clip_frames)
+
+    @property
+    def active_similarities(self) -> tuple[str, ...]:
+        """The scores a pair gets: the configured ones, and those phrases and clips add."""
+        extra = (("vp", "pf") if self.phrases else ()) + (("cs", "cw") if self.clips else ())
+        return (*self.similarities, *extra, *(("cp",) if self.phrases and self.clips else ()))
 
     def kept(self, n: int) -> int:
         """Entries SR keeps of a length-n vector."""

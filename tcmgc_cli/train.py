@@ -188,7 +188,8 @@ class Trainer:
 
     def _loss(self, captions: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, parts = self._forward(captions, self.precision)
-        return tcmgc_loss(logits.float(), parts.float(), self.spec.config.sdr_alpha)
+        cfg = self.spec.config
+        return tcmgc_loss(logits.float(), parts.float(), cfg.sdr_alpha, cfg.sdr_rule)
 
     def _lr(self) -> float:
         factor = warmup_cosine(self.state.step / self.total_steps, self.cfg.warmup)
@@ -287,7 +288,8 @@ class Trainer:
             except CheckpointError as err:
                 log.warning("%s; trying the previous one", err)
                 continue
-            if payload["spec"] != self.spec.to_dict() or _recipe(payload["train"]) != _recipe(asdict(self.cfg)):
+            spec = ModelSpec.from_dict(payload["spec"]).to_dict()  # keys added since it was saved take their defaults
+            if spec != self.spec.to_dict() or _recipe(payload["train"]) != _recipe(asdict(self.cfg)):
                 raise CheckpointError(
                     f"{path} was trained with another config: resume it with the same options, or use a new --output."
                 )

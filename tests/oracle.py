@@ -108,3 +108,54 @@ def xclip_pair(model: TcmgcModel, text: TextFeatures, t: int, video: VideoFeatur
     z = [att(m[i], head.isa_fw_frames.weight) for i in range(len(m))]
     fw = (att(u, head.isa_fw_u.weight) + att(z, head.isa_fw_z.weight)) / 2
     return tau * (vs + vw + sf + fw) / 4
+
+
+def _bi_isa(m: list[list[float]], kr: int, kc: int, head: object, name: str, lam: float) -> float:
+    """Bi-SR (top kr of every column, then top kc of every kept row) and Bi-ISA, by loops."""
+    isa_of = {part: getattr(head, f"isa_{name}_{part}").weight for part in ("words", "frames", "u", "z")}
+    cols = [keep([m[i][j] for i in range(len(m))], kr) for j in range(len(m[0]))]
+    rows = [keep([cols[j][r] for j in range(len(cols))], kc) for r in range(kr)]
+    u = [isa([rows[r][c] for r in range(kr)], isa_of["words"], lam) for c in range(kc)]
+    z = [isa(rows[r], isa_of["frames"], lam) for r in range(kr)]
+    return (isa(u, isa_of["u"], lam) + isa(z, isa_of["z"], lam)) / 2
+
+
+@torch.no_grad()
+def unit_pair_scores(model: TcmgcModel, text: TextFeatures, t: int, video: VideoFeatures, v: int) -> dict[str, float]:
+    """Every active similarity of one pair, with phrases (means of consecutive tokens) and clips (LVA of the
+    sentence over each window of frames) as well as words and frames; LVA on, SR on."""
+    cfg, head = model.cfg, model.head
+    tau, lam = float(model.tau.detach()), cfg.isa_lambda
+    s, words, frames = text.sentence[t], text.words[t], video.temporal[v]
+    size, clip = cfg.phrase_words, cfg.clip_frames
+    phrases = [sum(words[i : i + size]) / len(words[i : i + size]) for i in range(0, len(words), size)]
+    units = {
+        "s": [s / s.norm()],
+        "w": [w / w.norm() for w in words],
+        "p": [p / p.norm() for p in phrases],
+        "v": [lva(model, s, frames)],
+        "f": [lva(model, w, frames) for w in words],
+        "c": [lva(model, s, frames[k : k + clip]) for k in range(0, len(frames), clip)],
+    }
+    eye = torch.eye(len(s))
+    local = head.local_mat_weight if head.local_mat_weight is not None else eye
+    out = {}
+    for name in cfg.active_similarities:
+        t_unit, v_unit, kind = {"vs": ("s", "v", "scalar"), "vw": ("w", "v", "text"), "sf": ("s", "f", "video"),
+                                "fw": ("w", "f", "matrix"), "vp": ("p", "v", "text"), "pf": ("p", "f", "matrix"),
+                                "cs": ("s", "c", "video"), "cw": ("w", "c", "matrix"), "cp": ("p", "c", "matrix")}[name]  # fmt: skip
+        tx, vx = units[t_unit], units[v_unit]
+        kt, kv = cfg.kept(len(tx)), cfg.kept(len(vx))
+        if kind == "scalar":
+            out[name] = float(torch.dot(tx[0] @ head.global_mat_weight, vx[0]))
+        elif kind == "text":
+            out[name] = isa(
+                keep([float(torch.dot(x, vx[0])) for x in tx], kt), getattr(head, f"isa_{name}").weight, lam
+            )
+        elif kind == "video":
+            y = [float(torch.dot(tx[0], f)) for f in vx]
+            out[name] = isa(keep_and_fuse(y, kv), getattr(head, f"isa_{name}").weight, lam)
+        else:
+            m = [[float(torch.dot(x @ local, f)) for f in vx] for x in tx]
+            out[name] = _bi_isa(m, kt, kv, head, name, lam)
+    return {k: tau * v for k, v in out.items()}

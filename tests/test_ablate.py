@@ -154,3 +154,64 @@ def test_ablate_answers_the_papers_questions_with_figures(sample_cache: Path, tm
     assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     epochs = [json.loads(x) for x in (out / "sdr_alpha-0-s42" / "metrics.jsonl").read_text().splitlines()]
     assert [e["score_variance"] >= 0 for e in epochs if e["kind"] == "epoch"] == [True, True]
+
+
+def test_units_and_sdr_grids_expand() -> None:
+    from tcmgc_cli.ablate import parse_combinations
+
+    got = expand_variants([], [], ["full", "+phrases", "+clips", "+phrases+clips"], [])
+    assert [v.overrides for v in got] == [{}, {"phrases": True}, {"clips": True}, {"phrases": True, "clips": True}]
+    combos = parse_combinations("vs,vw; vs,fw ;vs,vw,sf,fw")
+    assert combos == [("vs", "vw"), ("vs", "fw"), ("vs", "vw", "sf", "fw")]
+    grid = expand_variants([], [], [], [], combinations=combos[:1], sdr_rules=["variance", "standardized"])
+    assert [(v.name, v.overrides) for v in grid[1:]] == [
+        ("sims=vs,vw sdr=off", {"similarities": ("vs", "vw"), "sdr_alpha": 0.0}),
+        ("sims=vs,vw sdr=variance", {"similarities": ("vs", "vw"), "sdr_rule": "variance"}),
+        ("sims=vs,vw sdr=standardized", {"similarities": ("vs", "vw"), "sdr_rule": "standardized"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: expand_variants([], [], ["+words"], []), r"unknown component '\+words'.*\+phrases"),
+        (lambda: __import__("tcmgc_cli.ablate").ablate.parse_combinations("vs;;fw"), "empty combination"),
+        (lambda: __import__("tcmgc_cli.ablate").ablate.parse_combinations("vs,xx"), "unknown similarity xx.*vs, vw"),
+        (lambda: expand_variants([], [], [], [], combinations=[("vs",)], sdr_rules=["calm"]), "unknown SDR rule"),
+    ],
+)
+def test_bad_unit_and_sdr_grids_name_the_valid_ones(call: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        call()  # type: ignore[operator]
+
+
+def test_standardized_sdr_against_its_definition() -> None:
+    from tcmgc_cli.model.losses import sdr
+
+    g = torch.Generator().manual_seed(0)
+    parts = torch.randn(4, 4, 3, generator=g) * torch.tensor([1.0, 10.0, 0.1]) + torch.tensor([0.0, 5.0, -3.0])
+    flat = parts.reshape(-1, 3)
+    z = (parts - flat.mean(0)) / flat.std(0)  # each similarity standardized over the batch's pairs
+    want = sum(float(z[i, i].var(unbiased=True)) for i in range(4)) / 4
+    assert float(sdr(parts, "standardized")) == pytest.approx(want, rel=1e-5)
+    shifted = parts * torch.tensor([1.0, 3.0, 1.0]) + torch.tensor([7.0, 0.0, 0.0])  # a scale or offset of one
+    assert float(sdr(shifted, "standardized")) == pytest.approx(want, rel=1e-4)  # similarity changes nothing
+    assert float(sdr(shifted)) != pytest.approx(float(sdr(parts)))  # ... where the paper's variance moves
+
+
+def test_ablate_sdr_grid_reports_where_sdr_lowers_r1(sample_cache: Path, tmp_path: Path) -> None:
+    data = small_dataset(tmp_path)
+    out = tmp_path / "grid"
+    args = ["ablate", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny", "--cache", str(sample_cache),
+            "--output", str(out), "--similarities", "vs,vw", "--sdr-rules", "variance,standardized", "--epochs", "1",
+            "--set", "train.batch_size=16", "--set", "model.phrases=true"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "vs,vw: t2v R@1 off" in result.output and "SDR lowers R@1 with:" in result.output
+    effects = json.loads((out / "ablation.json").read_text())["sdr_effects"]
+    assert [e["similarities"] for e in effects] == ["vs,vw"]
+    assert set(effects[0]["t2v_R@1"]) == {"off", "variance", "standardized"}
+    means = {rule: mean for rule, (mean, _) in effects[0]["t2v_R@1"].items()}
+    assert effects[0]["sdr_lowers_R@1"] == [r for r in ("variance", "standardized") if means[r] < means["off"]]
+    done = json.loads((out / "sims-vs_vw sdr-standardized-s42" / "result.json").read_text())
+    assert done["sdr_rule"] == "standardized" and done["similarities"] == "vs,vw,vp,pf"  # phrases add two

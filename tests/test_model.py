@@ -281,3 +281,56 @@ def test_keep_by_mass_scores_factorized_equals_direct_and_full_mass_is_fixed(cli
     torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(all_kept, base, rtol=1e-6, atol=1e-6)  # p = 1 keeps every one of the k
     assert not torch.allclose(direct, base, atol=1e-4)  # p = 0.3 keeps fewer, and that shows
+
+
+UNITS_CFG = replace(CFG, phrases=True, clips=True, phrase_words=3, clip_frames=2, keep_rate=0.34)
+
+
+def test_phrases_and_clips_against_loops(clip: torch.nn.Module) -> None:
+    """The paper's open question 2: phrases (spans of 3 tokens) and clips (windows of 2 frames) as units, every
+    similarity of every pair against the method's equations written as loops."""
+    model = make_model(clip, UNITS_CFG)
+    assert model.cfg.active_similarities == ("vs", "vw", "sf", "fw", "vp", "pf", "cs", "cw", "cp")
+    text, frames = features(2, 3, UNITS_CFG)
+    video = model.encode_video(frames)
+    parts = model(text, video)["parts"]  # the training path (direct LVA)
+    for t in range(2):
+        for v in range(3):
+            want = oracle.unit_pair_scores(model, text, t, video, v)
+            assert parts[t, v].tolist() == pytest.approx(list(want.values()), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        UNITS_CFG,
+        replace(UNITS_CFG, mask_padding=True),
+        replace(UNITS_CFG, text_conditioning=False),
+        replace(UNITS_CFG, clips=False),
+        replace(UNITS_CFG, phrases=False, keep_rule="mass"),
+        replace(UNITS_CFG, reorganize=False),
+    ],
+)
+def test_phrases_and_clips_factorized_equals_direct(clip: torch.nn.Module, cfg: ModelConfig) -> None:
+    model = make_model(clip, cfg)
+    text, frames = features(5, 7, cfg)
+    mask = torch.ones(7, cfg.num_frames, dtype=torch.bool)
+    mask[0, 3:] = False  # a short video: padding in the last clips
+    mask[1, 1:] = False
+    with torch.no_grad():
+        direct = model(text, model.encode_video(frames, mask))
+        fast = model.score_chunked(text, model.encode_video(frames, mask, factorized=True), 2, 3, parts=True)
+    assert direct["parts"].shape[-1] == len(cfg.active_similarities)
+    torch.testing.assert_close(fast["parts"], direct["parts"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast["logits"], direct["logits"], rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(fast["logits"]).all()
+
+
+def test_phrase_means_and_masks() -> None:
+    from tcmgc_cli.model.tcmgc import phrase_any, phrase_means
+
+    words = torch.arange(7.0)[None, :, None].expand(1, 7, 2)  # token i = (i, i)
+    assert phrase_means(words, 3)[0, :, 0].tolist() == [1.0, 4.0, 6.0]  # (0+1+2)/3, (3+4+5)/3, 6/1
+    assert phrase_any(torch.tensor([[True, True, False, False, False, False, False]]), 3).tolist() == [
+        [True, False, False]
+    ]

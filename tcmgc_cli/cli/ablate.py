@@ -33,7 +33,22 @@ def ablate_command(
     ] = None,
     sdr_alphas: Annotated[str | None, typer.Option(help="SDR weights to try, e.g. 0,0.1,0.5,1.0.")] = None,
     components: Annotated[
-        str | None, typer.Option(help="full,-sr,-lsa,-sdr,-textcond: each '-x' removes one part.")
+        str | None,
+        typer.Option(
+            help="full,-sr,-lsa,-sdr,-textcond,+phrases,+clips,+phrases+clips: each '-x' removes one part, each '+x' "
+            "adds text phrases or video clips as units (the paper's open question 2)."
+        ),
+    ] = None,
+    similarities: Annotated[
+        str | None,
+        typer.Option(
+            help='Combinations of vs,vw,sf,fw separated by ";", e.g. "vs,vw;vs,fw;vs,vw,sf,fw": each one trained with '
+            "SDR off and with each --sdr-rules rule, to see where SDR lowers R@1 (the paper's open question 4)."
+        ),
+    ] = None,
+    sdr_rules: Annotated[
+        str | None,
+        typer.Option(help="SDR rules for --similarities (default: variance), e.g. variance,standardized."),
     ] = None,
     keep_masses: Annotated[
         str | None,
@@ -75,13 +90,14 @@ def ablate_command(
     ablation.png (R@1 against keep rate, and against SDR alpha when varied) into the grid folder.
     """
     with handle_errors():
-        from tcmgc_cli.ablate import expand_variants, parse_floats
+        from tcmgc_cli.ablate import expand_variants, parse_combinations, parse_floats
         from tcmgc_cli.errors import ConfigError
 
-        if not any((keep_rates, sdr_alphas, components, aggregations, keep_masses)):
+        if not any((keep_rates, sdr_alphas, components, aggregations, keep_masses, similarities, sdr_rules)):
             components = "full,-sr,-lsa,-sdr,-textcond"
         variants = expand_variants(parse_floats(keep_rates, "--keep-rates"), parse_floats(sdr_alphas, "--sdr-alphas"),
-                                   names(components), names(aggregations), parse_floats(keep_masses, "--keep-masses"))  # fmt: skip
+                                   names(components), names(aggregations), parse_floats(keep_masses, "--keep-masses"),
+                                   parse_combinations(similarities), names(sdr_rules))  # fmt: skip
         try:
             seed_list = [int(s) for s in names(seeds)]
         except ValueError:
@@ -112,6 +128,8 @@ def _render(summary: Any, folder: Path, json_out: bool) -> None:
         for _, r in summary.iterrows():
             row = {
                 "variant": r["variant"],
+                "similarities": r.get("similarities"),
+                "sdr_rule": r.get("sdr_rule"),
                 "keep_rate": r["keep_rate"],
                 "sdr_alpha": r["sdr_alpha"],
                 "keep_mass": None if r["keep_mass"] is None or r["keep_mass"] != r["keep_mass"] else r["keep_mass"],
@@ -138,6 +156,10 @@ def _render(summary: Any, folder: Path, json_out: bool) -> None:
                       pm(r, "t2v_R@10"), pm(r, "t2v_MdR"), f"{r['pairs_per_s']:,.0f}", pm(r, "score_variance", ".3f"))  # fmt: skip
     stdout.print(table)
     facts = json.loads((folder / "ablation.json").read_text())
+    for effect in facts.get("sdr_effects", []):
+        runs = ", ".join(f"{rule} {mean:.1f}±{std:.1f}" for rule, (mean, std) in effect["t2v_R@1"].items())
+        hurt = ", ".join(effect["sdr_lowers_R@1"]) or "none"
+        stdout.print(f"{effect['similarities']}: t2v R@1 {runs}; SDR lowers R@1 with: {hurt}", soft_wrap=True)
     if facts.get("sdr_correlation") is not None:
         stdout.print(
             f"Across the SDR runs, score variance and R@1 correlate with Pearson r = {facts['sdr_correlation']:.2f}."

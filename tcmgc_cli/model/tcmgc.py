@@ -9,6 +9,7 @@ and peak memory is bounded by the chunk size.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,27 @@ class PairDots:
     vw: torch.Tensor  # (Q, V, L) w^_i . V^
     sf: torch.Tensor  # (Q, V, N) s^ . F^_j
     fw: torch.Tensor  # (Q, V, L, N) (w^_i L) . F^_j
+    vp: torch.Tensor | None = None  # (Q, V, P) p^ . V^ (phrases)
+    pf: torch.Tensor | None = None  # (Q, V, P, N) (p^ L) . F^_j
+    cs: torch.Tensor | None = None  # (Q, V, C) s^ . C^_k (clips)
+    cw: torch.Tensor | None = None  # (Q, V, L, C) (w^_i L) . C^_k
+    cp: torch.Tensor | None = None  # (Q, V, P, C) (p^ L) . C^_k (phrases and clips)
+
+    def add_units(self, prep: "PreparedText", v_hat: torch.Tensor, f_dot: Callable[[torch.Tensor], torch.Tensor],
+                  c_hat: torch.Tensor | None) -> "PairDots":  # fmt: skip
+        """The phrase and clip similarities: v_hat the video vectors (Q, V, D) or (V, D); f_dot(probes (Q, P, D))
+        -> their dots with the frame units (Q, V, P, N); c_hat the clip vectors (Q, V, C, D) or (V, C, D)."""
+        per_query = "qv" if v_hat.dim() == 3 else "v"
+        if prep.p_hat is not None and prep.p_l is not None:
+            self.vp = torch.einsum(f"qpd,{per_query}d->qvp", prep.p_hat, v_hat)
+            self.pf = f_dot(prep.p_l)
+        if c_hat is not None:
+            clips = f"{per_query}kd" if c_hat.dim() == 4 else "vkd"
+            self.cs = torch.einsum(f"qd,{clips}->qvk", prep.s_hat, c_hat)
+            self.cw = torch.einsum(f"qid,{clips}->qvik", prep.w_l, c_hat)
+            if prep.p_l is not None:
+                self.cp = torch.einsum(f"qpd,{clips}->qvpk", prep.p_l, c_hat)
+        return self
 
 
 @dataclass
@@ -71,6 +93,8 @@ class PreparedText:
     s_g: torch.Tensor  # (Q, D) s^ G
     w_l: torch.Tensor  # (Q, L, D) w^ L
     rows: torch.Tensor | None = None  # (Q, 2L+2, D) LVA queries and R-probes for the factorized path
+    p_hat: torch.Tensor | None = None  # (Q, P, D) normalized phrases (means of consecutive token features)
+    p_l: torch.Tensor | None = None  # (Q, P, D) p^ L
 
 
 class TcmgcHead(nn.Module):
@@ -79,8 +103,7 @@ class TcmgcHead(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        d, sims = cfg.embed_dim, cfg.similarities
-        k_w, k_f, n = cfg.kept(cfg.max_words), cfg.kept(cfg.num_units), cfg.num_units
+        d, sims = cfg.embed_dim, cfg.active_similarities
 
         def isa(size: int) -> ISA:
             return ISA(size, cfg.isa_lambda, cfg.isa_form)
@@ -88,13 +111,30 @@ class TcmgcHead(nn.Module):
         self.temporal = TemporalEncoder(d, cfg.temporal_layers, cfg.temporal_heads, cfg.temporal_positions)
         self.lva = LanguageVideoAttention(d, cfg.lva_dropout) if cfg.text_conditioning else None
         self.global_mat_weight = nn.Parameter(torch.eye(d)) if "vs" in sims else None  # G
-        self.local_mat_weight = nn.Parameter(torch.eye(d)) if "fw" in sims else None  # L
-        self.isa_vw = isa(k_w) if "vw" in sims else None  # A1
-        self.isa_sf = isa(k_f + 1 if cfg.reorganize else n) if "sf" in sims else None  # A2
-        if "fw" in sims:
-            self.isa_fw_words, self.isa_fw_frames = isa(k_w), isa(k_f)  # B1 over words, B2 over frames
-            self.isa_fw_u, self.isa_fw_z = isa(k_f), isa(k_w)  # B3 over u (frame-indexed), B4 over z (word-indexed)
+        matrix = any(UNITS[name][2] == "matrix" for name in sims)
+        self.local_mat_weight = nn.Parameter(torch.eye(d)) if matrix else None  # L, for every text-unit probe
+        for name in sims:  # A1 (vw), A2 (sf), B1-B4 (fw), and the same for the phrase and clip similarities
+            t_unit, v_unit, kind = UNITS[name]
+            k_t, k_v = self.kept(t_unit), self.kept(v_unit)
+            if kind == "text":
+                setattr(self, f"isa_{name}", isa(k_t))
+            elif kind == "video":
+                setattr(self, f"isa_{name}", isa(k_v + 1 if cfg.reorganize else k_v))
+            elif kind == "matrix":
+                setattr(self, f"isa_{name}_words", isa(k_t))  # over text units, per video-unit column
+                setattr(self, f"isa_{name}_frames", isa(k_v))  # over video units, per text-unit row
+                setattr(self, f"isa_{name}_u", isa(k_v))
+                setattr(self, f"isa_{name}_z", isa(k_t))
         self.aggregation = Aggregation(len(sims), cfg.aggregation)
+
+    def units(self, unit: str) -> int:
+        """How many units of a kind a pair has: sentence and video 1, words L, phrases P, frames N, clips C."""
+        cfg = self.cfg
+        return {"s": 1, "v": 1, "w": cfg.max_words, "p": cfg.num_phrases, "f": cfg.num_units, "c": cfg.num_clips}[unit]
+
+    def kept(self, unit: str) -> int:
+        """The entries SR keeps of a vector over these units (all of them without SR)."""
+        return self.cfg.kept(self.units(unit)) if self.cfg.reorganize else self.units(unit)
 
     def encode_video(
         self, frames: torch.Tensor, mask: torch.Tensor | None = None, factorized: bool = False
@@ -120,6 +160,9 @@ class TcmgcHead(nn.Module):
         s_g = s_hat @ (self.global_mat_weight if self.global_mat_weight is not None else eye)
         w_l = w_hat @ (self.local_mat_weight if self.local_mat_weight is not None else eye)
         prep = PreparedText(text, s_hat, w_hat, s_g, w_l)
+        if self.cfg.phrases:
+            prep.p_hat = F.normalize(phrase_means(text.words, self.cfg.phrase_words), dim=-1)  # (Q, P, D)
+            prep.p_l = prep.p_hat @ (self.local_mat_weight if self.local_mat_weight is not None else eye)
         if factorized and self.lva is not None:
             # the L+1 attention queries LN1(s), LN1(W_j) scaled by 1/sqrt(D), then the probes (w^_i L) M and s^ M,
             # whose products with the frame keys x~ are their dot products with R (R = x~ M')
@@ -131,17 +174,24 @@ class TcmgcHead(nn.Module):
     def dots(self, prep: PreparedText, video: VideoFeatures, factorized: bool) -> PairDots:
         text, s_hat, w_hat, s_g, w_l = prep.text, prep.s_hat, prep.w_hat, prep.s_g, prep.w_l
         if self.lva is None:
-            return self._dots_unconditioned(s_g, s_hat, w_hat, w_l, video)
+            return self._dots_unconditioned(prep, video)
         if factorized:
             return self._dots_factorized(prep, video)
         v_hat = self.lva(text.sentence[:, None], video.temporal, video.mask)[:, 0]  # (Q, V, D)
         f_hat = self.lva(text.words, video.temporal, video.mask)  # (Q, N, V, D)
-        return PairDots(
+        dots = PairDots(
             torch.einsum("qd,qvd->qv", s_g, v_hat),
             torch.einsum("qid,qvd->qvi", w_hat, v_hat),
             torch.einsum("qd,qjvd->qvj", s_hat, f_hat),
             torch.einsum("qid,qjvd->qvij", w_l, f_hat),
         )
+        if not (self.cfg.phrases or self.cfg.clips):
+            return dots
+        c_hat = None
+        if self.cfg.clips:  # each window of frames pooled by LVA for the sentence: (Q, V, C, D)
+            windows = self.clip_masks(video.temporal.shape[:2], video.mask, video.temporal.device)  # (C, V, T)
+            c_hat = torch.stack([self.lva(text.sentence[:, None], video.temporal, w)[:, 0] for w in windows], 2)
+        return dots.add_units(prep, v_hat, lambda p: torch.einsum("qpd,qjvd->qvpj", p, f_hat), c_hat)
 
     def _dots_factorized(self, prep: PreparedText, video: VideoFeatures) -> PairDots:
         """LVA through per-video tensors: one GEMM of every text-side row against every frame key, then small ops."""
@@ -154,6 +204,7 @@ class TcmgcHead(nn.Module):
         prod = (
             (rows.reshape(-1, d) @ pre.keys.reshape(-1, d).T).view(q, 2 * length + 2, v, t).transpose(1, 2)
         )  # (Q, V, 2L+2, T)
+        sentence_logits = prod[:, :, 0]  # (Q, V, T)
         pooled = lva.pool(prod[:, :, : length + 1], pre)
         # the sentence-conditioned video, formed explicitly: (Q, V, D)
         v_vec = torch.einsum("qvt,vtd->qvd", pooled.w[:, :, 0], pre.r) + pooled.c[:, :, 0, None] * r0 + b3
@@ -171,48 +222,100 @@ class TcmgcHead(nn.Module):
             -1,
         )
         sf = (units @ s_probe[..., None]).squeeze(-1)  # (Q, V, L_j)
-        return PairDots(torch.einsum("qd,qvd->qv", s_g, v_hat), torch.einsum("qid,qvd->qvi", w_hat, v_hat), sf, fw)
+        dots = PairDots(torch.einsum("qd,qvd->qv", s_g, v_hat), torch.einsum("qid,qvd->qvi", w_hat, v_hat), sf, fw)
+        if not (self.cfg.phrases or self.cfg.clips):
+            return dots
 
-    @staticmethod
-    def _dots_unconditioned(
-        s_g: torch.Tensor, s_hat: torch.Tensor, w_hat: torch.Tensor, w_l: torch.Tensor, video: VideoFeatures
-    ) -> PairDots:
-        """X-CLIP: video = normalized mean of the temporal features, frames = normalized raw CLIP frames."""
-        if video.mask is None:
-            pooled = video.temporal.mean(1)
-        else:
-            m = video.mask[..., None].to(video.temporal.dtype)
-            pooled = (video.temporal * m).sum(1) / m.sum(1).clamp_min(1)
-        v_hat, f_hat = F.normalize(pooled, dim=-1), F.normalize(video.frames, dim=-1)  # (V, D), (V, T, D)
-        return PairDots(
+        def f_dot(p: torch.Tensor) -> torch.Tensor:  # probes (Q, P, D) against the units: (Q, V, P, L_j)
+            r = torch.einsum("qpd,vtd->qvpt", p, pre.r)
+            return torch.cat([r, torch.stack([p @ r0, p @ b3], -1)[:, None].expand(q, v, -1, 2)], -1) @ units.transpose(
+                -1, -2
+            )
+
+        c_hat = self._clips_factorized(sentence_logits, pre) if self.cfg.clips else None
+        return dots.add_units(prep, v_hat, f_dot, c_hat)
+
+    def _dots_unconditioned(self, prep: PreparedText, video: VideoFeatures) -> PairDots:
+        """X-CLIP: video = normalized mean of the temporal features, frames = normalized raw CLIP frames (clips:
+        normalized means of windows of temporal features)."""
+        s_g, s_hat, w_hat, w_l = prep.s_g, prep.s_hat, prep.w_hat, prep.w_l
+        v_hat = F.normalize(masked_mean(video.temporal, video.mask), dim=-1)  # (V, D)
+        f_hat = F.normalize(video.frames, dim=-1)  # (V, T, D)
+        dots = PairDots(
             s_g @ v_hat.T,
             torch.einsum("qid,vd->qvi", w_hat, v_hat),
             torch.einsum("qd,vjd->qvj", s_hat, f_hat),
             torch.einsum("qid,vjd->qvij", w_l, f_hat),
         )
+        if not (self.cfg.phrases or self.cfg.clips):
+            return dots
+        c_hat = None
+        if self.cfg.clips:
+            windows = self.clip_masks(video.temporal.shape[:2], video.mask, video.temporal.device)  # (C, V, T)
+            c_hat = torch.stack([F.normalize(masked_mean(video.temporal, w), dim=-1) for w in windows], 1)  # (V, C, D)
+        return dots.add_units(prep, v_hat, lambda p: torch.einsum("qpd,vjd->qvpj", p, f_hat), c_hat)
+
+    def clip_masks(
+        self, shape: tuple[int, ...], mask: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:  # fmt: skip
+        """(C, V, T) bool: the frames each clip pools, within the frames LVA sees (`mask`, else all); a clip whose
+        window holds none of those pools its whole window (and is marked invalid by `clip_units`)."""
+        v, t = shape
+        slots = torch.arange(t, device=device) // self.cfg.clip_frames  # (T,) the clip of each slot
+        windows = (slots[None] == torch.arange(self.cfg.num_clips, device=device)[:, None])[:, None].expand(-1, v, t)
+        if mask is None:
+            return windows
+        both = windows & mask[None]
+        return torch.where(both.any(-1, keepdim=True), both, windows)
+
+    def clip_units(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(V, C) bool: clips whose window holds a frame that counts (None: all)."""
+        if mask is None:
+            return None
+        v, t = mask.shape
+        return (self.clip_masks((v, t), None, mask.device) & mask[None]).any(-1).T
+
+    def _clips_factorized(self, sentence_logits: torch.Tensor, pre: LvaVideo) -> torch.Tensor:
+        """The sentence-conditioned pool of each window of frames, through the per-video tensors: (Q, V, C, D)."""
+        assert self.lva is not None
+        _, _, _, _, r0, b3 = pre.consts
+        q, v, t = sentence_logits.shape
+        windows = self.clip_masks((v, t), pre.mask, sentence_logits.device)  # (C, V, T)
+        logits = sentence_logits[:, :, None].masked_fill(~windows.permute(1, 0, 2)[None], float("-inf"))  # (Q,V,C,T)
+        pooled = self.lva.pool(logits, LvaVideo(pre.keys, pre.r, pre.stats, None, pre.consts))
+        vec = torch.einsum("qvkt,vtd->qvkd", pooled.w, pre.r) + pooled.c[..., None] * r0 + b3
+        return vec * pooled.inv_norm[..., None]
 
     def similarities(self, dots: PairDots, text: TextFeatures, video: VideoFeatures, tau: torch.Tensor) -> torch.Tensor:
-        """The tau-scaled scores of the configured similarities, stacked: (Q, V, K)."""
+        """The tau-scaled scores of the active similarities, stacked: (Q, V, K). A vector over text units is kept
+        (SR keep) then aggregated by ISA; a vector over video units is kept and fused; a text-by-video matrix goes
+        through Bi-SR and Bi-ISA: the same for words and phrases, frames and clips."""
         cfg = self.cfg
         words = None if text.mask is None else text.mask[:, None, :]  # (Q, 1, L)
-        units = words if cfg.text_conditioning else (None if video.mask is None else video.mask[None])
-        k_w, k_f = cfg.kept(cfg.max_words), cfg.kept(cfg.num_units)
+        phrases = None if words is None else phrase_any(words, cfg.phrase_words)  # (Q, 1, P)
+        frames = words if cfg.text_conditioning else (None if video.mask is None else video.mask[None])
+        clip_ok = self.clip_units(video.mask)
+        clips = None if clip_ok is None else clip_ok[None]  # (1, V, C)
+        valid = {"w": words, "p": phrases, "f": frames, "c": clips, "s": None, "v": None}
         out = []
-        for name in cfg.similarities:
-            if name == "vs":
-                out.append(dots.vs)
-            elif name == "vw":
-                assert self.isa_vw is not None
-                x, ok = keep(dots.vw, k_w, words) if cfg.reorganize else (dots.vw, words)
-                x, ok = self._by_mass(x, ok, dots.vw, words)
-                out.append(self.isa_vw(x, ok))
-            elif name == "sf":
-                assert self.isa_sf is not None
-                y, ok = keep_and_fuse(dots.sf, k_f, units) if cfg.reorganize else (dots.sf, units)
-                y, ok = self._fused_by_mass(y, ok, dots.sf, units)
-                out.append(self.isa_sf(y, ok))
+        for name in cfg.active_similarities:
+            t_unit, v_unit, kind = UNITS[name]
+            x = getattr(dots, name)
+            assert x is not None, f"no dots for {name}"
+            if kind == "scalar":
+                out.append(x)
+            elif kind == "text":
+                ok_in = valid[t_unit]
+                x_kept, ok = keep(x, self.kept(t_unit), ok_in) if cfg.reorganize else (x, ok_in)
+                x_kept, ok = self._by_mass(x_kept, ok, x, ok_in)
+                out.append(getattr(self, f"isa_{name}")(x_kept, ok))
+            elif kind == "video":
+                ok_in = valid[v_unit]
+                y, ok = keep_and_fuse(x, self.kept(v_unit), ok_in) if cfg.reorganize else (x, ok_in)
+                y, ok = self._fused_by_mass(y, ok, x, ok_in)
+                out.append(getattr(self, f"isa_{name}")(y, ok))
             else:
-                out.append(self._frame_word(dots.fw, words, units, k_w, k_f))
+                out.append(self._matrix(name, x, valid[t_unit], valid[v_unit], self.kept(t_unit), self.kept(v_unit)))
         return tau * torch.stack(out, dim=-1)
 
     def _by_mass(
@@ -235,10 +338,10 @@ class TcmgcHead(nn.Module):
         fused_ok = torch.ones_like(y[..., -1:], dtype=torch.bool) if ok is None else ok[..., -1:]
         return torch.cat([kept, y[..., -1:]], -1), torch.cat([kept_ok, fused_ok], -1)
 
-    def _frame_word(
-        self, m: torch.Tensor, words: torch.Tensor | None, units: torch.Tensor | None, k_w: int, k_f: int
+    def _matrix(
+        self, name: str, m: torch.Tensor, words: torch.Tensor | None, units: torch.Tensor | None, k_w: int, k_f: int
     ) -> torch.Tensor:
-        """Bi-SR then Bi-ISA on the (Q, V, L, N) word-by-unit matrix."""
+        """Bi-SR then Bi-ISA on a (Q, V, text units, video units) matrix (frame-word: words by frames)."""
         valid = None
         if words is not None or units is not None:
             ones = torch.ones_like(m, dtype=torch.bool)
@@ -254,10 +357,46 @@ class TcmgcHead(nn.Module):
                 m, valid = by_mass(m, valid, top_values(full, k_w, -2), self.cfg.isa_lambda, self.cfg.keep_mass)
         col_ok = None if valid is None else valid.any(-2)  # (Q, V, k_f)
         row_ok = None if valid is None else valid.any(-1)  # (Q, V, k_w)
-        u = self.isa_fw_words(m.transpose(-1, -2), None if valid is None else valid.transpose(-1, -2))  # over words
-        z = self.isa_fw_frames(m, valid)  # over units
-        score: torch.Tensor = (self.isa_fw_u(u, col_ok) + self.isa_fw_z(z, row_ok)) / 2
+        isa = {part: getattr(self, f"isa_{name}_{part}") for part in ("words", "frames", "u", "z")}
+        u = isa["words"](m.transpose(-1, -2), None if valid is None else valid.transpose(-1, -2))  # over text units
+        z = isa["frames"](m, valid)  # over video units
+        score: torch.Tensor = (isa["u"](u, col_ok) + isa["z"](z, row_ok)) / 2
         return score
+
+
+# similarity -> (text unit, video unit, kind): s sentence, p phrases, w words; v video, c clips, f frames
+UNITS = {
+    "vs": ("s", "v", "scalar"), "vw": ("w", "v", "text"), "sf": ("s", "f", "video"), "fw": ("w", "f", "matrix"),
+    "vp": ("p", "v", "text"), "pf": ("p", "f", "matrix"), "cs": ("s", "c", "video"), "cw": ("w", "c", "matrix"),
+    "cp": ("p", "c", "matrix"),
+}  # fmt: skip
+
+
+def phrase_means(words: torch.Tensor, size: int) -> torch.Tensor:
+    """(Q, L, D) token features -> (Q, P, D) phrases: the mean of every `size` consecutive tokens (the last span
+    may be shorter)."""
+    q, length, d = words.shape
+    pad = (-length) % size
+    padded = F.pad(words, (0, 0, 0, pad))  # (Q, P * size, D)
+    counts = torch.full((length + pad,), 1.0, device=words.device)
+    counts[length:] = 0
+    sums = padded.view(q, -1, size, d).sum(2)  # (Q, P * size, D) -> (Q, P, size, D) -> (Q, P, D)
+    return sums / counts.view(-1, size).sum(1)[None, :, None]
+
+
+def phrase_any(words: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., L) bool word mask -> (..., P): a phrase counts when one of its words does."""
+    pad = (-words.shape[-1]) % size
+    spans: torch.Tensor = F.pad(words, (0, pad)).unflatten(-1, (-1, size))  # type: ignore[no-untyped-call]
+    return spans.any(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(V, T, D) -> (V, D): the mean over the slots `mask` (V, T) keeps (every slot when None)."""
+    if mask is None:
+        return x.mean(1)
+    m = mask[..., None].to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1)
 
 
 def as_bool_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -327,7 +466,7 @@ class TcmgcModel(nn.Module):
         """
         q, v = text.sentence.shape[0], video.temporal.shape[0]
         logits = torch.empty(q, v, device=text.sentence.device)
-        all_parts = torch.empty(q, v, len(self.cfg.similarities), device=logits.device) if parts else None
+        all_parts = torch.empty(q, v, len(self.cfg.active_similarities), device=logits.device) if parts else None
         for i in range(0, q, chunk_texts):
             t_chunk = text.select(slice(i, i + chunk_texts))
             prep = self.head.prepare_text(t_chunk, factorized)
