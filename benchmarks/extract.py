@@ -5,6 +5,13 @@ Two encoders: the tiny test model (decode-bound) and a ViT-B/32-sized CLIP with 
 
     python benchmarks/extract.py            # quick: about 2 minutes on a 2-core CPU
     python benchmarks/extract.py --full     # all 120 sample videos for both encoders
+    python benchmarks/extract.py --long     # one 10-minute 1280x720 video, the towers a user picks (below)
+
+--long: seconds of video indexed per second of wall time, for ViT-B-32, MobileCLIP2-S0 and ViT-B-16-SigLIP2 (random
+weights), each in fp32, bf16 and auto (`auto` decides with a fresh record, so its time includes the measuring),
+beside the decode-only and encode-only ceilings (at 1 frame per second of video, seconds of video per second equal
+frames per second), and the tower's achieved GFLOP/s against this host's measured matrix-multiply peak in the same
+precision.
 
 The last line printed is one JSON object with the figures.
 """
@@ -12,11 +19,14 @@ The last line printed is one JSON object with the figures.
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -65,11 +75,88 @@ def measure(name: str, clip: str, num_videos: int, num_frames: int, workers: int
     }
 
 
+LONG_MODELS = {
+    "ViT-B-32": "ViT-B-32-quickgelu",
+    "MobileCLIP2-S0": "MobileCLIP2-S0",
+    "ViT-B-16-SigLIP2": "ViT-B-16-SigLIP2",
+}
+
+
+def matmul_peak(precision: str, n: int = 2048, repeats: int = 3) -> float:
+    """This host's matrix-multiply rate in GFLOP/s (n x n by n x n, best of `repeats`)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def tower_flops(encoder: Any) -> float:
+    """FLOPs of the image tower on one frame (counted by torch's flop counter, fp32)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 3, encoder.preprocess.size, encoder.preprocess.size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        encoder.visual(x)
+    return float(counter.get_total_flops())
+
+
+def measure_long(video: Path, work: Path, name: str, clip: str) -> dict[str, Any]:
+    """One tower on the long video: ceilings, then full extraction in each precision."""
+    from tcmgc_cli.extract import extract_folder
+
+    seconds_of_video = 0.0
+    out: dict[str, Any] = {}
+    fp32 = FrameEncoder.load(clip, None, "cpu", "fp32")
+    flops = tower_flops(fp32)
+    decode = _Decoder(1.0, fp32.preprocess, VideoBackend.decord)
+    t0 = time.perf_counter()
+    decoded = next(r for r in _decode_stream([(plan_jobs(video.parent)[0][0], None)], decode, 0, 1))
+    assert isinstance(decoded, Decoded)
+    seconds_of_video = decoded.duration
+    out["decode_only_video_s_per_s"] = round(seconds_of_video / (time.perf_counter() - t0), 1)
+    frames = torch.from_numpy(decoded.frames[:64])
+    for precision in ("fp32", "bf16"):
+        enc = fp32.with_precision(precision)
+        enc(frames[:8])  # warm-up
+        rate = len(frames) / min(_timed(lambda e=enc: e(frames)) for _ in range(2))
+        out[f"encode_only_{precision}_video_s_per_s"] = round(rate, 1)
+        out[f"{precision}_gflops"] = round(rate * flops / 1e9, 1)
+        out[f"{precision}_of_peak"] = round(rate * flops / 1e9 / matmul_peak(precision), 3)
+    for precision in ("fp32", "bf16", "auto"):
+        os.environ["XDG_CACHE_HOME"] = str(work / f"xdg-{name}-{precision}")  # auto measures afresh
+        start = time.perf_counter()
+        report = extract_folder(video.parent, clip, cache=work / f"{name}-{precision}.h5", pretrained="none",
+                                precision=precision)  # fmt: skip
+        wall = time.perf_counter() - start
+        assert report.extracted, report.failed
+        out[f"extract_{precision}_video_s_per_s"] = round(report.video_seconds / wall, 1)
+        if precision == "auto":
+            from tcmgc_cli.cache import FeatureCache
+
+            chosen = FeatureCache(work / f"{name}-{precision}.h5").settings.encoder_fingerprint.endswith(":bf16")
+            out["auto_chose"] = "bf16" if chosen else "fp32"
+    out["gflop_per_frame"] = round(flops / 1e9, 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="all 120 sample videos for both encoders")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--long", action="store_true", help="one 10-minute 1280x720 video, three towers, precisions")
+    parser.add_argument("--minutes", type=int, default=10, help="with --long: the video's length")
+    parser.add_argument("--video", type=Path, default=None, help="with --long: use this video (alone in its folder)")
     args = parser.parse_args()
+    if args.long:
+        long_main(args.minutes, args.video)
+        return
     sizes = {"tiny": 120, "vit_b32": 120} if args.full else {"tiny": 120, "vit_b32": 24}
     results = {
         "tiny": measure("tcmgc-tiny", "tcmgc-clip-tiny", sizes["tiny"], 8, args.workers, 16),
@@ -83,3 +170,19 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def long_main(minutes: int, video: Path | None = None) -> None:
+    from long_video import make_video
+
+    os.environ.pop("TCMGC_PRECISION", None)
+    results: dict[str, Any] = {"benchmark": "extract_long", "minutes": minutes, "cpu_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if video is None:
+            (work / "video").mkdir()
+            video = make_video(work / "video" / "long.mp4", minutes * 60, 1280, 720)
+        for name, clip in LONG_MODELS.items():
+            results[name] = measure_long(video, work, name, clip)
+            print(json.dumps({name: results[name]}), flush=True)
+    print(json.dumps(results))

@@ -82,7 +82,7 @@ def load_verified(path: Path) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes about weights_only and pickles are not for our users
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # pages, not a copy
     except pickle.UnpicklingError as err:  # torch's text here suggests weights_only=False: never for us
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f" ({found.group(1)})" if found else ""

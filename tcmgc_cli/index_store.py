@@ -1,4 +1,4 @@
-"""Search indexes on disk: one part per cache segment, built once, memory-mapped, grown with the cache.
+"""Search indexes on disk: one part per cache segment, built once, read row by row, grown with the cache.
 
 A part holds what a ranker computed for the live videos of one cache segment:
 
@@ -13,18 +13,21 @@ Segments are immutable, so a part never changes. When the cache grows, only the 
 segments merge, the merged segment's part copies what the old parts hold for the same tracks (by uid), so no track
 runs through the temporal encoder twice; parts of segments that are gone are deleted. A replaced or removed video's
 entries drop out because its uid is no longer live. Loading keeps only the coarse vectors and small tables in memory;
-frames and temporal features are read from the memory-mapped files when a query's candidates need them.
+frames and temporal features are read from the files (positioned reads) when a query's candidates need them.
 
 Where: `<cache>.d/index-<key>/`, or in the workspace when the cache's folder is read-only. The KEEP_INDEXES most
 recently used indexes (one per checkpoint) are kept per folder.
 """
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +45,67 @@ KEEP_INDEXES = 3  # indexes kept per folder (the most recently used); older ones
 BATCH_VIDEOS = 256  # videos read from the cache and encoded at a time while building a part
 
 
-class Stack:
-    """Arrays (memory-mapped files, or arrays in memory) stacked row-wise and read by global row number."""
+class RowFile:
+    """The rows of a .npy file on disk, read with positioned reads (`os.preadv`) into fresh arrays.
 
-    def __init__(self, parts: Sequence[np.ndarray]) -> None:
+    A query's candidates are scattered rows of files larger than memory: a memory mapping turns each into a page
+    fault with read-ahead around it (measured: seconds for 500 candidates' 12 KB each, on a cold 12 GB file), while
+    one read per run of consecutive rows, several in flight, reads just those bytes (tens of milliseconds)."""
+
+    def __init__(self, path: Path) -> None:
+        header = np.load(path, mmap_mode="r")  # parses the header; the mapping is dropped at once
+        self.path, self.shape, self.dtype, self.offset = path, header.shape, header.dtype, header.offset
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        del header
+        self.fd = os.open(path, os.O_RDONLY)  # kept open: the rows stay readable if the file is deleted
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(n,) rising row numbers -> (n, *row shape), into `out` when given: one read per run of consecutive
+        rows."""
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype) if out is None else out
+        if not len(rows):
+            return out
+        flat = out.reshape(len(rows), -1).view(np.uint8)  # (n, row_bytes)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        runs = list(zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist(), strict=True))
+
+        def one(run: tuple[int, int]) -> None:
+            a, b = run
+            view = flat[a:b].reshape(-1).data  # (bytes,) a memoryview of the run's rows in `out`
+            at, got = self.offset + int(rows[a]) * self.row_bytes, 0
+            while got < len(view):  # a positioned read may return fewer bytes than asked
+                n = os.preadv(self.fd, [view[got:]], at + got)
+                if n == 0:
+                    raise OSError(f"{self.path} is shorter than its header says")
+                got += n
+
+        if len(runs) > 8:
+            list(_readers().map(one, runs))
+        else:
+            for run in runs:
+                one(run)
+        return out
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.read(np.arange(start, stop, dtype=np.int64))
+
+
+@functools.cache
+def _readers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(16, thread_name_prefix="tcmgc-read")  # reads in flight: disks answer several at once
+
+
+class Stack:
+    """Row files (or arrays in memory) stacked row-wise and read by global row number."""
+
+    def __init__(self, parts: Sequence[RowFile | np.ndarray]) -> None:
         self.parts = list(parts)
         self.ends = np.cumsum([len(p) for p in self.parts], dtype=np.int64)  # (P,)
 
@@ -61,30 +121,29 @@ class Stack:
         for p in np.unique(which):
             mine = which == p
             local = flat[mine] - (self.ends[p - 1] if p else 0)
-            order = np.argsort(local, kind="stable")  # rising offsets: one pass over the file's pages
-            got = np.empty((len(local), *first.shape[1:]), dtype=first.dtype)
-            got[order] = self.parts[p][local[order]]
-            out[mine] = got
+            wanted, back = np.unique(local, return_inverse=True)  # rising, each once
+            part = self.parts[p]
+            got = part.read(wanted) if isinstance(part, RowFile) else part[wanted]
+            out[mine] = got[back]
         return out.reshape(*np.shape(rows), *first.shape[1:])
 
 
 @dataclass
 class Part:
-    """One part on disk, opened: its tables in memory, its arrays memory-mapped."""
+    """One part on disk, opened: its tables in memory, its arrays read from the files when needed."""
 
     folder: Path
     table: dict[str, np.ndarray]
-    frames: np.ndarray  # (F, D) float16, memory-mapped
-    coarse: np.ndarray  # (E, D) float16, memory-mapped
-    temporal: np.ndarray | None  # (E, T, D) float16, memory-mapped (TC-MGC only)
+    frames: RowFile  # (F, D) float16
+    coarse: RowFile  # (E, D) float16
+    temporal: RowFile | None  # (E, T, D) float16 (TC-MGC only)
 
     @classmethod
     def open(cls, folder: Path) -> "Part":
         with np.load(folder / "table.npz", allow_pickle=False) as npz:
             table = {k: npz[k] for k in npz.files}
-        temporal = np.load(folder / "temporal.npy", mmap_mode="r") if (folder / "temporal.npy").exists() else None
-        return cls(folder, table, np.load(folder / "frames.npy", mmap_mode="r"),
-                   np.load(folder / "coarse.npy", mmap_mode="r"), temporal)  # fmt: skip
+        temporal = RowFile(folder / "temporal.npy") if (folder / "temporal.npy").exists() else None
+        return cls(folder, table, RowFile(folder / "frames.npy"), RowFile(folder / "coarse.npy"), temporal)
 
     def by_uid(self) -> dict[str, int]:
         return {str(u): i for i, u in enumerate(self.table["uids"])}
@@ -114,33 +173,42 @@ class Loaded:
     temporal: Stack | None  # (E_all, T, D) float16
 
 
+def keep_of(part: Part, live_uids: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a part's videos (V_p,) and entries (E_p,) are live."""
+    uids = part.table["uids"].tolist()
+    keep = np.fromiter((u in live_uids for u in uids), dtype=bool, count=len(uids))  # (V_p,)
+    return keep, keep[part.table["entry_video"]]
+
+
 def join(parts: list[Part], live_uids: set[str]) -> Loaded:
     """The live videos and entries of `parts` (a video is live when its uid is)."""
     videos: list[str] = []
     paths: list[str] = []
     entry_ids: list[str] = []
-    durations, offsets, counts, times, entry_video, starts, stops, entry_rows_, coarse = ([] for _ in range(9))
-    base_f = base_e = 0
-    for part in parts:
+    durations, offsets, counts, times, entry_video, starts, stops, entry_rows_ = ([] for _ in range(8))
+    dim = len(parts[0].table["pad"]) if parts else 0
+    live_of = [keep_of(part, live_uids) for part in parts]
+    coarse = np.empty((sum(int(live.sum()) for _, live in live_of), dim), np.float16)  # (E, D) filled part by part
+    base_f = base_e = filled = 0
+    for part, (keep, live) in zip(parts, live_of, strict=True):
         t = part.table
-        keep = np.array([str(u) in live_uids for u in t["uids"]], dtype=bool)  # (V_p,)
         number = np.cumsum(keep) - 1 + len(videos)  # global index of each kept video
-        videos += [str(v) for v in t["videos"][keep]]
-        paths += [str(p) for p in t["paths"][keep]]
+        videos += t["videos"][keep].tolist()
+        paths += t["paths"][keep].tolist()
         durations.append(t["durations"][keep])
         offsets.append(t["offsets"][keep] + base_f)
         counts.append(t["counts"][keep])
         times.append(t["times"])
-        live = keep[t["entry_video"]]  # (E_p,)
-        entry_ids += [str(e) for e in t["entry_ids"][live]]
+        entry_ids += t["entry_ids"][live].tolist()
         entry_video.append(number[t["entry_video"][live]])
         starts.append(t["entry_start"][live])
         stops.append(t["entry_stop"][live])
         entry_rows_.append(np.flatnonzero(live) + base_e)
-        coarse.append(np.asarray(part.coarse[live]))
+        mine = np.flatnonzero(live)  # (E_p live,)
+        part.coarse.read(mine, out=coarse[filled : filled + len(mine)])
+        filled += len(mine)
         base_f += len(part.frames)
         base_e += len(part.coarse)
-    dim = len(parts[0].table["pad"]) if parts else 0
     temporal = [p.temporal for p in parts if p.temporal is not None]
 
     def cat(arrays: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -151,8 +219,7 @@ def join(parts: list[Part], live_uids: set[str]) -> Loaded:
         cat(times, np.float64), Stack([p.frames for p in parts]) if parts else Stack([np.zeros((0, dim), np.float16)]),
         parts[0].table["pad"] if parts else np.zeros(dim, np.float32), entry_ids, cat(entry_video, np.int64),
         cat(starts, np.int64), cat(stops, np.int64), cat(entry_rows_, np.int64),
-        torch.from_numpy(np.concatenate(coarse) if coarse else np.zeros((0, dim), np.float16)),
-        Stack(temporal) if temporal and len(temporal) == len(parts) else None,
+        torch.from_numpy(coarse), Stack(temporal) if temporal and len(temporal) == len(parts) else None,
     )  # fmt: skip
 
 
@@ -188,7 +255,6 @@ def build_part(
                      f_off[chunk], e_off[chunk], rule.num_frames, rule.padding)  # fmt: skip
             if on_encoded:
                 on_encoded(int(per_video[chunk].sum()))
-        out.flush()
         entry_video = np.repeat(np.arange(len(videos)), per_video)
         flat = [e for es in entries for e in es]
         np.savez(tmp / "table.npz", uids=np.array(uids, dtype=str), videos=np.array(videos, dtype=str),
@@ -204,32 +270,32 @@ def build_part(
 
 
 class _Arrays:
-    """The part's .npy files, written in place as batches are computed (a part may be larger than memory)."""
+    """The part's .npy files, written a batch at a time through a short-lived mapping: a part may be larger than
+    memory, and a build's resident memory stays that of one batch."""
 
     def __init__(self, folder: Path, frames: int, entries: int, t: int, d: int, temporal: bool) -> None:
-        def create(name: str, shape: tuple[int, ...]) -> np.ndarray:
-            out: np.ndarray = np.lib.format.open_memmap(folder / name, mode="w+", dtype=np.float16, shape=shape)
-            return out
+        self.folder = folder
+        shapes = {"frames": (frames, d), "coarse": (entries, d), **({"temporal": (entries, t, d)} if temporal else {})}
+        for name, shape in shapes.items():
+            np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=shape).flush()
+        self.has_temporal = temporal
 
-        self.frames = create("frames.npy", (frames, d))
-        self.coarse = create("coarse.npy", (entries, d))
-        self.temporal = create("temporal.npy", (entries, t, d)) if temporal else None
-
-    def flush(self) -> None:
-        for a in (self.frames, self.coarse, self.temporal):
-            if isinstance(a, np.memmap):
-                a.flush()
+    def put(self, name: str, where: slice | np.ndarray, values: np.ndarray) -> None:
+        target = np.load(self.folder / f"{name}.npy", mmap_mode="r+")
+        target[where] = values
+        target.flush()
+        del target  # unmapped: its pages leave this process
 
 
 def _copy_video(found: tuple[Part, int], out: _Arrays, times: np.ndarray, f_at: int, e_at: int) -> None:
     part, i = found
     o, n = int(part.table["offsets"][i]), int(part.table["counts"][i])
-    out.frames[f_at : f_at + n] = part.frames[o : o + n]
+    out.put("frames", slice(f_at, f_at + n), part.frames.rows(o, o + n))
     times[f_at : f_at + n] = part.table["times"][o : o + n]
     rows = part.entries_of(i)
-    out.coarse[e_at : e_at + len(rows)] = part.coarse[rows]
-    if out.temporal is not None and part.temporal is not None:
-        out.temporal[e_at : e_at + len(rows)] = part.temporal[rows]
+    out.put("coarse", slice(e_at, e_at + len(rows)), part.coarse.read(rows))
+    if out.has_temporal and part.temporal is not None:
+        out.put("temporal", slice(e_at, e_at + len(rows)), part.temporal.read(rows))
 
 
 @torch.no_grad()
@@ -244,7 +310,7 @@ def _compute(
     for v, es, fa, ea in zip(videos, entries, f_at, e_at, strict=True):
         track = np.asarray(feats[v], dtype=np.float32)  # (n, D)
         times[fa : fa + len(track)] = tracks[v][0]
-        out.frames[fa : fa + len(track)] = track
+        out.put("frames", slice(fa, fa + len(track)), track)
         for k, e in enumerate(es):
             rows = entry_rows(e.stop - e.start, num_frames, padding)  # (T,)
             x = track[np.maximum(rows, 0) + e.start]
@@ -258,9 +324,9 @@ def _compute(
         m = torch.from_numpy(np.stack(masks[i : i + 512])).to(dev)  # (B, T)
         temporal = ranker.temporal(x, m)
         at = np.asarray(slots[i : i + 512])
-        if out.temporal is not None:
-            out.temporal[at] = temporal.half().cpu().numpy()
-        out.coarse[at] = coarse_vectors(temporal, m, ranker.keeps_temporal).cpu().numpy()
+        if out.has_temporal:
+            out.put("temporal", at, temporal.half().cpu().numpy())
+        out.put("coarse", at, coarse_vectors(temporal, m, ranker.keeps_temporal).cpu().numpy())
 
 
 def coarse_vectors(temporal: torch.Tensor, mask: torch.Tensor, whole: bool) -> torch.Tensor:
@@ -332,6 +398,27 @@ def sync_parts(
     (folder / "used").write_text(str(time.time()))
     parts = [Part.open(folder / f"part-{seg.stem}") for seg, videos in live if videos]
     return join(parts, {cache.uid(v) for v in cache.videos()})
+
+
+def prefetch(caches: Sequence[Path]) -> None:
+    """Ask the kernel to read ahead, in the background, the coarse vectors of each cache's most recently used index
+    (1 GB at a million entries): the model loads meanwhile, and `join` then finds them in memory."""
+    folders = [max(found, key=_last_used) for c in caches if (found := list(segment_dir(c).glob("index-*")))]
+    files = [f for folder in folders for f in folder.glob("part-*/coarse.npy")]
+    if files:
+        threading.Thread(target=_read_ahead, args=(files,), daemon=True, name="tcmgc-prefetch").start()
+
+
+def _read_ahead(files: list[Path]) -> None:
+    for file in files:
+        try:
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+        except OSError:  # gone meanwhile, or a file system without read-ahead: opening reads it as usual
+            continue
 
 
 def _clean_temps(folder: Path) -> None:

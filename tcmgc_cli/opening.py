@@ -11,18 +11,19 @@ from pathlib import Path
 from tcmgc_cli.cache import FeatureCache
 from tcmgc_cli.checkpoint import Trained, find_checkpoint
 from tcmgc_cli.errors import CacheError, CheckpointError, ConfigError
-from tcmgc_cli.index_store import index_folders, prune_indexes, sync_parts, writable_folder
+from tcmgc_cli.index_store import index_folders, prefetch, prune_indexes, sync_parts, writable_folder
 from tcmgc_cli.model.encoder import TextEncoder
 from tcmgc_cli.ranking import ClipRanker, Ranker, TcmgcRanker
 from tcmgc_cli.search import SearchIndex
 
 
 def ranker_key(ranker: Ranker, checkpoint: Path | None = None) -> str:
-    """What an index was built with: the checkpoint file as it is now and its precision, or CLIP's weights."""
+    """What an index was built with: the checkpoint file as it is now (its name, size and modification time, which
+    survive moving the folder) and its precision, or CLIP's weights."""
     if checkpoint is not None and isinstance(ranker, TcmgcRanker):
         st = checkpoint.stat()
         bf16 = "|bf16" if ranker.trained.precision == "bf16" else ""  # temporal features computed in bf16
-        return f"tcmgc|{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}{bf16}"
+        return f"tcmgc|{checkpoint.name}|{st.st_size}|{st.st_mtime_ns}{bf16}"
     assert isinstance(ranker, ClipRanker)
     return f"clip|{ranker.text.fingerprint}"
 
@@ -57,10 +58,11 @@ def open_search(
     newest run) over its cache (default: the workspace's for its model); "clip": the cache's own CLIP embeddings,
     no checkpoint needed (default cache: the workspace's only one); "auto": tcmgc when there is a checkpoint."""
     from tcmgc_cli.scoring import open_trained
-    from tcmgc_cli.workspace import latest_run
+    from tcmgc_cli.workspace import latest_run, workspace_dir
 
     if scorer not in SCORERS:
         raise ConfigError(f"unknown scorer {scorer!r}: use {', '.join(SCORERS)}.")
+    prefetch([cache] if cache is not None else sorted((workspace_dir() / "cache").glob("*.h5")))
     source = checkpoint or (latest_run() if scorer != "clip" else None)
     if scorer == "tcmgc" and source is None:
         raise CheckpointError("no trained run in the workspace: train one, pass --checkpoint, or use --scorer clip.")
@@ -80,7 +82,7 @@ def open_search(
 
 
 def _check_not_empty(cache: FeatureCache, model: str) -> None:
-    if len(cache) == 0:
+    if not cache.videos():
         raise CacheError(f"{cache.path} holds no videos: run `tcmgc extract --videos DIR --model {model}`.")
 
 

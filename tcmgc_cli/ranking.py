@@ -24,6 +24,7 @@ class Ranker(Protocol):
     name: str  # "tcmgc" or "clip"
     tokenizer: Tokenizer
     keeps_temporal: bool  # whether `temporal` computes something (kept in the index) or returns the frames
+    reads_frames: bool  # whether `scores` reads `frames` besides `temporal` (else any tensor of their shape does)
 
     @property
     def device(self) -> torch.device: ...
@@ -61,6 +62,7 @@ class TcmgcRanker:
 
     def __init__(self, trained: Trained) -> None:
         self.trained, self.tokenizer = trained, trained.tokenizer
+        self.reads_frames = not trained.spec.config.text_conditioning  # X-CLIP's frame similarities read them
 
     @property
     def device(self) -> torch.device:
@@ -123,6 +125,7 @@ class ClipRanker:
 
     name = "clip"
     keeps_temporal = False
+    reads_frames = True
 
     def __init__(self, text: TextEncoder, sharpness: float = 100.0) -> None:
         self.text, self.tokenizer, self.sharpness = text, text.tokenizer, sharpness

@@ -330,9 +330,10 @@ class SearchIndex:
         parts = []
         for i in range(0, len(idx), chunk):
             part = idx[i : i + chunk]
-            frames, mask = self.collection.entry_inputs(part)
-            parts.append(self.ranker.scores(text, frames.to(dev), self.temporal_of(part).to(dev), mask.to(dev),
-                                            self._kept_lva(part)).float().cpu())  # fmt: skip
+            temporal, mask = self.temporal_of(part).to(dev), self.masks(part).to(dev)
+            both = self.ranker.reads_frames and self._temporal is not None  # else the frames are not read twice
+            frames = self.collection.entry_inputs(part)[0].to(dev) if both else temporal
+            parts.append(self.ranker.scores(text, frames, temporal, mask, self._kept_lva(part)).float().cpu())
         return torch.cat(parts, 1) if parts else torch.zeros(len(text.sentence), 0)
 
     @torch.no_grad()

@@ -93,6 +93,28 @@ def test_two_stage_equals_exhaustive_when_shortlist_is_everything(run: Path, sam
     assert len(few) == 3 and {h.video_id for h in few} <= set(index.ids)
 
 
+def test_unconditioned_head_scores_its_frames_as_the_model_does(sample_cache: Path) -> None:
+    """X-CLIP's head (no text conditioning) reads the raw frames besides the temporal features: the index gives them."""
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.checkpoint import Trained
+    from tcmgc_cli.model.encoder import Tokenizer
+    from tcmgc_cli.model.factory import create_model, resolve_spec
+    from tcmgc_cli.model.tcmgc import VideoFeatures
+
+    torch.manual_seed(0)
+    spec = resolve_spec("tcmgc-tiny", "none", {"text_conditioning": False})
+    model = create_model(spec).eval()
+    trained = Trained(model, spec, Tokenizer(spec.clip, spec.config.max_words), torch.device("cpu"), "", False)
+    index = SearchIndex.from_cache(trained, FeatureCache(sample_cache))
+    assert index.ranker.reads_frames
+    text, _ = index.encode_queries(["a green triangle moves down"])
+    every = torch.arange(len(index))
+    frames = all_inputs(index)[0]
+    with torch.no_grad():
+        direct = model(text, VideoFeatures(frames, index.temporal_of(every), None, None))["logits"][0]
+    np.testing.assert_allclose(index.full_scores(text, every)[0].numpy(), direct.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_explain_table_and_png(run: Path, sample_cache: Path, tmp_path: Path) -> None:
     png = tmp_path / "e.png"
     result = search(
@@ -326,3 +348,19 @@ def test_a_query_given_up_while_waiting_is_dropped_and_the_worker_lives_on(index
     assert [h.entry for h in kept.result(timeout=30)] == alone
     assert batcher.submit(QUERIES[2], 5).result(timeout=30)
     batcher.close()
+
+
+def test_row_files_read_exactly_the_rows_asked(tmp_path: Path) -> None:
+    """Positioned reads of scattered rows (runs, repeats, several parts, threads) against numpy's own indexing."""
+    from tcmgc_cli.index_store import RowFile, Stack
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((n, 3, 4)).astype(np.float16) for n in (50, 7, 90)]
+    for k, a in enumerate(arrays):
+        np.save(tmp_path / f"{k}.npy", a)
+    stack = Stack([RowFile(tmp_path / f"{k}.npy") for k in range(3)])
+    whole = np.concatenate(arrays)
+    rows = rng.integers(0, len(whole), size=(40, 5))  # (40, 5): scattered, with repeats and consecutive runs
+    rows[0] = [10, 11, 12, 13, 10]
+    np.testing.assert_array_equal(stack.take(rows), whole[rows])
+    np.testing.assert_array_equal(stack.parts[2].rows(85, 90), arrays[2][85:])

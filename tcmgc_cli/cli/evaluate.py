@@ -5,17 +5,8 @@ from typing import Annotated
 
 import typer
 
-from tcmgc_cli.cli._common import (
-    DeviceOpt,
-    JsonOpt,
-    PrecisionOpt,
-    ThreadsOpt,
-    cap_threads,
-    handle_errors,
-    make_progress,
-    print_json,
-    stdout,
-)
+from tcmgc_cli.cli import _common as common
+from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, make_progress, print_json, stdout
 from tcmgc_cli.cli._data import (
     AnnotationsOpt,
     CacheOpt,
@@ -62,8 +53,8 @@ def evaluate_command(
         str, typer.Option(help="With --moments: tcmgc (a checkpoint), clip (no training), or auto.")
     ] = "auto",
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    threads: ThreadsOpt = None,
+    precision: common.PrecisionOpt = "auto",
+    threads: common.ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score every text of a split against every video and print R@1/5/10, MdR and MnR in both directions.
@@ -72,7 +63,7 @@ def evaluate_command(
     --moments, moment retrieval metrics of the field instead.
     """
     with handle_errors():
-        cap_threads(threads)
+        common.cap_threads(threads)
         if moments is not None:
             _moments(moments, checkpoint, cache, scorer, device, save_predictions, json_out, precision)
             return
