@@ -101,9 +101,9 @@ def _build(work: str, clips: int, out: str) -> None:
                                      "cache_gb": _size_gb(cache)}))  # fmt: skip
 
 
-def _size_gb(cache: Path) -> float:
+def _size_gb(cache: Path, pattern: str = "seg-*.h5") -> float:
     folder = cache.with_name(cache.name + ".d")
-    return round(sum(p.stat().st_size for p in folder.glob("seg-*.h5")) / 2**30, 2)
+    return round(sum(p.stat().st_size for p in folder.glob(pattern) if p.is_file()) / 2**30, 2)
 
 
 def _search(work: str, queries: int, out: str) -> None:
@@ -168,7 +168,9 @@ def measure(clips: int, work: Path) -> dict[str, Any]:
     built = _in_process(_build, str(work), clips)
     print(f"{clips:,} clips: cache built ({built['cache_gb']} GB, {built['add_tracks_s']:.0f} s)", flush=True)
     first = _in_process(_search, str(work), 0)
-    print(f"{clips:,} clips: first search (builds the index) {first['first_query_s']} s", flush=True)
+    first["index_gb"] = _size_gb(work / "cache.h5", "index-*/part-*/*")
+    print(f"{clips:,} clips: first search (builds the index) {first['first_query_s']} s, "
+          f"{first['index_gb']} GB", flush=True)  # fmt: skip
     fresh = _in_process(_search, str(work), 10)
     print(f"{clips:,} clips: fresh process {fresh}", flush=True)
     added = _in_process(_add, str(work))
@@ -176,7 +178,8 @@ def measure(clips: int, work: Path) -> dict[str, Any]:
     grow = round(added["extract_s"] + after["first_query_s"], 2)
     print(f"{clips:,} clips: adding 10 videos: extract {added['extract_s']} s + next search "
           f"{after['first_query_s']} s = {grow} s", flush=True)  # fmt: skip
-    return {"clips": built["clips"], "cache_gb": built["cache_gb"], "index_build_s": first["first_query_s"],
+    return {"clips": built["clips"], "cache_gb": built["cache_gb"], "index_gb": first["index_gb"],
+            "index_build_s": first["first_query_s"],
             "index_build_peak_rss_mb": first["peak_rss_mb"], **fresh, "add_10_extract_s": added["extract_s"],
             "add_10_next_search_s": after["first_query_s"], "add_10_total_s": grow}  # fmt: skip
 

@@ -62,7 +62,7 @@ class TcmgcRanker:
 
     def __init__(self, trained: Trained) -> None:
         self.trained, self.tokenizer = trained, trained.tokenizer
-        self.reads_frames = not trained.spec.config.text_conditioning  # X-CLIP's frame similarities read them
+        self.reads_frames = not trained.model.cfg.text_conditioning  # X-CLIP's frame similarities read them
 
     @property
     def device(self) -> torch.device:

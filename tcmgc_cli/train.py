@@ -150,20 +150,27 @@ class Trainer:
         self.precision = self._precision()
 
     def _precision(self) -> str:
-        """fp32 or bf16 autocast for the whole step: as configured, or the faster on this host ("auto"); under
-        torchrun every process takes rank 0's answer."""
+        """fp32 or bf16 autocast for the whole step: as configured, or the faster on this host ("auto"), measured on
+        one real step (this process's batch, forward and backward, never applied) by rank 0 alone, without the
+        process group; every process takes rank 0's answer."""
         from tcmgc_cli.precision import resolve
 
-        sample = epoch_order(self.cfg, self.data, 0)[: min(8, len(self.data.tokens))]
+        sample = epoch_order(self.cfg, self.data, 0)[: max(2, self.cfg.batch_size // self.dist.world)]
+        alone = TrainStep(self.model, Dist(), text_trains=self.cfg.freeze != "all")
+        cfg = self.spec.config
 
-        @torch.no_grad()
         def run(p: str) -> torch.Tensor:
-            return self._forward(sample, p)[0].float()
+            logits, parts = self._forward(sample, p, alone)
+            tcmgc_loss(logits.float(), parts.float(), cfg.sdr_alpha, cfg.sdr_rule)["loss"].backward()  # type: ignore[no-untyped-call]
+            self.model.zero_grad(set_to_none=True)  # timed, never applied
+            return logits.detach().float()
 
         training = self.model.training
         self.model.eval()  # no dropout, and the random state is left as it was: a measured run trains the same
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            mine = resolve(self.cfg.precision, f"train step {self.spec.name} ({self.spec.clip})", self.device, run)
+        mine = self.cfg.precision
+        if self.dist.rank == 0:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                mine = resolve(self.cfg.precision, f"train step {self.spec.name} ({self.spec.clip})", self.device, run)
         self.model.train(training)
         return str(self.dist.gather_objects(mine)[0]) if self.dist.world > 1 else mine
 
@@ -179,11 +186,13 @@ class Trainer:
         raw = [torch.from_numpy(self.cache.frames(self.data.video_ids[v])) for v in videos.tolist()]
         return torch.stack(raw).to(self.device)
 
-    def _forward(self, captions: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, captions: torch.Tensor, precision: str, step: torch.nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         videos = self.data.caption_video[captions]
         mask = None if self.data.masks is None else self.data.masks[videos].to(self.device)
         with autocast(self.device, precision):
-            logits, parts = self.step(self.data.tokens[captions].to(self.device), self._frames(videos), mask)
+            logits, parts = (step or self.step)(self.data.tokens[captions].to(self.device), self._frames(videos), mask)
         return logits, parts
 
     def _loss(self, captions: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -41,6 +41,8 @@ def test_auto_takes_bf16_only_when_faster_and_close(monkeypatch: pytest.MonkeyPa
     fast = {"fp32": 0.02, "bf16": 0.0}
     assert prec.resolve("auto", "fast but far", cpu, run(fast, x + 0.5 * torch.randn(4, 16))) == "fp32"  # type: ignore[arg-type]
     assert prec.resolve("auto", "fast and close", cpu, run(fast, x * (1 + 1e-4))) == "bf16"  # type: ignore[arg-type]
+    tie = {"fp32": 0.020, "bf16": 0.0198}  # 1% faster: within the timing's noise, so float32 stays
+    assert prec.resolve("auto", "a tie", cpu, run(tie, x * (1 + 1e-4))) == "fp32"  # type: ignore[arg-type]
     calls.clear()
     assert prec.resolve("auto", "fast and close", cpu, run(slow_bf16, x)) == "bf16"  # type: ignore[arg-type]
     assert calls == []  # remembered for this host: not measured again

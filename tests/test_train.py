@@ -147,3 +147,21 @@ def test_two_processes_train_the_same_weights_as_one(sample_cache: Path, tmp_pat
         got = torch.load(tmp_path / f"rank{rank}.pt")
         for name, value in want.items():
             torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-5, msg=f"rank {rank}: {name}")
+
+
+def test_measuring_the_precision_leaves_training_as_it_would_be(
+    sample_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`auto` times a real step (forward and backward) before training: nothing of it may reach the weights or the
+    random state, so the run equals one told the measured precision outright."""
+    from tcmgc_cli.precision import measured
+
+    monkeypatch.delenv("TCMGC_PRECISION")
+    auto = make_trainer(sample_cache, tmp_path / "auto", dataclasses.replace(CFG, precision="auto"))
+    kept = measured("train step tcmgc-tiny (tcmgc-clip-tiny)", torch.device("cpu"))
+    assert kept is not None and auto.precision == kept["precision"] and kept["fp32_s"] > 0 and kept["bf16_s"] > 0
+    auto.fit(None)
+    told = make_trainer(sample_cache, tmp_path / "told", dataclasses.replace(CFG, precision=auto.precision))
+    told.fit(None)  # (made after the first run's fit: making a trainer reseeds the global random state)
+    for (name, a), b in zip(auto.model.state_dict().items(), told.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
