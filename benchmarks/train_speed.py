@@ -64,11 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workspace:
         os.environ["TCMGC_WORKSPACE"] = workspace
-        from tcmgc_cli.extract import extract_folder
+        from tcmgc_cli.extract import extract_dataset
 
-        extract_folder(
-            ROOT / "sample_data" / "msrvtt" / "videos", "tcmgc-tiny", workers=0, sampling="fps", padding="zero"
-        )  # as `tcmgc extract --dataset msrvtt` does (the reference's inputs)
+        extract_dataset("msrvtt", ROOT / "sample_data" / "msrvtt", "tcmgc-tiny", workers=0)  # the quickstart's cache
         results = [run(True, workspace, args.epochs)]
         if args.full:
             results.append(run(False, workspace, args.epochs))

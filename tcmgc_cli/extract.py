@@ -231,9 +231,11 @@ class _Decoder:
         return decode_job(job, self.fps, self.pp, self.backend, known)
 
 
-def _to_tracks(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool, block: int = 256) -> list[Track]:
-    """The batch's tracks: every frame through the image tower once, `block` frames at a time (a long video has
-    hundreds)."""
+def _to_tracks(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool) -> list[Track]:
+    """The batch's tracks: every frame through the image tower once, a block of frames at a time (a long video has
+    hundreds). On a CPU small blocks stay in cache: 32 frames run 1.2-1.5x faster than 128 for ViT-B/32 in bf16
+    and MobileCLIP2-S0 on this project's CPU; a GPU wants large ones."""
+    block = 256 if encoder.device.type == "cuda" else 32
     frames = np.concatenate([d.frames for d in batch])  # (sum n_i, S, S, 3)
     feats = torch.cat([encoder(torch.from_numpy(frames[i : i + block])) for i in range(0, len(frames), block)])
     offsets = np.cumsum([0, *(len(d.frames) for d in batch)])

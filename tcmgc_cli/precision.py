@@ -1,15 +1,16 @@
-"""float32 or bfloat16, chosen by measurement: what is fastest is a property of the host and the model.
+"""float32 or bfloat16, chosen by measurement: what is fastest is a property of the host, the model and the batch.
 
-bf16 autocast is 2-3x faster than float32 for some towers on a CPU with AVX-512 BF16 and slower for others (ViT-B/32
-on the same CPU), and faster again on CPUs with AMX or on GPUs. `auto` times the model both ways on a few batches
-the first time it runs on a host, and takes bf16 only where it is faster (by 5%, more than the timing's noise) and its outputs stay within MAX_COSINE_GAP
-of float32's in cosine. The answer is kept per host, device, thread count, model and role in
+bf16 autocast is 2-3x faster than float32 for some towers on a CPU with AVX-512 BF16, and for ViT-B/32 on the same
+CPU 3x slower at 8 frames a batch but 1.3x faster at 64 and 2x at 256; faster again with AMX or on GPUs. `auto`
+times the model both ways, at a batch of the size it runs at, the first time it runs on a host, and takes bf16 only
+where it is faster (by 5%, more than the timing's noise) and its outputs stay within MAX_COSINE_GAP of float32's in
+cosine. The answer is kept per host, device, thread count, model and role in
 `$XDG_CACHE_HOME/tcmgc/precision.json` (default `~/.cache/tcmgc/`), so later runs decide at once.
-`TCMGC_PRECISION=fp32` (or bf16) pins what `auto` means, for runs that must not depend on the host.
-"""
+`TCMGC_PRECISION=fp32` (or bf16) pins what `auto` means, for runs that must not depend on the host."""
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import time
@@ -26,6 +27,8 @@ from tcmgc_cli.fileio import write_text_atomic
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_COSINE_GAP = 1e-3  # bf16 outputs must keep cosine >= 1 - this with float32's, row by row
 MIN_SPEEDUP = 1.05  # bf16 must be at least this much faster: a tie within the timing's noise stays float32
+
+log = logging.getLogger(__name__)
 
 
 def check(precision: str) -> str:
@@ -75,6 +78,7 @@ def resolve(precision: str, role: str, device: torch.device, run: Callable[[str]
         return pinned
     kept = measured(role, device)
     if kept is None:
+        log.info(f"Timing fp32 against bf16 for the {role} on this host (once; kept in {record_path()}).")
         kept = _measure(run)
         records = _records()
         records[f"{host_key(device)}|{role}"] = kept

@@ -31,3 +31,19 @@ def test_extract_benchmark_measures_on_sample_video() -> None:
     torch.set_num_threads(1)
     stats = bench.measure("tcmgc-tiny", "tcmgc-clip-tiny", 4, 8, 0, 4)
     assert stats["videos"] == 4 and stats["extract_s"] > 0
+
+
+@pytest.mark.slow
+def test_train_speed_benchmark_trains_the_quickstart(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import train_speed as bench  # benchmarks/train_speed.py
+
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--epochs", "6"])
+    monkeypatch.setenv("TCMGC_PRECISION", "fp32")
+    monkeypatch.setenv("TCMGC_WORKSPACE", "unused")  # main() sets its own: restored after the test
+    bench.main()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["benchmark"] == "train_speed" and summary["on"]["epochs"] == 6

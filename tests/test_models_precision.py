@@ -53,6 +53,24 @@ def test_auto_takes_bf16_only_when_faster_and_close(monkeypatch: pytest.MonkeyPa
         prec.check("half")
 
 
+def test_bf16_frames_run_a_bfloat16_copy_and_stay_close_to_fp32() -> None:
+    """bf16 encodes with a bfloat16 copy of the tower (no weight casts per call); the fp32 tower and its
+    fingerprint stay as they were, and the features stay within the 1e-3 cosine that auto demands."""
+    from tcmgc_cli.model.encoder import FrameEncoder, module_fingerprint
+
+    fp32 = FrameEncoder.load("tcmgc-clip-tiny", None, "cpu", "fp32")
+    before = module_fingerprint(fp32.visual)
+    bf16 = fp32.with_precision("bf16")
+    assert {p.dtype for p in bf16.visual.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fp32.visual.parameters()} == {torch.float32} and module_fingerprint(fp32.visual) == before
+    assert bf16.fingerprint == fp32.fingerprint + ":bf16" and bf16.with_precision("bf16") is bf16
+    frames = torch.randint(0, 256, (6, fp32.preprocess.size, fp32.preprocess.size, 3), dtype=torch.uint8)
+    cosine = torch.nn.functional.cosine_similarity(bf16(frames), fp32(frames), dim=-1)
+    assert bool((cosine > 1 - prec.MAX_COSINE_GAP).all()) and bf16(frames).dtype == torch.float32
+    with pytest.raises(ValueError):
+        bf16.with_precision("fp32")
+
+
 def test_a_cache_records_its_precision_and_keeps_it(video_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "c.h5"
     assert extract(video_dir, cache, "--model", "tcmgc-tiny", "--precision", "bf16")[0] == 0
