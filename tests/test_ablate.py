@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tcmgc_cli.ablate import Variant, expand_variants, run_grid, summarize
+from tcmgc_cli.ablate import Variant, expand_variants, parse_combinations, run_grid, summarize
 from tcmgc_cli.cli import app
 from tcmgc_cli.errors import ConfigError
 from tcmgc_cli.scoring import score_variance
@@ -175,8 +175,8 @@ def test_units_and_sdr_grids_expand() -> None:
     ("call", "message"),
     [
         (lambda: expand_variants([], [], ["+words"], []), r"unknown component '\+words'.*\+phrases"),
-        (lambda: __import__("tcmgc_cli.ablate").ablate.parse_combinations("vs;;fw"), "empty combination"),
-        (lambda: __import__("tcmgc_cli.ablate").ablate.parse_combinations("vs,xx"), "unknown similarity xx.*vs, vw"),
+        (lambda: parse_combinations("vs;;fw"), "empty combination"),
+        (lambda: parse_combinations("vs,xx"), "unknown similarity xx.*vs, vw"),
         (lambda: expand_variants([], [], [], [], combinations=[("vs",)], sdr_rules=["calm"]), "unknown SDR rule"),
     ],
 )

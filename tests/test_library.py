@@ -71,3 +71,21 @@ def test_the_library_and_the_command_build_the_same_cache(video_dir: Path, tmp_p
     assert runner.invoke(app, [*dataset, "--cache", str(tmp_path / "cli-d.h5")]).exit_code == 0
     extract_dataset("msrvtt", SAMPLE_MSRVTT, "tcmgc-tiny", annotations=listing, cache=tmp_path / "py-d.h5", workers=0)
     _same_cache(tmp_path / "cli-d.h5", tmp_path / "py-d.h5")
+
+
+def test_the_main_calls_import_from_the_package_whatever_loads_first() -> None:
+    """`train`, `evaluate` and `ablate` are also module names: loading those modules, before or after, must not
+    replace the calls imported from the package (a fresh interpreter, so that nothing is loaded yet)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import tcmgc_cli.evaluate\n"
+        "from tcmgc_cli import ablate, evaluate, extract_folder, open_search, train\n"
+        "import tcmgc_cli.ablate, tcmgc_cli.train\n"
+        "import tcmgc_cli\n"
+        "assert all(callable(f) and not hasattr(f, '__path__') for f in (ablate, evaluate, train))\n"
+        "assert tcmgc_cli.train is train and tcmgc_cli.ablate is ablate and tcmgc_cli.evaluate is evaluate\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
