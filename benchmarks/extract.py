@@ -34,7 +34,8 @@ import torch  # noqa: E402
 from tcmgc_cli.cache import CacheSettings  # noqa: E402
 from tcmgc_cli.config import TrackConfig  # noqa: E402
 from tcmgc_cli.data.video import VideoBackend  # noqa: E402
-from tcmgc_cli.extract import Decoded, _decode_stream, _Decoder, extract, plan_jobs  # noqa: E402
+from tcmgc_cli.extract import extract, plan_jobs  # noqa: E402
+from tcmgc_cli.extract.decode import Decoded, Decoder, decode_stream  # noqa: E402
 from tcmgc_cli.model.encoder import FrameEncoder  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parents[1] / "sample_data" / "msrvtt" / "videos"
@@ -45,11 +46,11 @@ def measure(name: str, clip: str, num_videos: int, num_frames: int, workers: int
     jobs = sorted(jobs, key=lambda j: int(j.video_id[5:]))[:num_videos]
     encoder = FrameEncoder.load(clip, None, "cpu")
     rule = TrackConfig(1.0, num_frames)
-    decode = _Decoder(rule.fps, encoder.preprocess, VideoBackend.decord)
+    decode = Decoder(rule.fps, encoder.preprocess, VideoBackend.decord)
     window = max(2 * workers, 2 * batch)
 
     t0 = time.perf_counter()
-    decoded = [r for r in _decode_stream([(j, None) for j in jobs], decode, workers, window) if isinstance(r, Decoded)]
+    decoded = [r for r in decode_stream([(j, None) for j in jobs], decode, workers, window) if isinstance(r, Decoded)]
     decode_s = time.perf_counter() - t0
 
     frames = torch.from_numpy(np.concatenate([d.frames for d in decoded]))  # (sum of n_i, S, S, 3): every track
@@ -122,9 +123,9 @@ def measure_long(video: Path, work: Path, name: str, clip: str) -> dict[str, Any
     out: dict[str, Any] = {}
     fp32 = FrameEncoder.load(clip, None, "cpu", "fp32")
     flops = tower_flops(fp32)
-    decode = _Decoder(1.0, fp32.preprocess, VideoBackend.decord)
+    decode = Decoder(1.0, fp32.preprocess, VideoBackend.decord)
     t0 = time.perf_counter()
-    decoded = next(r for r in _decode_stream([(plan_jobs(video.parent)[0][0], None)], decode, 0, 1))
+    decoded = next(r for r in decode_stream([(plan_jobs(video.parent)[0][0], None)], decode, 0, 1))
     assert isinstance(decoded, Decoded)
     seconds_of_video = decoded.duration
     out["decode_only_video_s_per_s"] = round(seconds_of_video / (time.perf_counter() - t0), 1)

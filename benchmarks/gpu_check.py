@@ -52,9 +52,9 @@ def check_extract(device: str, work: Path) -> dict[str, Any]:
         out[f"extract_{name}_videos_per_s"] = round(len(report.extracted) / (time.perf_counter() - start), 1)
         caches[name] = FeatureCache(path)
     ids = caches["cpu"].ids()
-    ref = caches["cpu"].load_embeddings(ids)
+    ref = caches["cpu"].entry_inputs(ids)[0]
     for name in ("fp32", "bf16"):
-        got = caches[name].load_embeddings(ids)
+        got = caches[name].entry_inputs(ids)[0]
         out[f"extract_{name}_max_rel_diff"] = float(np.abs(got - ref).max() / np.abs(ref).max())
     out["extract_fp32_agrees"] = out["extract_fp32_max_rel_diff"] < 1e-3
     out["extract_bf16_agrees"] = out["extract_bf16_max_rel_diff"] < 5e-2
@@ -63,8 +63,8 @@ def check_extract(device: str, work: Path) -> dict[str, Any]:
 
 def check_train_evaluate(device: str, work: Path) -> dict[str, Any]:
     from tcmgc_cli.data.source import DataSource
-    from tcmgc_cli.evaluate import evaluate
-    from tcmgc_cli.runs import train
+    from tcmgc_cli.evaluation.retrieval import evaluate
+    from tcmgc_cli.training import train
 
     data, cache = DataSource("msrvtt", SAMPLE), work / "extract-cpu.h5"
     out: dict[str, Any] = {}

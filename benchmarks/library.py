@@ -111,7 +111,7 @@ def _search(work: str, queries: int, out: str) -> None:
     start = time.perf_counter()
     import torch
 
-    from tcmgc_cli.opening import open_search
+    from tcmgc_cli.search import open_search
 
     root = Path(work)
     index = open_search(root / "checkpoint.pt", root / "cache.h5", device="cpu", precision="fp32")

@@ -34,10 +34,12 @@ import torch  # noqa: E402
 from _common import LogitScaleOnly  # noqa: E402
 
 from tcmgc_cli.config import ModelConfig  # noqa: E402
-from tcmgc_cli.index_store import Loaded, Stack, coarse_vectors  # noqa: E402
 from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures  # noqa: E402
-from tcmgc_cli.ranking import TcmgcRanker  # noqa: E402
 from tcmgc_cli.search import SearchIndex  # noqa: E402
+from tcmgc_cli.search.collection import Collection  # noqa: E402
+from tcmgc_cli.search.rankers import TcmgcRanker, coarse_vectors  # noqa: E402
+from tcmgc_cli.search.rows import Stack  # noqa: E402
+from tcmgc_cli.search.store import MatrixStore  # noqa: E402
 
 D, T, L = 512, 12, 32
 
@@ -45,6 +47,7 @@ D, T, L = 512, 12, 32
 class _Trained:
     def __init__(self, model: TcmgcModel) -> None:
         self.model, self.device, self.tokenizer, self.precision = model, torch.device("cpu"), None, "fp32"
+        self.visual_trained = False
 
 
 def make_index(model: TcmgcModel, n: int, seed: int = 0, encode: bool = True) -> SearchIndex:
@@ -59,19 +62,24 @@ def make_index(model: TcmgcModel, n: int, seed: int = 0, encode: bool = True) ->
             if encode
             else frames
         )
-    return SearchIndex(TcmgcRanker(_Trained(model)), loaded(frames, temporal), T, "zero")  # type: ignore[arg-type]
+    collection, coarse = in_memory(frames, temporal)
+    return SearchIndex(TcmgcRanker(_Trained(model)), collection, MatrixStore(coarse))  # type: ignore[arg-type]
 
 
-def loaded(frames: torch.Tensor, temporal: torch.Tensor) -> Loaded:
-    """An index's contents held in memory: each video a track of T frames at 1 fps, scored whole (V, T, D)."""
+def in_memory(frames: torch.Tensor, temporal: torch.Tensor) -> tuple[Collection, torch.Tensor]:
+    """An index's contents held in memory: each video a track of T frames at 1 fps, scored whole (V, T, D), and the
+    coarse vectors (V, D)."""
     n = len(frames)
     ids = [f"v{i}" for i in range(n)]
     first = np.zeros(n, dtype=np.int64)
     coarse = coarse_vectors(temporal, torch.ones(n, T, dtype=torch.bool), whole=True)
-    return Loaded(ids, [""] * n, np.full(n, float(T)), np.arange(n) * T, np.full(n, T),
-                  np.tile(np.arange(T, dtype=np.float64), n), Stack([frames.reshape(-1, D).half().numpy()]),
-                  np.zeros(D, np.float32), ids, np.arange(n), first, first + T, np.arange(n), coarse,
-                  Stack([temporal.half().numpy()]))  # fmt: skip
+    collection = Collection(
+        videos=ids, paths=[""] * n, durations=np.full(n, float(T)), offsets=np.arange(n) * T, counts=np.full(n, T),
+        times=np.tile(np.arange(T, dtype=np.float64), n), frames=Stack([frames.reshape(-1, D).half().numpy()]),
+        pad=np.zeros(D, np.float32), entry_ids=ids, entry_video=np.arange(n), entry_start=first, entry_stop=first + T,
+        num_frames=T, padding="zero", temporal=Stack([temporal.half().numpy()]), temporal_rows=np.arange(n),
+    )  # fmt: skip
+    return collection, coarse
 
 
 def frames_of(index: SearchIndex, entries: torch.Tensor) -> torch.Tensor:

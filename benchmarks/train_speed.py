@@ -31,7 +31,7 @@ def _train(flush: bool, workspace: str, epochs: int, out: str) -> None:
         encoder.torch.set_flush_denormal = lambda mode: True  # type: ignore[assignment]
     os.environ["TCMGC_WORKSPACE"] = workspace
     from tcmgc_cli.data.source import DataSource
-    from tcmgc_cli.runs import train
+    from tcmgc_cli.training import train
 
     seconds: list[float] = []
     result = train(

@@ -5,6 +5,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from tcmgc_cli.defaults import FPS, MAX_WORDS, NUM_FRAMES
 from tcmgc_cli.errors import ConfigError
 
 PADDINGS = ("zero", "repeat")
@@ -14,8 +15,8 @@ PADDINGS = ("zero", "repeat")
 class TrackConfig:
     """How a cache holds videos (a track of frames at `fps`) and which entries of a track the model scores."""
 
-    fps: float = 1.0  # track rate: frames decoded and encoded per second of video (the reference's 1 fps)
-    num_frames: int = 12  # T (Nf): frames per scored entry
+    fps: float = FPS  # track rate: frames decoded and encoded per second of video (the reference's 1 fps)
+    num_frames: int = NUM_FRAMES  # T (Nf): frames per scored entry
     window: int = 0  # frames of consecutive track frames per entry; 0: one entry per video (the reference's input)
     stride: int = 0  # frames between window starts; 0: half a window
     padding: str = "zero"  # an entry with fewer frames than T: "zero" (the reference: the image tower's output for
@@ -27,30 +28,33 @@ class TrackConfig:
         if self.num_frames < 1:
             raise ConfigError(f"--num-frames must be at least 1 (got {self.num_frames}).")
         if self.window < 0 or self.stride < 0:
-            raise ConfigError("--clip-seconds must be at least 0 and --clip-stride more than 0.")
+            raise ConfigError("--window-seconds must be at least 0 and --window-stride more than 0.")
         if self.window and self.stride > self.window:
             raise ConfigError(
-                f"--clip-stride is longer than --clip-seconds ({self.stride} > {self.window} frames): parts of the "
-                "videos would fall between clips. Use a stride no longer than the clip."
+                f"--window-stride is longer than --window-seconds ({self.stride} > {self.window} frames): parts of the "
+                "videos would fall between windows. Use a stride no longer than the window."
             )
         if self.padding not in PADDINGS:
             raise ConfigError(f"unknown padding {self.padding!r}: use one of {', '.join(PADDINGS)}.")
 
     @classmethod
     def from_seconds(
-        cls, fps: float, num_frames: int, clip_seconds: float | None, clip_stride: float | None, padding: str = "zero"
-    ) -> "TrackConfig":
+        cls, fps: float, num_frames: int, window_seconds: float | None, window_stride: float | None,
+        padding: str = "zero",
+    ) -> "TrackConfig":  # fmt: skip
         """Windows given in seconds (None: num_frames frames, the model's input at this rate; 0: whole videos),
         the stride in seconds (None: half a window), as `tcmgc extract` takes them."""
-        if (clip_seconds is not None and clip_seconds < 0) or (clip_stride is not None and clip_stride <= 0):
-            raise ConfigError("--clip-seconds must be at least 0 and --clip-stride more than 0.")
+        if window_seconds is not None and window_seconds < 0:
+            raise ConfigError(f"--window-seconds must be at least 0 (got {window_seconds:g}); 0 keeps whole videos.")
+        if window_stride is not None and window_stride <= 0:
+            raise ConfigError(f"--window-stride must be more than 0 (got {window_stride:g}).")
         if not fps > 0:
             raise ConfigError(f"--fps must be more than 0 (got {fps:g}): 1 is the reference's rate.")
-        window = num_frames if clip_seconds is None else max(1, round(clip_seconds * fps)) if clip_seconds else 0
-        if clip_stride is not None and clip_seconds is not None and clip_stride > clip_seconds > 0:
-            raise ConfigError(f"--clip-stride {clip_stride:g} is longer than --clip-seconds {clip_seconds:g}: parts of "
-                              "the videos would fall between clips. Use a stride no longer than the clip.")  # fmt: skip
-        stride = 0 if clip_stride is None or not window else min(window, max(1, round(clip_stride * fps)))
+        window = num_frames if window_seconds is None else max(1, round(window_seconds * fps)) if window_seconds else 0
+        if window_stride is not None and window_seconds is not None and window_stride > window_seconds > 0:
+            raise ConfigError(f"--window-stride {window_stride:g} is longer than --window-seconds {window_seconds:g}: "
+                              "parts of the videos would fall between windows. Use a stride no longer than the window.")  # fmt: skip
+        stride = 0 if window_stride is None or not window else min(window, max(1, round(window_stride * fps)))
         return cls(fps, num_frames, window, stride, padding)
 
     @property
@@ -63,8 +67,10 @@ class TrackConfig:
 
 
 SIMILARITIES = ("vs", "vw", "sf", "fw")  # video-sentence, video-word, sentence-frame, frame-word
-# with phrases and clips (the paper's open question 2): video-phrase, phrase-frame, clip-sentence, clip-word, clip-phrase
+# with phrases and snippets (the paper's open question 2): video-phrase, phrase-frame, snippet-sentence, snippet-word,
+# snippet-phrase (c: the snippets' earlier name, clips, which weights and results files carry)
 UNIT_SIMILARITIES = ("vp", "pf", "cs", "cw", "cp")
+RENAMED = {"clips": "snippets", "clip_frames": "snippet_frames"}  # model keys of tcmgc 0.1 -> their names now
 SDR_RULES = ("variance", "standardized")
 AGGREGATIONS = ("lsa", "mean", "softmax")
 KEEP_RULES = ("fixed", "mass")
@@ -76,8 +82,8 @@ class ModelConfig:
     """The TC-MGC head. Defaults are the method doc's (MSR-VTT, ViT-B/32); every component can be switched off."""
 
     embed_dim: int = 512  # D, joint embedding width (the CLIP towers' output)
-    max_words: int = 32  # L (Nw), text tokens including start, end and padding
-    num_frames: int = 12  # T (Nf), frames per video
+    max_words: int = MAX_WORDS  # L (Nw), text tokens including start, end and padding
+    num_frames: int = NUM_FRAMES  # T (Nf), frames per video
     temporal_layers: int = 4  # seqTransf depth
     temporal_heads: int = 8  # seqTransf heads (width D)
     temporal_positions: int = 77  # rows of the frame position table (CLIP's text context length)
@@ -97,21 +103,23 @@ class ModelConfig:
     # the scores after standardizing each similarity over the batch's pairs (docs/method.md, section 16)
     phrases: bool = False  # text units between words and sentence: spans of phrase_words consecutive tokens
     phrase_words: int = 3
-    clips: bool = False  # video units between frames and video: windows of clip_frames consecutive frames,
-    clip_frames: int = 3  # each pooled by LVA conditioned on the sentence
+    snippets: bool = False  # video units between frames and video: windows of snippet_frames consecutive frames,
+    snippet_frames: int = 3  # each pooled by LVA conditioned on the sentence
     mask_padding: bool = False  # mask padding words and padded frames (the reference does not)
     logit_scale_max: float = 100.0  # tau is clamped to at most this
 
     def __post_init__(self) -> None:
         if not 0 < self.keep_rate <= 1:
-            raise ConfigError(f"keep rate must be in (0, 1], got {self.keep_rate}.")
+            raise ConfigError(f"model.keep_rate must be in (0, 1], got {self.keep_rate}.")
+        if self.sdr_alpha < 0:
+            raise ConfigError(f"model.sdr_alpha must be at least 0, got {self.sdr_alpha}.")
         unknown = [s for s in self.similarities if s not in SIMILARITIES]
         if unknown or not self.similarities:
             raise ConfigError(f"similarities must be a non-empty subset of {', '.join(SIMILARITIES)}; got {unknown}.")
         if self.sdr_rule not in SDR_RULES:
             raise ConfigError(f"unknown sdr_rule {self.sdr_rule!r}: use one of {', '.join(SDR_RULES)}.")
-        if self.phrase_words < 1 or self.clip_frames < 1:
-            raise ConfigError("phrase_words and clip_frames must be at least 1.")
+        if self.phrase_words < 1 or self.snippet_frames < 1:
+            raise ConfigError("model.phrase_words and model.snippet_frames must be at least 1.")
         if self.keep_rule not in KEEP_RULES or not 0 < self.keep_mass <= 1:
             raise ConfigError(f"keep_rule must be one of {', '.join(KEEP_RULES)} and keep_mass in (0, 1].")
         if self.aggregation not in AGGREGATIONS:
@@ -134,15 +142,15 @@ class ModelConfig:
         return math.ceil(self.max_words / self.phrase_words)
 
     @property
-    def num_clips(self) -> int:
-        """C: windows of clip_frames frames over the num_frames slots."""
-        return math.ceil(self.num_frames / self.clip_frames)
+    def num_snippets(self) -> int:
+        """C: windows of snippet_frames frames over the num_frames slots."""
+        return math.ceil(self.num_frames / self.snippet_frames)
 
     @property
     def active_similarities(self) -> tuple[str, ...]:
-        """The scores a pair gets: the configured ones, and those phrases and clips add."""
-        extra = (("vp", "pf") if self.phrases else ()) + (("cs", "cw") if self.clips else ())
-        return (*self.similarities, *extra, *(("cp",) if self.phrases and self.clips else ()))
+        """The scores a pair gets: the configured ones, and those phrases and snippets add."""
+        extra = (("vp", "pf") if self.phrases else ()) + (("cs", "cw") if self.snippets else ())
+        return (*self.similarities, *extra, *(("cp",) if self.phrases and self.snippets else ()))
 
     def kept(self, n: int) -> int:
         """Entries SR keeps of a length-n vector."""
@@ -155,6 +163,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = {RENAMED.get(k, k): v for k, v in data.items()}  # configs and checkpoints of earlier versions
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -244,7 +253,8 @@ def apply_overrides(
         for name, table in data.items():
             if name not in sections or not isinstance(table, dict):
                 raise ConfigError(f"{toml_path}: unknown table [{name}]; use [model] and [train].")
-            for key, value in table.items():
+            for raw_key, value in table.items():
+                key = RENAMED.get(str(raw_key), str(raw_key)) if name == "model" else str(raw_key)
                 _check_key(name, key, sections[name][1])
                 sections[name][0][key] = tuple(value) if isinstance(value, list) else value
     for item in sets:
@@ -252,6 +262,7 @@ def apply_overrides(
         name, dot, key = path.strip().partition(".")
         if not sep or not dot or name not in sections:
             raise ConfigError(f"--set {item!r}: write it as model.KEY=VALUE or train.KEY=VALUE.")
+        key = RENAMED.get(key, key) if name == "model" else key
         _check_key(name, key, sections[name][1])
         target, defaults = sections[name]
         target[key] = _parse_value(raw.strip(), target.get(key, defaults[key]))

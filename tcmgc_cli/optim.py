@@ -1,10 +1,12 @@
-"""Optimizers and the learning-rate schedule of the reference recipe."""
+"""The reference recipe's optimization: which parameters train, the optimizers, the learning-rate schedule."""
 
 import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from tcmgc_cli.config import TrainConfig
 
 
 def warmup_cosine(progress: float, warmup: float) -> float:
@@ -75,3 +77,19 @@ def param_groups(
         }  # fmt: skip
         for (is_clip, no_decay), ps in sorted(groups.items())
     ]
+
+
+def freeze(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Switch off the gradients of what `cfg.freeze` keeps fixed (none, CLIP's image tower, or all of CLIP)."""
+    frozen = {"none": (), "visual": ("clip.visual.",), "all": ("clip.",)}[cfg.freeze]
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(frozen) if frozen else True)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the trainable parameters: the reference's BertAdam, or AdamW."""
+    faithful = cfg.optimizer == "bert"
+    groups = param_groups(model.named_parameters(), cfg.lr, cfg.lr * cfg.clip_lr_scale, cfg.weight_decay, faithful)
+    if faithful:
+        return BertAdam(groups, lr=cfg.lr, max_grad_norm=cfg.grad_clip)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)

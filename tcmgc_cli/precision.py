@@ -115,3 +115,13 @@ def _measure(run: Callable[[str], torch.Tensor], budget_s: float = 0.5, max_roun
     choice = "bf16" if faster and cosine >= 1 - MAX_COSINE_GAP else "fp32"
     return {"precision": choice, "fp32_s": round(best["fp32"], 4), "bf16_s": round(best["bf16"], 4),
             "min_cosine": round(cosine, 6), "when": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+
+
+def cap_threads(threads: int | None) -> None:
+    """At most `threads` CPU threads for torch's work (people index in the background on laptops); None: every core.
+    The measured precision is kept per thread count (`host_key`)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1 (got {threads}); leave it out to use every core.")
+    torch.set_num_threads(threads)

@@ -122,12 +122,12 @@ def _bi_isa(m: list[list[float]], kr: int, kc: int, head: object, name: str, lam
 
 @torch.no_grad()
 def unit_pair_scores(model: TcmgcModel, text: TextFeatures, t: int, video: VideoFeatures, v: int) -> dict[str, float]:
-    """Every active similarity of one pair, with phrases (means of consecutive tokens) and clips (LVA of the
+    """Every active similarity of one pair, with phrases (means of consecutive tokens) and snippets (LVA of the
     sentence over each window of frames) as well as words and frames; LVA on, SR on."""
     cfg, head = model.cfg, model.head
     tau, lam = float(model.tau.detach()), cfg.isa_lambda
     s, words, frames = text.sentence[t], text.words[t], video.temporal[v]
-    size, clip = cfg.phrase_words, cfg.clip_frames
+    size, clip = cfg.phrase_words, cfg.snippet_frames
     phrases = [sum(words[i : i + size]) / len(words[i : i + size]) for i in range(0, len(words), size)]
     units = {
         "s": [s / s.norm()],

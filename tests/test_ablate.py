@@ -6,11 +6,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tcmgc_cli.ablate import Variant, expand_variants, parse_combinations, run_grid, summarize
+from tcmgc_cli.ablation import Variant, expand_variants, parse_combinations, run_grid, summarize
 from tcmgc_cli.cli import app
 from tcmgc_cli.errors import ConfigError
-from tcmgc_cli.scoring import score_variance
-from tests.test_cli_train_evaluate import small_dataset
+from tcmgc_cli.evaluation.retrieval import score_variance
+from tests.helpers import small_dataset
 
 runner = CliRunner()
 
@@ -157,10 +157,16 @@ def test_ablate_answers_the_papers_questions_with_figures(sample_cache: Path, tm
 
 
 def test_units_and_sdr_grids_expand() -> None:
-    from tcmgc_cli.ablate import parse_combinations
+    from tcmgc_cli.ablation import parse_combinations
 
-    got = expand_variants([], [], ["full", "+phrases", "+clips", "+phrases+clips"], [])
-    assert [v.overrides for v in got] == [{}, {"phrases": True}, {"clips": True}, {"phrases": True, "clips": True}]
+    got = expand_variants([], [], ["full", "+phrases", "+snippets", "+phrases+snippets", "+clips"], [])
+    assert [v.overrides for v in got] == [
+        {},
+        {"phrases": True},
+        {"snippets": True},
+        {"phrases": True, "snippets": True},
+        {"snippets": True},
+    ]  # "+clips": the earlier name of "+snippets"
     combos = parse_combinations("vs,vw; vs,fw ;vs,vw,sf,fw")
     assert combos == [("vs", "vw"), ("vs", "fw"), ("vs", "vw", "sf", "fw")]
     grid = expand_variants([], [], [], [], combinations=combos[:1], sdr_rules=["variance", "standardized"])
@@ -199,6 +205,7 @@ def test_standardized_sdr_against_its_definition() -> None:
     assert float(sdr(shifted)) != pytest.approx(float(sdr(parts)))  # ... where the paper's variance moves
 
 
+@pytest.mark.slow
 def test_ablate_sdr_grid_reports_where_sdr_lowers_r1(sample_cache: Path, tmp_path: Path) -> None:
     data = small_dataset(tmp_path)
     out = tmp_path / "grid"

@@ -6,7 +6,7 @@ import pytest
 
 from tcmgc_cli.data.annotations import load_split, video_id_from_name
 from tcmgc_cli.errors import AnnotationError
-from tests.conftest import SAMPLE_MSRVTT
+from tests.helpers import SAMPLE_MSRVTT
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-annotations"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="shared/data/real-annotations is not beside the checkout")

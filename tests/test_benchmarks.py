@@ -41,9 +41,9 @@ def test_train_speed_benchmark_trains_the_quickstart(
 
     import train_speed as bench  # benchmarks/train_speed.py
 
-    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--epochs", "6"])
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--epochs", "2"])
     monkeypatch.setenv("TCMGC_PRECISION", "fp32")
     monkeypatch.setenv("TCMGC_WORKSPACE", "unused")  # main() sets its own: restored after the test
     bench.main()
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["benchmark"] == "train_speed" and summary["on"]["epochs"] == 6
+    assert summary["benchmark"] == "train_speed" and summary["on"]["epochs"] == 2

@@ -10,10 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-from tcmgc_cli import cache as cache_module
-from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache, Track, add_tracks, segment_dir
+from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache, Track, add_tracks
+from tcmgc_cli.cache import writer as cache_writer
 from tcmgc_cli.config import TrackConfig
 from tcmgc_cli.errors import CacheError, ConfigError
+from tcmgc_cli.workspace import cache_folder as segment_dir
 
 DIM = 8
 WHOLE = CacheSettings("tcmgc-tiny", "clip:abc", 6, TrackConfig(1.0, 4).to_dict())
@@ -61,7 +62,7 @@ def test_tracks_round_trip_and_whole_video_entries_follow_the_method_doc(tmp_pat
         got, got_mask = cache.entry_inputs([vid])
         np.testing.assert_array_equal(got[0], want)
         np.testing.assert_array_equal(got_mask[0], mask)
-        assert cache.clips(vid) == [(0.0, n + 0.5)]
+        assert cache.windows(vid) == [(0.0, n + 0.5)]
     assert cache.source_stamps()["c"] == (103, 8, "sha3")
     stacked, masks = cache.entry_inputs(["c", "a"])
     assert stacked.shape == (2, 4, DIM) and masks.tolist()[1] == [True, True, False, False]
@@ -76,17 +77,17 @@ def test_windows_cover_the_track_and_match_a_loop(tmp_path: Path, n: int) -> Non
     cache = FeatureCache(path)
     _, feats = cache.track("v")
     starts = [0] if n <= 4 else [*range(0, n - 4, 2), n - 4]  # windows of 4 every 2, the last one at the end
-    ids = cache.clip_ids("v")
+    ids = cache.window_ids("v")
     assert ids == (["v"] if n <= 4 else [f"v@{k:04d}" for k in range(len(starts))])
     for vid, s in zip(ids, starts, strict=True):
         want, mask = oracle_entry(feats[s : s + 4], 4)
         got, got_mask = cache.entry_inputs([vid])
         np.testing.assert_array_equal(got[0], want)
         np.testing.assert_array_equal(got_mask[0], mask)
-    spans = cache.clips("v")
+    spans = cache.windows("v")
     assert spans[0][0] == 0.0 and spans[-1][1] == n + 0.5  # from the start to the video's end, no gaps
     assert all(b[0] <= a[1] for a, b in zip(spans, spans[1:], strict=False))
-    np.testing.assert_array_equal(cache.embeddings("v"), oracle_entry(feats, 4)[0])  # a video read whole
+    np.testing.assert_array_equal(cache.entry_inputs(["v"])[0][0], oracle_entry(feats, 4)[0])  # a video read whole
 
 
 def test_newest_segment_wins_and_pixels_round_trip(tmp_path: Path) -> None:
@@ -106,8 +107,8 @@ def test_newest_segment_wins_and_pixels_round_trip(tmp_path: Path) -> None:
 
 
 def test_merges_come_in_tiers_and_leave_the_same_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_module, "FANOUT", 3)
-    monkeypatch.setattr(cache_module, "TIER_FRAMES", 8)
+    monkeypatch.setattr(cache_writer, "FANOUT", 3)
+    monkeypatch.setattr(cache_writer, "TIER_FRAMES", 8)
     path = tmp_path / "t.h5"
     w = writer(path)
     for k in range(9):  # 9 small segments of 4 frames: three merges into 3 segments of 12 frames, then one of 36
@@ -167,7 +168,7 @@ def test_add_tracks_from_python(tmp_path: Path) -> None:
     cache = FeatureCache(path)
     times, got = cache.track("walk")
     np.testing.assert_array_equal(got, feats)
-    assert cache.clip_ids("walk") == [f"walk@{k:04d}" for k in range(4)] and cache.video_path("walk") == str(source)
+    assert cache.window_ids("walk") == [f"walk@{k:04d}" for k in range(4)] and cache.video_path("walk") == str(source)
     assert cache.source_stamps()["walk"][0] == 10 and cache.duration("walk") == 10.0
     with pytest.raises(CacheError, match=r"features \(n, 8\)"):
         add_tracks(path, [("bad", np.arange(3.0), feats[:3, :4], "x.mp4")])
@@ -202,7 +203,7 @@ def test_bad_track_settings() -> None:
         TrackConfig(0.0)
     with pytest.raises(ConfigError, match="--fps must be more than 0"):
         TrackConfig.from_seconds(-1.0, 12, None, None)
-    with pytest.raises(ConfigError, match="between clips"):
+    with pytest.raises(ConfigError, match="between windows"):
         TrackConfig.from_seconds(1.0, 12, 10, 20)
     rule = TrackConfig.from_seconds(2.0, 12, None, None)  # default windows: the model's 12 frames, every 6
     assert (rule.window, rule.step) == (12, 6)
@@ -224,9 +225,9 @@ def test_pickles_without_handles_and_missing_file_error(tmp_path: Path) -> None:
     w.add([track("a", 1)])
     w.close()
     cache = FeatureCache(path)
-    _ = cache.embeddings("a")
+    _ = cache.entry_inputs(["a"])[0][0]
     clone = pickle.loads(pickle.dumps(cache))
-    np.testing.assert_array_equal(clone.embeddings("a"), cache.embeddings("a"))
+    np.testing.assert_array_equal(clone.entry_inputs(["a"])[0][0], cache.entry_inputs(["a"])[0][0])
     with pytest.raises(CacheError, match="tcmgc extract"):
         FeatureCache(tmp_path / "nope.h5")
 

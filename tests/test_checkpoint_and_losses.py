@@ -215,7 +215,7 @@ def test_import_reference_command_makes_a_run_that_evaluates_and_resumes(sample_
     from typer.testing import CliRunner
 
     from tcmgc_cli.checkpoint import load_trained
-    from tests.test_cli_train_evaluate import small_dataset
+    from tests.helpers import small_dataset
 
     sizes = {"temporal_positions": 77, "keep_rate": 0.25}
     source = create_model(resolve_spec("tcmgc-tiny", overrides=sizes))

@@ -8,8 +8,7 @@ from typer.testing import CliRunner
 
 from tcmgc_cli.cache import FeatureCache, read_failures
 from tcmgc_cli.cli import app
-from tests.conftest import SAMPLE_MSRVTT
-from tests.helpers import random_frames, write_video
+from tests.helpers import SAMPLE_MSRVTT, random_frames, write_video
 
 runner = CliRunner()
 TINY = ["--model", "tcmgc-tiny", "--workers", "0", "--json"]
@@ -26,7 +25,7 @@ def test_sample_dataset_fills_the_default_cache(tmp_path: Path) -> None:
     assert code == 0 and out["failed"] == [] and len(out["extracted"]) == 120
     cache = FeatureCache(tmp_path / "workspace" / "cache" / "tcmgc-tiny.h5")
     assert Path(out["cache"]) == cache.path and len(cache) == 120 and "video119" in cache
-    emb = cache.embeddings("video7")
+    emb = cache.entry_inputs(["video7"])[0][0]
     assert emb.shape == (8, 32) and np.isfinite(emb).all() and emb.std() > 0
     assert cache.settings.encoder == "tcmgc-tiny" and cache.settings.num_frames == 8
     assert (
@@ -86,7 +85,10 @@ def test_bad_inputs_never_abort_and_are_retried(video_dir: Path, tmp_path: Path)
     assert out["ignored"] == ["notes.txt"]
     assert set(read_failures(cache_path)) == set(failed)
     cache = FeatureCache(cache_path)
-    assert cache.num_frames_of("short") == 1 and cache.embeddings("short").shape == (8, 32)  # 2 frames at 4 fps: 0.5 s
+    assert cache.num_frames_of("short") == 1 and cache.entry_inputs(["short"])[0][0].shape == (
+        8,
+        32,
+    )  # 2 frames at 4 fps: 0.5 s
     # fix one broken file: the rerun retries failures, extracts it and keeps everything else
     shutil.copy(folder / "video3.mp4", folder / "text.mp4")
     code, again, _ = run("--videos", str(folder), "--cache", str(cache_path), *TINY)
@@ -146,4 +148,4 @@ def test_worker_processes_give_the_same_cache(video_dir: Path, tmp_path: Path) -
     assert code == 0 and len(out["extracted"]) == 4
     ca, cb = FeatureCache(a), FeatureCache(b)
     for vid in ca.ids():  # the frames meet the image tower in other batches: float32 round-off at most
-        np.testing.assert_allclose(ca.embeddings(vid), cb.embeddings(vid), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ca.entry_inputs([vid])[0][0], cb.entry_inputs([vid])[0][0], rtol=1e-5, atol=1e-6)

@@ -9,38 +9,10 @@ from typer.testing import CliRunner
 
 from tcmgc_cli.cli import app
 from tcmgc_cli.metrics import METRIC_KEYS
-from tests.conftest import SAMPLE_MSRVTT
-from tests.helpers import copy_cache
+from tests.helpers import QUICK, SAMPLE_MSRVTT, copy_cache, one_line_error
 
 runner = CliRunner()
 KEYS = list(METRIC_KEYS)
-QUICK = ["--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "train.log_every=1"]
-
-
-def small_dataset(tmp_path: Path) -> Path:
-    """A csv dataset over 16 sample videos: 12 train, 4 test."""
-    rows = ["video_id,caption,split"]
-    for line in (SAMPLE_MSRVTT.parent / "captions.csv").read_text().splitlines()[1:]:
-        vid, caption, _, _ = line.rsplit(",", 3) if line.count('"') == 0 else (None, None, None, None)
-        if vid is None or int(vid[5:]) >= 16:
-            continue
-        rows.append(f"{vid},{caption},{'train' if int(vid[5:]) < 12 else 'test'}")
-    path = tmp_path / "small.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained_run(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("run")
-    data = small_dataset(tmp)
-    run = tmp / "run"
-    result = runner.invoke(app, ["train", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny",
-                                 "--cache", str(sample_cache), "--output", str(run), "--json", *QUICK])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["epochs"] == 1 and Path(summary["run"]) == run
-    return run, data
 
 
 def test_train_writes_run_folder(trained_run: tuple[Path, Path]) -> None:
@@ -96,13 +68,6 @@ def test_evaluate_finds_the_newest_run_without_flags(
     result = runner.invoke(app, ["evaluate", "--dataset", "csv", "--annotations", str(data), "--json"])
     assert result.exit_code == 0, result.output
     assert "20260101-000000-tcmgc-tiny" in json.loads(result.stdout)["checkpoint"]
-
-
-def one_line_error(result: object, code: int = 1) -> str:
-    out = result.output  # type: ignore[attr-defined]
-    assert result.exit_code == code, out  # type: ignore[attr-defined]
-    assert "Traceback" not in out and "Error:" in out
-    return str(out)
 
 
 def test_bad_inputs_name_the_fix(trained_run: tuple[Path, Path], sample_cache: Path, tmp_path: Path) -> None:

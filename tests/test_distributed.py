@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from tcmgc_cli.cache import FeatureCache, read_failures
-from tests.conftest import SAMPLE_MSRVTT
-from tests.test_cli_train_evaluate import trained_run  # noqa: F401  (module fixture)
+from tests.helpers import SAMPLE_MSRVTT
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -51,7 +50,7 @@ def test_two_process_extract_equals_one_process(sample_cache: Path, tmp_path: Pa
     (videos / "broken.mp4").write_bytes(b"not a video")
     cache = tmp_path / "d.h5"
     args = ["extract", "--videos", str(videos), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0",
-            "--json", "--clip-seconds", "0"]  # whole videos, as sample_cache (a dataset run) was extracted  # fmt: skip
+            "--json", "--window-seconds", "0"]  # whole videos, as sample_cache (a dataset run) was extracted  # fmt: skip
     result = torchrun(*args)
     assert result.returncode == 0, result.stderr[:3000]  # the head: the processes' own words, before torchrun's report
     report = json.loads(result.stdout.strip().splitlines()[-1])  # rank 0 reports for both
@@ -60,13 +59,13 @@ def test_two_process_extract_equals_one_process(sample_cache: Path, tmp_path: Pa
     one, two = FeatureCache(sample_cache), FeatureCache(cache)
     assert len(two) == 9 and len(two.segments()) == 2  # one segment from each process
     for vid in two.ids():
-        np.testing.assert_array_equal(two.embeddings(vid), one.embeddings(vid))
+        np.testing.assert_array_equal(two.entry_inputs([vid])[0][0], one.entry_inputs([vid])[0][0])
     again = torchrun(*args)
     assert sorted(json.loads(again.stdout.strip().splitlines()[-1])["cached"]) == sorted(two.ids())
 
 
 @pytest.mark.slow
-def test_two_process_evaluate_equals_one_process(trained_run: tuple[Path, Path], sample_cache: Path) -> None:  # noqa: F811
+def test_two_process_evaluate_equals_one_process(trained_run: tuple[Path, Path], sample_cache: Path) -> None:
     from typer.testing import CliRunner
 
     from tcmgc_cli.cli import app

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tcmgc_cli.cache import FANOUT, FeatureCache, segment_dir
-from tests.conftest import SAMPLE_MSRVTT
+from tcmgc_cli.cache import FANOUT, FeatureCache
+from tcmgc_cli.workspace import cache_folder as segment_dir
+from tests.helpers import SAMPLE_MSRVTT
 
 NUM_VIDEOS = 24
 
@@ -48,7 +49,7 @@ def _assert_consistent(cache: Path, baseline: FeatureCache) -> int:
         return 0
     partial = FeatureCache(cache)
     for vid in partial.ids():
-        np.testing.assert_array_equal(partial.embeddings(vid), baseline.embeddings(vid))
+        np.testing.assert_array_equal(partial.entry_inputs([vid])[0][0], baseline.entry_inputs([vid])[0][0])
     n = len(partial)
     partial.close()
     return n
@@ -85,5 +86,5 @@ def test_sigkill_at_any_moment_then_rerun_completes(tmp_path: Path) -> None:
     final = FeatureCache(cache)
     assert sorted(final.ids()) == sorted(baseline.ids())
     for vid in baseline.ids():
-        np.testing.assert_array_equal(final.embeddings(vid), baseline.embeddings(vid))
+        np.testing.assert_array_equal(final.entry_inputs([vid])[0][0], baseline.entry_inputs([vid])[0][0])
     assert len(final.segments()) < FANOUT  # runs of FANOUT segments of one size were merged

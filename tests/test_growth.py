@@ -50,14 +50,13 @@ def test_prune_refuses_a_folder_that_looks_unmounted(video_dir: Path, tmp_path: 
 
 
 def test_a_killed_index_build_is_cleaned_up_and_built_again(video_dir: Path, tmp_path: Path) -> None:
-    from tcmgc_cli.index_store import index_folders
-    from tcmgc_cli.opening import open_search, ranker_key
-    from tcmgc_cli.search import SearchIndex
+    from tcmgc_cli.search import SearchIndex, open_search, ranker_key
+    from tcmgc_cli.workspace import index_folders
 
     cache = tmp_path / "c.h5"
     assert extract(video_dir, cache)[0] == 0
     first = open_search(cache=cache, scorer="clip")
-    folder = index_folders(ranker_key(first.ranker), FeatureCache(cache))[0]
+    folder = index_folders(cache, ranker_key(first.ranker))[0]
     part = next(folder.glob("part-*"))
     shutil.rmtree(part)  # as if the build had been killed before its rename: half-written files under a temp name
     dead = 2**22 + 12345  # no such process

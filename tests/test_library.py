@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 
 from tcmgc_cli.data.source import DataSource
-from tests.test_cli_train_evaluate import small_dataset
+from tests.helpers import small_dataset
 
 
 def test_extract_train_evaluate_search_from_python(video_dir: Path, sample_cache: Path, tmp_path: Path) -> None:
-    from tcmgc_cli.evaluate import evaluate
+    from tcmgc_cli.evaluation.retrieval import evaluate
     from tcmgc_cli.extract import extract_folder
-    from tcmgc_cli.opening import open_search
-    from tcmgc_cli.runs import train
+    from tcmgc_cli.search import open_search
+    from tcmgc_cli.training import train
 
     report = extract_folder(video_dir, "tcmgc-tiny", cache=tmp_path / "c.h5", workers=0)
     assert sorted(report.extracted) == ["video0", "video1", "video2", "video3"] and report.cache == str(
@@ -31,7 +31,7 @@ def test_extract_train_evaluate_search_from_python(video_dir: Path, sample_cache
 
 def test_library_errors_are_the_commands_errors(tmp_path: Path) -> None:
     from tcmgc_cli.errors import CacheError, ConfigError
-    from tcmgc_cli.runs import train
+    from tcmgc_cli.training import train
 
     data = DataSource("csv", annotations=small_dataset(tmp_path))
     with pytest.raises(ConfigError, match="not both"):
@@ -58,7 +58,7 @@ def test_the_library_and_the_command_build_the_same_cache(video_dir: Path, tmp_p
 
     from tcmgc_cli import extract_dataset, extract_folder
     from tcmgc_cli.cli import app
-    from tests.conftest import SAMPLE_MSRVTT
+    from tests.helpers import SAMPLE_MSRVTT
 
     runner = CliRunner()
     base = ["extract", "--model", "tcmgc-tiny", "--workers", "0"]

@@ -228,7 +228,7 @@ def test_top_values_equals_a_sorted_python_list(k: int, dim: int) -> None:
 
 def test_integer_masks_mean_what_the_reference_means(clip: torch.nn.Module) -> None:
     """The reference passes 0/1 integer frame masks: they must score exactly as the boolean mask does."""
-    from tcmgc_cli.model.tcmgc import as_bool_mask
+    from tcmgc_cli.model.features import as_bool_mask
 
     cfg = replace(CFG, mask_padding=True)
     model = make_model(clip, cfg)
@@ -283,11 +283,11 @@ def test_keep_by_mass_scores_factorized_equals_direct_and_full_mass_is_fixed(cli
     assert not torch.allclose(direct, base, atol=1e-4)  # p = 0.3 keeps fewer, and that shows
 
 
-UNITS_CFG = replace(CFG, phrases=True, clips=True, phrase_words=3, clip_frames=2, keep_rate=0.34)
+UNITS_CFG = replace(CFG, phrases=True, snippets=True, phrase_words=3, snippet_frames=2, keep_rate=0.34)
 
 
-def test_phrases_and_clips_against_loops(clip: torch.nn.Module) -> None:
-    """The paper's open question 2: phrases (spans of 3 tokens) and clips (windows of 2 frames) as units, every
+def test_phrases_and_snippets_against_loops(clip: torch.nn.Module) -> None:
+    """The paper's open question 2: phrases (spans of 3 tokens) and snippets (windows of 2 frames) as units, every
     similarity of every pair against the method's equations written as loops."""
     model = make_model(clip, UNITS_CFG)
     assert model.cfg.active_similarities == ("vs", "vw", "sf", "fw", "vp", "pf", "cs", "cw", "cp")
@@ -306,16 +306,16 @@ def test_phrases_and_clips_against_loops(clip: torch.nn.Module) -> None:
         UNITS_CFG,
         replace(UNITS_CFG, mask_padding=True),
         replace(UNITS_CFG, text_conditioning=False),
-        replace(UNITS_CFG, clips=False),
+        replace(UNITS_CFG, snippets=False),
         replace(UNITS_CFG, phrases=False, keep_rule="mass"),
         replace(UNITS_CFG, reorganize=False),
     ],
 )
-def test_phrases_and_clips_factorized_equals_direct(clip: torch.nn.Module, cfg: ModelConfig) -> None:
+def test_phrases_and_snippets_factorized_equals_direct(clip: torch.nn.Module, cfg: ModelConfig) -> None:
     model = make_model(clip, cfg)
     text, frames = features(5, 7, cfg)
     mask = torch.ones(7, cfg.num_frames, dtype=torch.bool)
-    mask[0, 3:] = False  # a short video: padding in the last clips
+    mask[0, 3:] = False  # a short video: padding in the last snippets
     mask[1, 1:] = False
     with torch.no_grad():
         direct = model(text, model.encode_video(frames, mask))
@@ -327,7 +327,7 @@ def test_phrases_and_clips_factorized_equals_direct(clip: torch.nn.Module, cfg: 
 
 
 def test_phrase_means_and_masks() -> None:
-    from tcmgc_cli.model.tcmgc import phrase_any, phrase_means
+    from tcmgc_cli.model.features import phrase_any, phrase_means
 
     words = torch.arange(7.0)[None, :, None].expand(1, 7, 2)  # token i = (i, i)
     assert phrase_means(words, 3)[0, :, 0].tolist() == [1.0, 4.0, 6.0]  # (0+1+2)/3, (3+4+5)/3, 6/1

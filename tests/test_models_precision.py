@@ -82,6 +82,7 @@ def test_a_cache_records_its_precision_and_keeps_it(video_dir: Path, tmp_path: P
     assert code == 0, output and json.loads(output)["extracted"] == ["again"]
 
 
+@pytest.mark.slow
 def test_a_non_clip_model_extracts_and_searches(video_dir: Path, tmp_path: Path) -> None:
     """MobileCLIP2-S0 (a timm image tower and a CLIP-BPE text tower without a causal mask), random weights."""
     from tcmgc_cli.model.encoder import encode_tokens, load_clip

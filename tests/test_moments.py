@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from tcmgc_cli.cli import app
 from tcmgc_cli.metrics import MOMENT_KEYS, average_precision, moment_metrics, temporal_iou
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 runner = CliRunner()
 LONG = ROOT / "sample_data" / "long"

@@ -30,7 +30,6 @@ def test_short_video_from_file_to_scores_as_the_reference(short_video: tuple[Pat
     from tcmgc_cli.data.transforms import normalize, resize_crop
     from tcmgc_cli.model.factory import create_model, resolve_spec
     from tcmgc_cli.model.tcmgc import TextFeatures
-    from tcmgc_cli.scoring import frame_masks
 
     folder, frames = short_video
     cache_path = tmp_path / "c.h5"
@@ -42,8 +41,11 @@ def test_short_video_from_file_to_scores_as_the_reference(short_video: tuple[Pat
     entry = cache.entry("short")
     times, track = cache.track("short")
     assert times.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert cache.entry_rows(entry).tolist() == [0, 1, 2, 3, 4, -1, -1, -1]
-    embeddings_of_short = cache.embeddings("short")
+    assert cache.entry_inputs(["short"])[1][0].tolist() == [True] * 5 + [False] * 3 and (entry.start, entry.stop) == (
+        0,
+        5,
+    )
+    embeddings_of_short = cache.entry_inputs(["short"])[0][0]
     # 2. zero padding: real slots are the image tower on those frames, padded ones on an all-zero normalized frame
     model = create_model(resolve_spec("tcmgc-tiny")).eval()
     with torch.no_grad():
@@ -54,10 +56,10 @@ def test_short_video_from_file_to_scores_as_the_reference(short_video: tuple[Pat
     torch.testing.assert_close(torch.from_numpy(embeddings_of_short[:5]), real, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.from_numpy(embeddings_of_short[5:]), zero.expand(3, -1), rtol=1e-4, atol=1e-5)
     # 3. the mask marks the real frames
-    mask = frame_masks(cache, ["short"], torch.device("cpu"))
+    mask = torch.from_numpy(cache.entry_inputs(["short"])[1])
     assert mask is not None and mask.tolist() == [[True] * 5 + [False] * 3]
     # 4. scores: the factorized retrieval path with the mask equals the direct path (method doc's equations) ...
-    embeddings = torch.from_numpy(cache.load_embeddings(["short"]))
+    embeddings = torch.from_numpy(cache.entry_inputs(["short"])[0])
     tokens = torch.randint(1, 400, (3, model.cfg.max_words), generator=torch.Generator().manual_seed(1))
     tokens[:, -1] = 49407
     with torch.no_grad():
@@ -72,13 +74,11 @@ def test_short_video_from_file_to_scores_as_the_reference(short_video: tuple[Pat
     torch.testing.assert_close(model.encode_video(embeddings, mask).temporal[:, :5], alone, rtol=1e-4, atol=1e-5)
 
 
-def test_dataset_runs_use_the_reference_inputs_and_name_them(sample_cache: Path, tmp_path: Path) -> None:
-    from tests.test_cli_train_evaluate import QUICK, small_dataset
+def test_dataset_runs_use_the_reference_inputs_and_name_them(
+    sample_cache: Path, trained_run: tuple[Path, Path]
+) -> None:
+    from tcmgc_cli.checkpoint import RunFolder
 
     sampling = FeatureCache(sample_cache).settings.track
     assert sampling == {"num_frames": 8, "fps": 1.0, "padding": "zero", "window": 0, "stride": 0}
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--dataset", "csv", "--annotations", str(small_dataset(tmp_path)), "--model",
-                                 "tcmgc-tiny", "--cache", str(sample_cache), "--output", str(run), "--json", *QUICK])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert json.loads((run / "config.json").read_text())["inputs"] == sampling
+    assert json.loads(RunFolder(trained_run[0]).config_file.read_text())["inputs"] == sampling

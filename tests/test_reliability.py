@@ -22,9 +22,7 @@ from typer.testing import CliRunner
 from tcmgc_cli.cache import CHUNK_ROWS, FeatureCache
 from tcmgc_cli.cli import app
 from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError
-from tests.conftest import ROOT, SAMPLE_MSRVTT
-from tests.helpers import copy_cache
-from tests.test_cli_train_evaluate import QUICK, one_line_error, small_dataset
+from tests.helpers import QUICK, ROOT, SAMPLE_MSRVTT, copy_cache, one_line_error
 
 runner = CliRunner()
 
@@ -34,9 +32,15 @@ def train_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
             "--output", str(out), *QUICK, *extra]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return small_dataset(tmp_path_factory.mktemp("data"))
+@pytest.fixture
+def data(small_csv: Path) -> Path:
+    return small_csv
+
+
+@pytest.fixture
+def run(trained_run: tuple[Path, Path]) -> Path:
+    """The session's trained run (tcmgc-tiny, one epoch on `data` over sample_cache)."""
+    return trained_run[0]
 
 
 def scramble(path: Path, at: float, size: int, seed: int = 0) -> None:
@@ -71,13 +75,13 @@ def test_diverged_training_stops_with_one_line_and_no_checkpoint(
     assert not list((out / "checkpoints").glob("*.pt")), "a diverged run must not write a checkpoint"
 
 
-def test_nan_row_in_cache_is_named_by_evaluate_and_train(data: Path, sample_cache: Path, tmp_path: Path) -> None:
+def test_nan_row_in_cache_is_named_by_evaluate_and_train(
+    data: Path, run: Path, sample_cache: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "c.h5"
     copy_cache(sample_cache, cache)
     poison_row(cache, "video13")  # a test video
     poison_row(cache, "video3")  # a training video
-    run = tmp_path / "run"
-    assert runner.invoke(app, train_args(data, sample_cache, run)).exit_code == 0
     args = ["--dataset", "csv", "--annotations", str(data), "--cache", str(cache)]
     message = one_line_error(runner.invoke(app, ["evaluate", "--checkpoint", str(run), *args]))
     assert "video13" in message and "--verify" in message
@@ -86,8 +90,8 @@ def test_nan_row_in_cache_is_named_by_evaluate_and_train(data: Path, sample_cach
 
 
 def test_metrics_and_scores_refuse_nan() -> None:
+    from tcmgc_cli.evaluation.retrieval import check_finite_scores
     from tcmgc_cli.metrics import retrieval_metrics
-    from tcmgc_cli.scoring import check_finite_scores
 
     scores = np.eye(3)
     scores[1, 2] = np.nan  # NaN was "never strictly higher": the old code ranked video 1's text first
@@ -99,11 +103,9 @@ def test_metrics_and_scores_refuse_nan() -> None:
         check_finite_scores(np.full((2, 2), np.nan), ["a", "b"], ["x", "y"])
 
 
-def test_search_names_a_video_with_nan_features(data: Path, sample_cache: Path, tmp_path: Path) -> None:
+def test_search_names_a_video_with_nan_features(run: Path, sample_cache: Path, tmp_path: Path) -> None:
     cache = tmp_path / "c.h5"
     copy_cache(sample_cache, cache)
-    run = tmp_path / "run"
-    assert runner.invoke(app, train_args(data, cache, run)).exit_code == 0
     poison_row(cache, "video5", float("inf"))
     message = one_line_error(
         runner.invoke(app, ["search", "a red circle", "--checkpoint", str(run), "--cache", str(cache)])
@@ -141,7 +143,7 @@ def test_second_writer_of_a_run_folder_is_refused(data: Path, sample_cache: Path
 def test_ctrl_c_message_names_resume(
     monkeypatch: pytest.MonkeyPatch, data: Path, sample_cache: Path, tmp_path: Path
 ) -> None:
-    from tcmgc_cli.train import Trainer
+    from tcmgc_cli.training import Trainer
 
     def interrupted(self: Trainer, val: object) -> None:
         raise KeyboardInterrupt
@@ -175,7 +177,7 @@ def test_scrambled_cache_is_named_and_extract_verify_repairs_it(video_dir: Path,
     cache = tmp_path / "c.h5"
     base = ["extract", "--videos", str(video_dir), "--model", "tcmgc-tiny", "--cache", str(cache), "--workers", "0"]
     assert runner.invoke(app, [*base, "--json"]).exit_code == 0
-    good = FeatureCache(cache).load_embeddings(["video0", "video1", "video2", "video3"])
+    good = FeatureCache(cache).entry_inputs(["video0", "video1", "video2", "video3"])[0]
     reader = FeatureCache(cache)
     segment, row = reader._video("video2")
     reader.close()
@@ -192,14 +194,14 @@ def test_scrambled_cache_is_named_and_extract_verify_repairs_it(video_dir: Path,
     raw[info.byte_offset + 10 : info.byte_offset + 200] = noise
     segment.path.write_bytes(bytes(raw))
     with pytest.raises(CacheError, match="video2"):
-        FeatureCache(cache).load_embeddings(["video0", "video1", "video2", "video3"])
+        FeatureCache(cache).entry_inputs(["video0", "video1", "video2", "video3"])[0]
     assert "video2" in in_chunk and set(FeatureCache(cache).verify()) == in_chunk  # the videos of that chunk only
     plain = json.loads(runner.invoke(app, [*base, "--json"]).stdout)  # without --verify: unchanged files skipped
     assert plain["extracted"] == []
     repaired = runner.invoke(app, [*base, "--verify", "--json"])
     assert repaired.exit_code == 0, repaired.output
     assert set(json.loads(repaired.stdout)["extracted"]) == in_chunk
-    again = FeatureCache(cache).load_embeddings(["video0", "video1", "video2", "video3"])
+    again = FeatureCache(cache).entry_inputs(["video0", "video1", "video2", "video3"])[0]
     np.testing.assert_array_equal(again, good)
 
 
@@ -208,39 +210,30 @@ def test_scrambled_cache_is_named_and_extract_verify_repairs_it(video_dir: Path,
     ("content", "expected"),
     [(b"", "is empty"), ("video_id,sentence\nvideo90,un caf\xe9\n".encode("latin-1"), "not UTF-8")],
 )
-def test_broken_msrvtt_test_file(
-    trained_run_dir: Path, sample_cache: Path, tmp_path: Path, content: bytes, expected: str
-) -> None:
+def test_broken_msrvtt_test_file(run: Path, sample_cache: Path, tmp_path: Path, content: bytes, expected: str) -> None:
     root = tmp_path / "msrvtt"
     shutil.copytree(SAMPLE_MSRVTT, root, ignore=shutil.ignore_patterns("videos"))
     (root / "MSRVTT_JSFUSION_test.csv").write_bytes(content)
-    args = ["evaluate", "--checkpoint", str(trained_run_dir), "--dataset", "msrvtt", "--data-root", str(root),
+    args = ["evaluate", "--checkpoint", str(run), "--dataset", "msrvtt", "--data-root", str(root),
             "--cache", str(sample_cache)]  # fmt: skip
     message = one_line_error(runner.invoke(app, args))
     assert expected in message and "MSRVTT_JSFUSION_test.csv" in message
 
 
 def test_duplicate_rows_in_msrvtt_test_file_are_scored_once_per_video(
-    trained_run_dir: Path, sample_cache: Path, tmp_path: Path
+    run: Path, sample_cache: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "msrvtt"
     shutil.copytree(SAMPLE_MSRVTT, root, ignore=shutil.ignore_patterns("videos"))
     test_csv = root / "MSRVTT_JSFUSION_test.csv"
     lines = test_csv.read_text().splitlines()
     test_csv.write_text("\n".join([*lines, lines[1], lines[2]]) + "\n")  # two rows repeated
-    args = ["evaluate", "--checkpoint", str(trained_run_dir), "--dataset", "msrvtt", "--data-root", str(root),
+    args = ["evaluate", "--checkpoint", str(run), "--dataset", "msrvtt", "--data-root", str(root),
             "--cache", str(sample_cache), "--json"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["num_videos"] == 30 and metrics["num_queries"] == 32
-
-
-@pytest.fixture(scope="module")
-def trained_run_dir(data: Path, sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("trained") / "run"
-    assert runner.invoke(app, train_args(data, sample_cache, run)).exit_code == 0
-    return run
 
 
 @contextlib.contextmanager
@@ -262,6 +255,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
+@pytest.mark.slow
 def test_disk_full_while_extracting_keeps_finished_videos(video_dir: Path, small_disk: Path, tmp_path: Path) -> None:
     """A real process on a real full disk: one line, exit code 1 (a failed write inside HDF5 used to crash the
     process at exit, code 139), and every segment written before the disk filled up is still read."""
@@ -379,9 +373,7 @@ def test_train_help_shows_the_toml_tables() -> None:
     assert "[model]" in result.output and "[train]" in result.output
 
 
-def test_long_query_note_is_short(data: Path, sample_cache: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    assert runner.invoke(app, train_args(data, sample_cache, run)).exit_code == 0
+def test_long_query_note_is_short(run: Path, sample_cache: Path) -> None:
     query = "a red circle moves left " * 20
     result = runner.invoke(app, ["search", query, "--checkpoint", str(run), "--cache", str(sample_cache), "--json"])
     assert result.exit_code == 0, result.output
@@ -389,33 +381,29 @@ def test_long_query_note_is_short(data: Path, sample_cache: Path, tmp_path: Path
     assert note and "a red circle moves left a red circle ..." in note[0] and len(note[0]) < 150
 
 
-def test_saved_search_indexes_do_not_pile_up(sample_cache: Path, tmp_path: Path, data: Path) -> None:
-    from tcmgc_cli.checkpoint import load_trained
-    from tcmgc_cli.index_store import KEEP_INDEXES
-    from tcmgc_cli.opening import open_index
+def test_saved_search_indexes_do_not_pile_up(sample_cache: Path, tmp_path: Path, run: Path) -> None:
+    from tcmgc_cli.checkpoint import RunFolder, load_trained
+    from tcmgc_cli.search import open_index
+    from tcmgc_cli.search.store import KEEP_INDEXES
 
     cache = tmp_path / "c.h5"
     copy_cache(sample_cache, cache)
-    run = tmp_path / "run"
-    assert runner.invoke(app, [*train_args(data, cache, run), "--set", "train.epochs=1"]).exit_code == 0
     for n in range(KEEP_INDEXES + 2):  # one checkpoint file per "run": each gets its own index
         copy = tmp_path / f"ck{n}.pt"
-        shutil.copy(run / "checkpoints" / "best.pt", copy)
+        shutil.copy(RunFolder(run).best, copy)
         open_index(load_trained(copy, "cpu"), copy, FeatureCache(cache))
         time.sleep(0.01)
     assert len(list((tmp_path / "c.h5.d").glob("index-*"))) == KEEP_INDEXES
 
 
 def test_search_on_a_read_only_cache_folder_saves_its_index_in_the_workspace(
-    sample_cache: Path, tmp_path: Path, data: Path
+    sample_cache: Path, tmp_path: Path, run: Path
 ) -> None:
     from tcmgc_cli.checkpoint import find_checkpoint, load_trained
-    from tcmgc_cli.index_store import index_folders
-    from tcmgc_cli.opening import open_index, ranker_key
-    from tcmgc_cli.ranking import TcmgcRanker
+    from tcmgc_cli.search import open_index, ranker_key
+    from tcmgc_cli.search.rankers import TcmgcRanker
+    from tcmgc_cli.workspace import index_folders
 
-    run = tmp_path / "run"
-    assert runner.invoke(app, train_args(data, sample_cache, run)).exit_code == 0
     mount = tmp_path / "ro"
     mount.mkdir()
     (tmp_path / "src").mkdir()
@@ -428,7 +416,7 @@ def test_search_on_a_read_only_cache_folder_saves_its_index_in_the_workspace(
         cache = FeatureCache(mount / "c.h5")
         trained = load_trained(run, "cpu")
         index = open_index(trained, run, cache)
-        beside, workspace = index_folders(ranker_key(TcmgcRanker(trained), find_checkpoint(run)), cache)
+        beside, workspace = index_folders(cache.path, ranker_key(TcmgcRanker(trained), find_checkpoint(run)))
         assert not beside.exists() and list(workspace.glob("part-*/meta.json")) and len(index) == len(cache)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
@@ -452,7 +440,7 @@ def test_merge_refuses_before_writing_when_the_disk_cannot_hold_it(
     """A large merge writes a segment as large as its sources: checked first, and the segments stay readable."""
     import collections
 
-    from tcmgc_cli import cache as cache_module
+    from tcmgc_cli.cache import writer as cache_module
 
     monkeypatch.setattr(cache_module, "FANOUT", 4)  # the 4 videos' segments merge at the end of the run
     monkeypatch.setattr(cache_module, "IN_MEMORY_BYTES", 0)  # as a large merge: written straight to disk

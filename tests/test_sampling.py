@@ -2,8 +2,10 @@ import math
 
 import pytest
 
+from tcmgc_cli.cache.entries import PAD, span_of
+from tcmgc_cli.cache.entries import slot_rows as entry_rows
 from tcmgc_cli.config import TrackConfig
-from tcmgc_cli.data.sampling import PAD, entry_rows, fps_candidates, span_of, spread
+from tcmgc_cli.data.sampling import fps_candidates, spread
 from tcmgc_cli.errors import ConfigError
 
 

@@ -9,20 +9,16 @@ import torch
 from typer.testing import CliRunner
 
 from tcmgc_cli.cli import app
-from tcmgc_cli.search import SearchIndex, non_overlapping, window_proxy
-from tests.test_cli_train_evaluate import QUICK, small_dataset
+from tcmgc_cli.search import SearchIndex
+from tcmgc_cli.search.explain import word_attention
+from tcmgc_cli.search.moments import non_overlapping, window_proxy, window_scores
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def run(sample_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("search")
-    out = tmp / "run"
-    result = runner.invoke(app, ["train", "--dataset", "csv", "--annotations", str(small_dataset(tmp)), "--model", "tcmgc-tiny",
-                                 "--cache", str(sample_cache), "--output", str(out), "--json", *QUICK])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return out
+def run(trained_run: tuple[Path, Path]) -> Path:
+    return trained_run[0]
 
 
 def search(run: Path, cache: Path, *args: str) -> object:
@@ -134,7 +130,7 @@ def test_bad_queries(run: Path, sample_cache: Path) -> None:
 
 
 def test_blockwise_coarse_topk_equals_full_topk() -> None:
-    from tcmgc_cli.search import coarse_topk
+    from tcmgc_cli.search.store import coarse_topk
 
     g = torch.Generator().manual_seed(0)
     coarse = torch.nn.functional.normalize(torch.randn(1000, 16, generator=g), dim=-1).half()
@@ -153,7 +149,7 @@ def test_the_index_grows_with_the_cache(run: Path, sample_cache: Path, tmp_path:
     scores every entry as one built from scratch does."""
     from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache
     from tcmgc_cli.checkpoint import load_trained
-    from tcmgc_cli.opening import open_index
+    from tcmgc_cli.search import open_index
     from tests.helpers import copy_cache, random_frames, write_video
 
     cache_path = copy_cache(sample_cache, tmp_path / "c.h5")
@@ -184,7 +180,7 @@ def test_the_index_grows_with_the_cache(run: Path, sample_cache: Path, tmp_path:
         write_video(folder / f"new{n}.mp4", random_frames(8, seed=n), fps=4)
     write_video(folder / "video5.mp4", random_frames(12, seed=9), fps=4)  # a changed file for a known id
     args = ["extract", "--videos", str(folder), "--model", "tcmgc-tiny", "--cache", str(cache_path), "--workers",
-            "0", "--clip-seconds", "0", "--json"]  # fmt: skip
+            "0", "--window-seconds", "0", "--json"]  # fmt: skip
     assert runner.invoke(app, args).exit_code == 0
     index = grown()
     assert sum(encoded) == 4 and len(index) == 123  # three new videos and the changed one, nothing else
@@ -203,7 +199,7 @@ def test_the_index_grows_with_the_cache(run: Path, sample_cache: Path, tmp_path:
 def test_explain_and_moments_leave_zero_padded_slots_out(run: Path, sample_cache: Path) -> None:
     """sample_cache is a dataset run: 1 fps and zero padding, so most of tcmgc-tiny's 8 slots are padding."""
     from tcmgc_cli.cache import FeatureCache
-    from tcmgc_cli.opening import open_search
+    from tcmgc_cli.search import open_search
 
     cache = FeatureCache(sample_cache)
     index = open_search(run, sample_cache)
@@ -213,26 +209,26 @@ def test_explain_and_moments_leave_zero_padded_slots_out(run: Path, sample_cache
         assert frames < 8  # padded
         for m in hit.moments:  # whole frames of the track, never a padded slot
             assert m["start_sec"] in range(frames) and m["end_sec"] <= cache.duration(hit.video_id)
-    words, weights, times = index.word_attention("a red circle", hits[0].video_id)
+    words, weights, times = word_attention(index, "a red circle", hits[0].video_id)
     assert weights.shape == (len(words), cache.num_frames_of(hits[0].video_id)) == (len(words), len(times))
 
 
 def test_a_window_scores_as_the_model_scores_it_in_training(run: Path, sample_cache: Path) -> None:
     """The moment path against the training path: the window's frames in the first slots, the padding feature in
     the rest, the mask, the temporal encoder and the direct LVA, built here by a loop."""
-    from tcmgc_cli.opening import open_search
+    from tcmgc_cli.search import open_search
 
     index = open_search(run, sample_cache)
     c, model = index.collection, index.trained.model
     text, _ = index.encode_queries(["a blue square moves up", "a red circle"])
     windows = [(0, 0, 1), (3, 1, 3), (7, 0, c.counts[7]), (11, 2, 3)]
-    got = index.window_scores(text, windows)
+    got = window_scores(index.ranker, c, text, windows)
     from tcmgc_cli.model.tcmgc import VideoFeatures
 
     for n, (v, a, b) in enumerate(windows):
         track = c.track_frames(v)  # (n, D)
         slots = [track[i] for i in range(a, b)]
-        slots += [c.pad] * (c.num_frames - len(slots))
+        slots += [torch.from_numpy(c.pad)] * (c.num_frames - len(slots))
         frames = torch.stack(slots)[None]  # (1, T, D)
         mask = torch.tensor([[i < b - a for i in range(c.num_frames)]])
         with torch.no_grad():
@@ -352,7 +348,7 @@ def test_a_query_given_up_while_waiting_is_dropped_and_the_worker_lives_on(index
 
 def test_row_files_read_exactly_the_rows_asked(tmp_path: Path) -> None:
     """Positioned reads of scattered rows (runs, repeats, several parts, threads) against numpy's own indexing."""
-    from tcmgc_cli.index_store import RowFile, Stack
+    from tcmgc_cli.search.rows import RowFile, Stack
 
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((n, 3, 4)).astype(np.float16) for n in (50, 7, 90)]

@@ -16,29 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tcmgc_cli.cli import app
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def webm(path: Path, colour: tuple[int, int, int], seconds: int = 6, fps: int = 4) -> Path:
-    """A square of one colour moving right (VP9: every Chromium plays it)."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libvpx-vp9", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        stream.bit_rate, stream.options = 200_000, {"threads": "1", "deadline": "realtime", "cpu-used": "8"}
-        for n in range(seconds * fps):
-            frame = np.full((64, 64, 3), 20, dtype=np.uint8)
-            x = (n * 2) % 48
-            frame[24:40, x : x + 16] = colour
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def free_port() -> int:
@@ -55,7 +36,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # encoded in a fresh interpreter: libvpx refuses to open (EINVAL) in a process where some earlier tests ran
     script = "; ".join(f"webm(Path({str(videos / (n + '.webm'))!r}), {c})" for n, c in
                        (("red", (230, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 230))))  # fmt: skip
-    subprocess.run([sys.executable, "-c", f"from pathlib import Path; from tests.test_serve import webm; {script}"],
+    subprocess.run([sys.executable, "-c", f"from pathlib import Path; from tests.helpers import webm; {script}"],
                    check=True, cwd=ROOT)  # fmt: skip
     cache = folder / "c.h5"
     result = runner.invoke(app, ["extract", "--videos", str(videos), "--model", "tcmgc-tiny", "--cache", str(cache),
@@ -68,7 +49,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(collection: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import uvicorn
 
-    from tcmgc_cli.opening import open_search
+    from tcmgc_cli.search import open_search
     from tcmgc_cli.serve.app import create_app
     from tcmgc_cli.serve.media import Thumbnails
 
@@ -190,7 +171,7 @@ def test_a_grown_cache_is_served_without_a_restart(collection: Path, tmp_path: P
     """An extract into the served cache: the server finds the new video within seconds, answering throughout."""
     import uvicorn
 
-    from tcmgc_cli.opening import open_search
+    from tcmgc_cli.search import open_search
     from tcmgc_cli.serve.app import create_app
     from tcmgc_cli.serve.live import LiveIndex
     from tcmgc_cli.serve.media import Thumbnails

@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.cache.entries import window_starts
 from tcmgc_cli.cli import app
-from tcmgc_cli.data.sampling import window_starts, windows_of_lengths
+from tcmgc_cli.search.moments import windows_of_lengths
 from tests.helpers import write_video
 
 runner = CliRunner()
@@ -59,7 +60,7 @@ def long_dir(tmp_path: Path) -> Path:
 
 def extract(folder: Path, cache: Path, *extra: str) -> dict[str, object]:
     result = runner.invoke(app, ["extract", "--videos", str(folder), "--model", "tcmgc-tiny", "--cache", str(cache),
-                                 "--workers", "0", "--clip-seconds", "10", "--clip-stride", "5", "--json", *extra])  # fmt: skip
+                                 "--workers", "0", "--window-seconds", "10", "--window-stride", "5", "--json", *extra])  # fmt: skip
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.stdout))
 
@@ -73,12 +74,12 @@ def test_a_long_video_is_one_track_scored_as_windows(long_dir: Path, tmp_path: P
     assert sorted(cache.videos()) == ["short", "walk"]
     times, feats = cache.track("walk")
     assert times.tolist() == [float(k) for k in range(40)] and feats.shape == (40, 32)  # 1 frame per second
-    assert cache.clips("short") == [(0.0, 3.0)] and cache.clip_ids("short") == ["short"]
-    assert cache.embeddings("short").shape == (8, 32)  # a short video is one entry, zero-padded
-    assert cache.frame_masks(["short"]).tolist() == [[True] * 3 + [False] * 5]
-    spans = cache.clips("walk")
+    assert cache.windows("short") == [(0.0, 3.0)] and cache.window_ids("short") == ["short"]
+    assert cache.entry_inputs(["short"])[0][0].shape == (8, 32)  # a short video is one entry, zero-padded
+    assert cache.entry_inputs(["short"])[1].tolist() == [[True] * 3 + [False] * 5]
+    spans = cache.windows("walk")
     assert spans == [(5.0 * k, 5.0 * k + 10.0) for k in range(7)]
-    ids = cache.clip_ids("walk")
+    ids = cache.window_ids("walk")
     assert ids == [f"walk@{k:04d}" for k in range(7)] and set(ids) <= set(cache.ids())
     pixels = cache.track_pixels("walk")
     for t, frame in zip(times, pixels, strict=True):  # the colour of its 10-second stretch
@@ -86,7 +87,7 @@ def test_a_long_video_is_one_track_scored_as_windows(long_dir: Path, tmp_path: P
         assert np.abs(frame[16, 16].astype(int) - want).max() <= 8, t
     for (start, _), rid in zip(spans, ids, strict=True):  # a window's 10 frames, spread over the model's 8 slots
         rows = [int(start) + i * 9 // 7 for i in range(8)]
-        np.testing.assert_array_equal(cache.embeddings(rid), feats[rows])
+        np.testing.assert_array_equal(cache.entry_inputs([rid])[0][0], feats[rows])
         np.testing.assert_array_equal(cache.frames(rid), pixels[rows])
 
 
@@ -100,21 +101,21 @@ def test_rerun_skips_and_a_shorter_new_version_replaces_every_clip(long_dir: Pat
     third = extract(long_dir, cache_path)
     assert third["extracted"] == ["walk"]
     cache = FeatureCache(cache_path)
-    assert cache.clips("walk") == [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0)]
-    assert not [i for i in cache.ids() if i.startswith("walk@0003")]  # the old version's later clips are gone
+    assert cache.windows("walk") == [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0)]
+    assert not [i for i in cache.ids() if i.startswith("walk@0003")]  # the old version's later windows are gone
     assert len(cache.track("walk")[0]) == 20
 
 
 def test_bad_clip_options(long_dir: Path, tmp_path: Path) -> None:
-    from tests.conftest import SAMPLE_MSRVTT
+    from tests.helpers import SAMPLE_MSRVTT
 
     base = ["extract", "--model", "tcmgc-tiny", "--cache", str(tmp_path / "c.h5"), "--workers", "0"]
-    gaps = runner.invoke(app, [*base, "--videos", str(long_dir), "--clip-seconds", "10", "--clip-stride", "20"])
-    assert gaps.exit_code == 2 and "between clips" in gaps.output
-    negative = runner.invoke(app, [*base, "--videos", str(long_dir), "--clip-seconds", "-1"])
+    gaps = runner.invoke(app, [*base, "--videos", str(long_dir), "--window-seconds", "10", "--window-stride", "20"])
+    assert gaps.exit_code == 2 and "between windows" in gaps.output
+    negative = runner.invoke(app, [*base, "--videos", str(long_dir), "--window-seconds", "-1"])
     assert negative.exit_code == 2 and "at least 0" in negative.output
     dataset = runner.invoke(
-        app, [*base, "--dataset", "msrvtt", "--data-root", str(SAMPLE_MSRVTT), "--clip-seconds", "5"]
+        app, [*base, "--dataset", "msrvtt", "--data-root", str(SAMPLE_MSRVTT), "--window-seconds", "5"]
     )
     assert dataset.exit_code == 2 and "one entry per video" in dataset.output
     for fps in ("0", "-1"):
@@ -162,7 +163,7 @@ def test_search_without_a_checkpoint_returns_videos_with_their_moments(long_dir:
     resolution, each scored as CLIP scores a window: the sentence against the mean of its frames."""
     import torch
 
-    from tcmgc_cli.opening import open_search
+    from tcmgc_cli.search import open_search
     from tcmgc_cli.workspace import default_cache_path
 
     extract(long_dir, default_cache_path("tcmgc-tiny"))
@@ -198,7 +199,7 @@ def test_a_planted_moment_is_found_to_the_second(tmp_path: Path) -> None:
     import torch
 
     from tcmgc_cli.cache import add_tracks
-    from tcmgc_cli.opening import open_search
+    from tcmgc_cli.search import open_search
 
     folder = tmp_path / "v"
     folder.mkdir()
@@ -225,7 +226,7 @@ def test_clip_scorer_equals_open_clips_own_similarity(long_dir: Path, tmp_path: 
     import torch
 
     from tcmgc_cli.model.encoder import load_clip
-    from tcmgc_cli.opening import open_search
+    from tcmgc_cli.search import open_search
 
     cache = tmp_path / "c.h5"
     extract(long_dir, cache)
@@ -239,8 +240,10 @@ def test_clip_scorer_equals_open_clips_own_similarity(long_dir: Path, tmp_path: 
         text = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)[0]
     features = FeatureCache(cache)
     for entry, score in got.items():
-        real = features.frame_masks([entry])[0]  # the mean of the real frames: zero-padded slots left out
-        video = torch.nn.functional.normalize(torch.from_numpy(features.embeddings(entry)[real]).mean(0), dim=0)
+        real = features.entry_inputs([entry])[1][0]  # the mean of the real frames: zero-padded slots left out
+        video = torch.nn.functional.normalize(
+            torch.from_numpy(features.entry_inputs([entry])[0][0][real]).mean(0), dim=0
+        )
         assert score == pytest.approx(float(text @ video), abs=2e-3)  # the index keeps frames in float16
 
 
@@ -285,7 +288,7 @@ def test_a_container_that_misreports_its_duration_is_clipped_by_its_frames(tmp_p
         assert container.duration / 1e6 == pytest.approx(40.0) and container.streams.video[0].frames == 80
     cache = tmp_path / "c.h5"
     extract(folder, cache, "--backend", backend)
-    spans = FeatureCache(cache).clips("cut")
+    spans = FeatureCache(cache).windows("cut")
     assert spans[0][0] == 0.0 and 15.0 <= spans[-1][1] <= 25.0  # about half of the 40 s decodes
     assert (
         all(b - a == pytest.approx(10.0) for a, b in spans[:-1])
@@ -356,10 +359,10 @@ def test_a_stream_that_reports_zero_fps_is_read_by_its_timestamps(
         monkeypatch.setattr(av, "open", lambda *a, **k: _NoRateContainer(real_open(*a, **k)))
     extract(long_dir, tmp_path / "zero.h5", *args)
     rate, zero = FeatureCache(tmp_path / "rate.h5"), FeatureCache(tmp_path / "zero.h5")
-    assert zero.ids() == rate.ids() and len(zero.clips("walk")) == 7
+    assert zero.ids() == rate.ids() and len(zero.windows("walk")) == 7
     for video in ("short", "walk"):
-        assert zero.clips(video) == rate.clips(video)
+        assert zero.windows(video) == rate.windows(video)
         np.testing.assert_array_equal(zero.track(video)[0], rate.track(video)[0])
     for entry in rate.ids():
         np.testing.assert_array_equal(zero.frames(entry), rate.frames(entry))
-        np.testing.assert_array_equal(zero.embeddings(entry), rate.embeddings(entry))
+        np.testing.assert_array_equal(zero.entry_inputs([entry])[0][0], rate.entry_inputs([entry])[0][0])

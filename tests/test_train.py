@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from tcmgc_cli.cache import FeatureCache
+from tcmgc_cli.checkpoint import RunFolder
 from tcmgc_cli.config import TrainConfig
 from tcmgc_cli.data.annotations import Split, load_split
 from tcmgc_cli.model.encoder import Tokenizer
 from tcmgc_cli.model.factory import create_model, resolve_spec
 from tcmgc_cli.optim import BertAdam, warmup_cosine
-from tcmgc_cli.train import TrainData, Trainer, seed_everything
-from tests.conftest import SAMPLE_MSRVTT
+from tcmgc_cli.training import TrainData, Trainer, seed_everything
+from tests.helpers import SAMPLE_MSRVTT
 
 CFG = TrainConfig(
     epochs=2, batch_size=8, lr=1e-3, clip_lr_scale=1.0, freeze="visual", optimizer="adamw", log_every=1000
@@ -38,7 +39,7 @@ def make_trainer(
     model = create_model(spec)
     cache = FeatureCache(cache_path)
     data = TrainData.build(small_split(), cache, Tokenizer(spec.clip, spec.config.max_words), from_frames=False)
-    return Trainer(model, spec, cfg, data, run_dir, torch.device("cpu"), cache, **kw)  # type: ignore[arg-type]
+    return Trainer(model, spec, cfg, data, RunFolder(run_dir), torch.device("cpu"), cache, **kw)  # type: ignore[arg-type]
 
 
 def test_bert_adam_step_matches_formula() -> None:
@@ -149,6 +150,7 @@ def test_two_processes_train_the_same_weights_as_one(sample_cache: Path, tmp_pat
             torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-5, msg=f"rank {rank}: {name}")
 
 
+@pytest.mark.slow
 def test_measuring_the_precision_leaves_training_as_it_would_be(
     sample_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,9 +33,7 @@ ThreadsOpt = Annotated[
 
 def cap_threads(threads: int | None) -> None:
     """--threads: a one-line error below 1, else torch's CPU threads capped (before any model runs)."""
-    if threads is None:
-        return
-    from tcmgc_cli.extract import cap_threads as cap
+    from tcmgc_cli.precision import cap_threads as cap
 
     cap(threads)
 

@@ -1,11 +1,11 @@
 """`tcmgc ablate`: train and evaluate a grid of TC-MGC variants on one cache; resumable."""
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tcmgc_cli import defaults
 from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, print_json, stderr, stdout
 from tcmgc_cli.cli._data import (
     AnnotationsOpt,
@@ -26,6 +26,9 @@ from tcmgc_cli.cli._data import (
     source,
 )
 
+if TYPE_CHECKING:
+    from tcmgc_cli.ablation import Ablation
+
 
 def ablate_command(
     keep_rates: Annotated[
@@ -35,8 +38,9 @@ def ablate_command(
     components: Annotated[
         str | None,
         typer.Option(
-            help="full,-sr,-lsa,-sdr,-textcond,+phrases,+clips,+phrases+clips: each '-x' removes one part, each '+x' "
-            "adds text phrases or video clips as units (the paper's open question 2)."
+            help="full,-sr,-lsa,-sdr,-textcond,+phrases,+snippets,+phrases+snippets: each '-x' removes one part, each "
+            "'+x' adds text phrases or video snippets (windows of frames) as units, the paper's open question 2 "
+            "(+clips is the earlier name of +snippets). Default, with no grid option: full,-sr,-lsa,-sdr,-textcond."
         ),
     ] = None,
     similarities: Annotated[
@@ -70,7 +74,7 @@ def ablate_command(
         Path | None,
         typer.Option(help="Grid folder; rerun with the same one to resume. Default: <workspace>/ablations/<model>."),
     ] = None,
-    model: ModelOpt = "tcmgc-b32",
+    model: ModelOpt = defaults.MODEL,
     pretrained: PretrainedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -80,7 +84,7 @@ def ablate_command(
     freeze_backbone: FreezeOpt = False,
     skip_missing: SkipMissingOpt = False,
     train_list: TrainListOpt = "9k",
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = defaults.DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
     """Train and evaluate each variant (one setting changed from the base config), with every seed.
@@ -90,79 +94,43 @@ def ablate_command(
     ablation.png (R@1 against keep rate, and against SDR alpha when varied) into the grid folder.
     """
     with handle_errors():
-        from tcmgc_cli.ablate import expand_variants, parse_combinations, parse_floats
-        from tcmgc_cli.errors import ConfigError
+        from tcmgc_cli.ablation import ablate, grid, parse_seeds
+        from tcmgc_cli.training import train_keys
 
-        if not any((keep_rates, sdr_alphas, components, aggregations, keep_masses, similarities, sdr_rules)):
-            components = "full,-sr,-lsa,-sdr,-textcond"
-        variants = expand_variants(parse_floats(keep_rates, "--keep-rates"), parse_floats(sdr_alphas, "--sdr-alphas"),
-                                   names(components), names(aggregations), parse_floats(keep_masses, "--keep-masses"),
-                                   parse_combinations(similarities), names(sdr_rules))  # fmt: skip
-        try:
-            seed_list = [int(s) for s in names(seeds)]
-        except ValueError:
-            raise ConfigError(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
-        from tcmgc_cli.ablate import ablate
-
-        flags: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-        train = {k: v for k, v in flags.items() if v is not None} | ({"freeze": "all"} if freeze_backbone else {})
-        summary, folder = ablate(
-            variants, seed_list or [42], source(dataset, data_root, annotations, skip_missing, train_list), split=split,
-            output=output, model=model, pretrained=pretrained, cache=cache, config=config, sets=set_ or [], train=train,
-            device=device, on_event=lambda msg: stderr.print(msg),
+        variants = grid(keep_rates, sdr_alphas, components, aggregations, keep_masses, similarities, sdr_rules)
+        result = ablate(
+            variants, parse_seeds(seeds), source(dataset, data_root, annotations, skip_missing, train_list),
+            split=split, output=output, model=model, pretrained=pretrained, cache=cache, config=config,
+            sets=set_ or [], train=train_keys(epochs, batch_size, lr, freeze_backbone=freeze_backbone), device=device,
+            on_event=lambda msg: stderr.print(msg),
         )  # fmt: skip
-        _render(summary, folder, json_out)
+        if json_out:
+            print_json(result.rows())
+        else:
+            _render(result)
 
 
-def names(text: str | None) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()] if text else []
-
-
-def _render(summary: Any, folder: Path, json_out: bool) -> None:
-    from tcmgc_cli.ablate import EXTRA
-    from tcmgc_cli.metrics import METRIC_KEYS
-
-    if json_out:
-        keys = [*METRIC_KEYS, *EXTRA]
-        rows = []
-        for _, r in summary.iterrows():
-            row = {
-                "variant": r["variant"],
-                "similarities": r.get("similarities"),
-                "sdr_rule": r.get("sdr_rule"),
-                "keep_rate": r["keep_rate"],
-                "sdr_alpha": r["sdr_alpha"],
-                "keep_mass": None if r["keep_mass"] is None or r["keep_mass"] != r["keep_mass"] else r["keep_mass"],
-                "components": r["components"],
-                "seeds": r["seeds"],
-                "best_tradeoff": bool(r["best_tradeoff"]),
-            }
-            for k in keys:
-                row[k], row[f"{k}_std"] = r[k], r[f"{k}_std"]
-            rows.append(row)
-        print_json(rows)
-        return
+def _render(result: "Ablation") -> None:
     from rich.table import Table
 
     def pm(r: Any, k: str, fmt: str = ".1f") -> str:
         return f"{r[k]:{fmt}}±{r[k + '_std']:{fmt}}"
 
-    table = Table(
-        "variant", "r", "alpha", "t2v R@1", "R@5", "R@10", "MdR", "pairs/s", "score var", title=f"ablation ({folder})"
-    )
-    for _, r in summary.iterrows():
+    table = Table("variant", "r", "alpha", "t2v R@1", "R@5", "R@10", "MdR", "pairs/s", "score var",
+                  title=f"ablation ({result.folder})")  # fmt: skip
+    for _, r in result.summary.iterrows():
         mark = (" *" if r["best"] else "") + (" †" if r["best_tradeoff"] else "")
         table.add_row(f"{r['variant']}{mark}", f"{r['keep_rate']:g}", f"{r['sdr_alpha']:g}", pm(r, "t2v_R@1"), pm(r, "t2v_R@5"),
                       pm(r, "t2v_R@10"), pm(r, "t2v_MdR"), f"{r['pairs_per_s']:,.0f}", pm(r, "score_variance", ".3f"))  # fmt: skip
     stdout.print(table)
-    facts = json.loads((folder / "ablation.json").read_text())
-    for effect in facts.get("sdr_effects", []):
+    for effect in result.facts.get("sdr_effects", []):
         runs = ", ".join(f"{rule} {mean:.1f}±{std:.1f}" for rule, (mean, std) in effect["t2v_R@1"].items())
         hurt = ", ".join(effect["sdr_lowers_R@1"]) or "none"
         stdout.print(f"{effect['similarities']}: t2v R@1 {runs}; SDR lowers R@1 with: {hurt}", soft_wrap=True)
-    if facts.get("sdr_correlation") is not None:
+    if result.facts.get("sdr_correlation") is not None:
         stdout.print(
-            f"Across the SDR runs, score variance and R@1 correlate with Pearson r = {facts['sdr_correlation']:.2f}."
+            f"Across the SDR runs, score variance and R@1 correlate with Pearson r = {result.facts['sdr_correlation']:.2f}."
         )
+    folder = result.folder
     stdout.print(f"* best t2v R@1; † best trade-off (the fastest within one query of the best R@1 among keep rates). "
                  f"Wrote {folder / 'ablation.csv'}, {folder / 'ablation.png'} and {folder / 'ablation.json'}")  # fmt: skip

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 
+from tcmgc_cli import defaults
 from tcmgc_cli.cli import _common as common
 from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, make_progress, print_json, stdout
 from tcmgc_cli.cli._data import (
@@ -37,12 +38,13 @@ def evaluate_command(
         Path | None, typer.Option(help="Write the (texts, videos) score matrix here (.npz with ids).")
     ] = None,
     skip_missing: SkipMissingOpt = False,
-    moments: Annotated[
+    moments_file: Annotated[
         Path | None,
         typer.Option(
+            "--moments",
             help="Moment retrieval instead: a JSONL file in QVHighlights' format (qid, query, vid, duration, "
             "relevant_windows) over the videos of --cache. Prints R1@0.5/0.7 and mAP inside each query's video, and "
-            "the corpus figures (the right video's moment at the top, or in the first 10)."
+            "the corpus figures (the right video's moment at the top, or in the first 10).",
         ),
     ] = None,
     save_predictions: Annotated[
@@ -51,9 +53,9 @@ def evaluate_command(
     ] = None,
     scorer: Annotated[
         str, typer.Option(help="With --moments: tcmgc (a checkpoint), clip (no training), or auto.")
-    ] = "auto",
-    device: DeviceOpt = "auto",
-    precision: common.PrecisionOpt = "auto",
+    ] = defaults.SCORER,
+    device: DeviceOpt = defaults.DEVICE,
+    precision: common.PrecisionOpt = defaults.PRECISION,
     threads: common.ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -64,11 +66,11 @@ def evaluate_command(
     """
     with handle_errors():
         common.cap_threads(threads)
-        if moments is not None:
-            _moments(moments, checkpoint, cache, scorer, device, save_predictions, json_out, precision)
+        if moments_file is not None:
+            _moments(moments_file, checkpoint, cache, scorer, device, save_predictions, json_out, precision)
             return
         from tcmgc_cli.distributed import process_rank
-        from tcmgc_cli.evaluate import evaluate
+        from tcmgc_cli.evaluation.retrieval import evaluate
 
         with make_progress("texts", disable=json_out or process_rank() != 0) as progress:
             task = progress.add_task("score", total=None, rate="")
@@ -82,7 +84,7 @@ def evaluate_command(
         if json_out:
             print_json(metrics)
             return
-        from tcmgc_cli.reporting import metrics_table
+        from tcmgc_cli.cli.render import metrics_table
 
         title = f"{dataset.value} {split}: {metrics['num_queries']} queries x {metrics['num_videos']} videos"
         stdout.print(metrics_table(metrics, title=title))
@@ -96,8 +98,8 @@ def _moments(
 ) -> None:  # fmt: skip
     from rich.table import Table
 
+    from tcmgc_cli.evaluation.moment_retrieval import evaluate_moments
     from tcmgc_cli.metrics import MOMENT_KEYS
-    from tcmgc_cli.moments import evaluate_moments
 
     metrics = evaluate_moments(path, checkpoint, cache=cache, scorer=scorer, device=device, save_predictions=save,
                                precision=precision)  # fmt: skip

@@ -2,10 +2,11 @@
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tcmgc_cli import defaults
 from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, make_progress, print_json, stderr, stdout
 from tcmgc_cli.errors import ConfigError
 
@@ -41,7 +42,7 @@ def extract_command(
     cache: Annotated[
         Path | None, typer.Option(help="Cache file. Default: <workspace>/cache/<model>.h5, where later commands look.")
     ] = None,
-    model: Annotated[str, typer.Option(help="Model config (see `tcmgc models`).")] = "tcmgc-b32",
+    model: Annotated[str, typer.Option(help="Model config (see `tcmgc models`).")] = defaults.MODEL,
     pretrained: Annotated[
         str | None,
         typer.Option(
@@ -60,7 +61,7 @@ def extract_command(
             help="Track rate: frames decoded and encoded per second of video, each once (the reference's 1 fps). "
             "Search moments are this fine."
         ),
-    ] = 1.0,
+    ] = defaults.FPS,
     padding: Annotated[
         Padding,
         typer.Option(
@@ -70,8 +71,10 @@ def extract_command(
         ),
     ] = Padding.zero,
     sampling: Annotated[str | None, typer.Option(hidden=True, help="Gone: frames are a track at --fps.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Videos per encoder batch (and per cache segment).")] = 16,
-    workers: Annotated[int, typer.Option(help="Decoder processes; 0 decodes in the main process.")] = 2,
+    batch_size: Annotated[
+        int, typer.Option(help="Videos per encoder batch (and per cache segment).")
+    ] = defaults.BATCH_VIDEOS,
+    workers: Annotated[int, typer.Option(help="Decoder processes; 0 decodes in the main process.")] = defaults.DECODERS,
     store_frames: Annotated[
         bool,
         typer.Option(
@@ -79,14 +82,14 @@ def extract_command(
         ),
     ] = False,
     backend: Annotated[Backend, typer.Option(help="Video decoder.")] = Backend.decord,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = defaults.DEVICE,
     precision: Annotated[
         str,
         typer.Option(
             help="auto (the faster of fp32 and bf16 on this machine for this model, measured the first time; bf16 "
             "only within 1e-3 cosine of fp32), fp32 or bf16. A cache keeps the precision it was started with."
         ),
-    ] = "auto",
+    ] = defaults.PRECISION,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -94,19 +97,23 @@ def extract_command(
             "(to index in the background). Default: every core."
         ),
     ] = None,
-    clip_seconds: Annotated[
+    window_seconds: Annotated[
         float | None,
         typer.Option(
+            "--window-seconds",
+            "--clip-seconds",
             help="With --videos: the model scores windows of this many seconds of the track (search finds the best "
             "ones, then the moment inside). Default: --num-frames frames (12 s for ViT-B/32 at 1 fps), the model's "
             "input; a shorter video is one entry, zero-padded. 0 keeps one entry per video. Dataset runs always keep "
-            "one entry per video, the reference's input."
+            "one entry per video, the reference's input.",
         ),
     ] = None,
-    clip_stride: Annotated[
+    window_stride: Annotated[
         float | None,
         typer.Option(
-            help="Seconds between the starts of consecutive windows (at most --clip-seconds). Default: half a window."
+            "--window-stride",
+            "--clip-stride",
+            help="Seconds between the starts of consecutive windows (at most --window-seconds). Default: half a window.",
         ),
     ] = None,
     verify: Annotated[
@@ -132,7 +139,7 @@ def extract_command(
     """
     with handle_errors():
         from tcmgc_cli.distributed import process_rank
-        from tcmgc_cli.extract import extract_dataset, extract_folder
+        from tcmgc_cli.extract import ExtractOptions, extract_dataset, extract_folder
 
         if (videos is None) == (dataset is None):
             raise ConfigError("pass either --videos DIR or --dataset NAME --data-root DIR.")
@@ -148,6 +155,12 @@ def extract_command(
             raise ConfigError(
                 "--sampling is gone: each video is a track of frames at --fps (raise --fps for more frames)."
             )
+        options = ExtractOptions(
+            model=model, cache=cache, pretrained=pretrained, num_frames=num_frames, fps=fps, padding=padding.value,
+            window_seconds=window_seconds, window_stride=window_stride, batch_size=batch_size, workers=workers,
+            store_frames=store_frames, backend=backend.value, device=device, precision=precision, verify=verify,
+            threads=threads,
+        )  # fmt: skip
         with make_progress("videos", disable=json_out or process_rank() != 0) as progress:
             task = progress.add_task("extract", total=None, rate="")
 
@@ -155,20 +168,14 @@ def extract_command(
                 speed = progress.tasks[task].speed
                 progress.update(task, completed=done, total=total, rate=f"{speed:.1f} videos/s" if speed else "")
 
-            options: dict[str, Any] = {
-                "cache": cache, "pretrained": pretrained, "num_frames": num_frames, "fps": fps,
-                "padding": padding.value, "clip_seconds": clip_seconds, "clip_stride": clip_stride,
-                "batch_size": batch_size, "workers": workers, "store_frames": store_frames, "backend": backend.value,
-                "device": device, "precision": precision, "verify": verify, "on_progress": on_progress,
-                "threads": threads,
-            }  # fmt: skip
             if dataset is not None:
                 assert data_root is not None
-                report = extract_dataset(dataset.value, data_root, model, annotations=annotations, **options)
+                report = extract_dataset(dataset.value, data_root, annotations=annotations, options=options,
+                                         on_progress=on_progress)  # fmt: skip
             else:
                 assert videos is not None
-                ids = _listed(annotations)
-                report = extract_folder(videos, model, ids=ids, prune=prune, **options)
+                report = extract_folder(videos, ids=_listed(annotations), prune=prune, options=options,
+                                        on_progress=on_progress)  # fmt: skip
         if process_rank() != 0:
             return  # under torchrun, rank 0 reports for every process
         _render(report, json_out)
@@ -184,7 +191,7 @@ def _listed(annotations: Path | None) -> list[str] | None:
 
 
 def _render(report: "ExtractReport", json_out: bool) -> None:
-    from tcmgc_cli.cache import segment_dir
+    from tcmgc_cli.cache import failures_file
 
     cache_path = report.cache
     if json_out:
@@ -213,6 +220,6 @@ def _render(report: "ExtractReport", json_out: bool) -> None:
         where = '"failed" in the JSON output' if json_out else "the reasons above"
         stderr.print(
             f"[yellow]Warning:[/yellow] {len(report.failed)} video(s) failed; see {where} "
-            f"(also in {segment_dir(Path(cache_path)) / 'failures.json'}). A rerun retries them.",
+            f"(also in {failures_file(cache_path)}). A rerun retries them.",
             highlight=False, soft_wrap=True,
         )  # fmt: skip

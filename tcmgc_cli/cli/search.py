@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tcmgc_cli import defaults
 from tcmgc_cli.cli._common import (
     DeviceOpt,
     PrecisionOpt,
@@ -16,18 +17,16 @@ from tcmgc_cli.cli._common import (
     stdout,
 )
 
-DEFAULT_CANDIDATES = 500  # benchmarks/search.py: top-10 agreement with exhaustive scoring on 10,000 videos
-
 
 def search_command(
     query: Annotated[str | None, typer.Argument(help='What to look for, e.g. "a dog runs".')] = None,
     queries: Annotated[
         Path | None, typer.Option(help="A text file with one query per line (scored in one batch).")
     ] = None,
-    top_k: Annotated[int, typer.Option(help="Results per query.")] = 10,
+    top_k: Annotated[int, typer.Option(help="Results per query.")] = defaults.TOP_K,
     candidates: Annotated[
         int, typer.Option(help="Videos the coarse stage passes to full TC-MGC scoring per query.")
-    ] = DEFAULT_CANDIDATES,
+    ] = defaults.CANDIDATES,
     cache: Annotated[
         Path | None, typer.Option(help="Feature cache. Default: the workspace's cache for the checkpoint's model.")
     ] = None,
@@ -40,10 +39,10 @@ def search_command(
             help="tcmgc: a trained checkpoint; clip: the cache's own CLIP embeddings, no training needed; auto: tcmgc "
             "when the workspace holds a trained run, else clip."
         ),
-    ] = "auto",
+    ] = defaults.SCORER,
     per_video: Annotated[
-        int, typer.Option(help="Results one video may take (its other good clips are listed as moments).")
-    ] = 1,
+        int, typer.Option(help="Results one video may take (its other good windows are listed as moments).")
+    ] = defaults.PER_VIDEO,
     pretrained: Annotated[
         str | None,
         typer.Option(help="With the clip scorer: the CLIP weights the cache was extracted with. Default: the model's."),
@@ -64,12 +63,12 @@ def search_command(
             help="Moments listed per result, best first, never overlapping; 0: none (each result's span is "
             "its best entry's), a little faster."
         ),
-    ] = 3,
+    ] = defaults.MOMENTS,
     explain_png: Annotated[
         Path | None, typer.Option(help="With --explain: where to write the PNG. Default: explain.png.")
     ] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    device: DeviceOpt = defaults.DEVICE,
+    precision: PrecisionOpt = defaults.PRECISION,
     threads: ThreadsOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object per query and line: {query, results}.")
@@ -83,7 +82,7 @@ def search_command(
     """
     with handle_errors():
         texts = _queries(query, queries)
-        from tcmgc_cli.opening import open_search
+        from tcmgc_cli.search import open_search
 
         cap_threads(threads)
         index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision)
@@ -135,9 +134,10 @@ def _hits_table(query: str, hits: list[Any], scorer: str) -> Any:
 
 
 def _explain(index: Any, query: str, video_id: str, png: Path, quiet: bool) -> None:
-    from tcmgc_cli.reporting import attention_png, attention_table
+    from tcmgc_cli.cli.render import attention_png, attention_table
+    from tcmgc_cli.search.explain import word_attention
 
-    words, weights, times = index.word_attention(query, video_id)
+    words, weights, times = word_attention(index, query, video_id)
     if not quiet:
         stdout.print(attention_table(words, weights, times, title=f"“{query}” x {video_id}: word -> frame attention"))
     attention_png(words, weights, times, png, title=f"{query} / {video_id}")

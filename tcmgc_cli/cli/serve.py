@@ -5,24 +5,25 @@ from typing import Annotated
 
 import typer
 
-from tcmgc_cli.cli._common import DeviceOpt, PrecisionOpt, ThreadsOpt, cap_threads, handle_errors, stderr
+from tcmgc_cli import defaults
+from tcmgc_cli.cli._common import DeviceOpt, PrecisionOpt, ThreadsOpt, handle_errors, stderr
 
 
 def serve_command(
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = defaults.HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = defaults.PORT,
     cache: Annotated[Path | None, typer.Option(help="Feature cache. Default: as `tcmgc search` finds it.")] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Run folder or checkpoint file. Default: the newest run.")
     ] = None,
     scorer: Annotated[
         str, typer.Option(help="tcmgc, clip, or auto (tcmgc when the workspace holds a trained run), as for search.")
-    ] = "auto",
+    ] = defaults.SCORER,
     pretrained: Annotated[
         str | None, typer.Option(help="With the clip scorer: the CLIP weights the cache was extracted with.")
     ] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    device: DeviceOpt = defaults.DEVICE,
+    precision: PrecisionOpt = defaults.PRECISION,
     threads: ThreadsOpt = None,
     max_batch: Annotated[
         int,
@@ -52,37 +53,8 @@ def serve_command(
     the request.
     """
     with handle_errors(interrupted="the server stopped."):
-        import socket
+        from tcmgc_cli.serve.server import serve
 
-        from tcmgc_cli.errors import TcmgcError
-
-        with socket.socket() as probe:  # say it now, in one line, instead of after the model has loaded
-            try:
-                probe.bind((host, port))
-            except OSError as err:
-                raise TcmgcError(f"cannot listen on {host}:{port} ({err.strerror}): pass another --port.") from None
-        import os
-
-        import torch
-        import uvicorn
-
-        from tcmgc_cli.cache import segment_dir
-        from tcmgc_cli.opening import open_search
-        from tcmgc_cli.serve.app import create_app
-        from tcmgc_cli.serve.live import LiveIndex
-        from tcmgc_cli.serve.media import Thumbnails
-        from tcmgc_cli.workspace import workspace_dir
-
-        cap_threads(threads)
-        index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision)
-        assert index.cache_path is not None
-        cache_path = index.cache_path
-        live = LiveIndex(index, every_s=watch, on_error=lambda err: stderr.print(f"Note: not reloaded yet ({err})."))
-        thumbs = Thumbnails([segment_dir(cache_path) / "thumbs", workspace_dir() / "thumbs"], thumb_cache_mb << 20)
-        stderr.print(f"Serving {len(index.collection.videos)} videos ({index.scorer} scorer) at http://{host}:{port}/")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        cores = min(cores, threads or cores)  # --threads: at most that many searches at once, one thread each
-        torch.set_num_threads(1)  # one search per core beats every core on one small search
-        uvicorn.run(
-            create_app(live, thumbs, parallel=cores, max_batch=max_batch), host=host, port=port, log_level="warning"
-        )
+        serve(host, port, cache=cache, checkpoint=checkpoint, scorer=scorer, pretrained=pretrained, device=device,
+              precision=precision, threads=threads, max_batch=max_batch, watch=watch, thumb_cache_mb=thumb_cache_mb,
+              on_note=lambda note: stderr.print(note, highlight=False, soft_wrap=True))  # fmt: skip

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tcmgc_cli import defaults
 from tcmgc_cli.cli._common import (
     DeviceOpt,
     JsonOpt,
@@ -43,7 +44,7 @@ def train_command(
     output: Annotated[
         Path | None, typer.Option(help="Run folder. Default: a new <workspace>/runs/<time>-<model>.")
     ] = None,
-    model: ModelOpt = "tcmgc-b32",
+    model: ModelOpt = defaults.MODEL,
     pretrained: PretrainedOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -63,18 +64,19 @@ def train_command(
     seed: Annotated[int | None, typer.Option(help="Random seed. Default: 42.")] = None,
     skip_missing: SkipMissingOpt = False,
     train_list: TrainListOpt = "9k",
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    device: DeviceOpt = defaults.DEVICE,
+    precision: PrecisionOpt = defaults.PRECISION,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train TC-MGC. Checkpoints each epoch (atomic), keeps the best by validation t2v R@1, logs metrics.jsonl.
+    """Train TC-MGC. Checkpoints each epoch (atomic), keeps the best by validation t2v R@1, logs the metrics
+    of every step and epoch in the run folder.
 
     Merge order of settings: defaults (the reference recipe) -> the model config -> --config -> --set -> flags.
     """
     with handle_errors(interrupted="finished epochs are kept; add --resume to the same command to continue."):
         from tcmgc_cli.distributed import process_rank
-        from tcmgc_cli.runs import train
+        from tcmgc_cli.training import train
 
         cap_threads(threads)
         quiet = json_out or process_rank() != 0
@@ -90,7 +92,7 @@ def train_command(
         if json_out:
             print_json(result.to_dict())
             return
-        from tcmgc_cli.reporting import metrics_table
+        from tcmgc_cli.cli.render import metrics_table
 
         state = result.state
         last = state.history[-1] if state.history else {}

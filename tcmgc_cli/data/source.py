@@ -1,10 +1,10 @@
-"""A dataset as a run names it (layout, folder, files) and its splits, checked against a feature cache."""
+"""A dataset as a run names it (layout, folder, files) and its splits, checked against the videos a cache holds."""
 
 import logging
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcmgc_cli.cache import FeatureCache
 from tcmgc_cli.data.annotations import Split, load_split
 from tcmgc_cli.errors import AnnotationError, CacheError
 
@@ -22,21 +22,22 @@ class DataSource:
     train_list: str = "9k"  # MSR-VTT training list: 9k or 7k
     skip_missing: bool = False  # go on without videos that have no cached features
 
-    def split(self, name: str, cache: FeatureCache) -> Split:
-        """Split `name`, whose videos must all be in the cache (or, with skip_missing, only those that are)."""
+    def split(self, name: str, cached: Container[str], cache: Path) -> Split:
+        """Split `name`, whose videos must all be `cached` (or, with skip_missing, only those that are); `cache`
+        names where, for the message."""
         data = load_split(self.dataset, self.data_root, name, self.annotations, self.train_list)
-        missing = [v for v in data.video_ids if v not in cache]
+        missing = [v for v in data.video_ids if v not in cached]
         if missing and not self.skip_missing:
-            raise CacheError(missing_message(missing, len(data.video_ids), cache.path))
+            raise CacheError(missing_message(missing, len(data.video_ids), cache))
         if missing:
             log.warning("Skipping %d videos without features (first: %s).", len(missing), ", ".join(missing[:3]))
-            data = data.restrict({v for v in data.video_ids if v in cache})
+            data = data.restrict({v for v in data.video_ids if v in cached})
         if not data.captions:
             raise CacheError(f"{data.summary()}: nothing left to use.")
         log.info(data.summary())
         return data
 
-    def validation_split(self, cache: FeatureCache) -> Split | None:
+    def validation_split(self, cached: Container[str], cache: Path) -> Split | None:
         """The split the reference validates on: MSR-VTT's 1k-A test set; val where a dataset has one, else test."""
         for name in ("test",) if self.dataset == "msrvtt" else ("val", "test"):
             try:
@@ -44,7 +45,7 @@ class DataSource:
                     continue
             except AnnotationError:
                 continue
-            return self.split(name, cache)
+            return self.split(name, cached, cache)
         log.info("No validation split: every epoch's checkpoint counts as the best.")
         return None
 

@@ -169,22 +169,34 @@ class FrameEncoder:
 
     @torch.inference_mode()
     def padding_feature(self) -> torch.Tensor:
-        """(D,): the image tower's output for an all-zero normalized frame, what the reference's padded slots hold."""
+        """(D,): what a padded slot holds (`encode_pixels` on a frame that is not real)."""
         from tcmgc_cli.precision import autocast
 
-        x = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, device=self.device)
+        size = self.preprocess.size
+        blank = torch.zeros(1, size, size, 3, dtype=torch.uint8, device=self.device)
         with autocast(self.device, self.precision):
-            out: torch.Tensor = self.visual(x)
+            out = encode_pixels(self.visual, self.preprocess, blank, torch.zeros(1, dtype=torch.bool))
         return out.float().cpu()[0]
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         from tcmgc_cli.precision import autocast
 
-        x = normalize(frames.to(self.device, non_blocking=True), self.preprocess)  # (N, 3, S, S)
         with autocast(self.device, self.precision):
-            out: torch.Tensor = self.visual(x)  # (N, D)
+            out = encode_pixels(self.visual, self.preprocess, frames.to(self.device, non_blocking=True))  # (N, D)
         return out.float().cpu()
+
+
+def encode_pixels(visual: Any, pp: Preprocess, frames: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """The image tower on uint8 frames (N, S, S, 3) -> (N, D). A slot that is not `real` (N,) bool gets an all-zero
+    normalized frame: the reference's padding, so a padded slot holds the tower's output for it (the padding
+    feature). Every path that encodes frames (extraction, training end to end, a fine-tuned tower in search) comes
+    here."""
+    x = normalize(frames, pp)  # (N, 3, S, S)
+    if real is not None:
+        x = x * real.to(device=x.device, dtype=x.dtype)[:, None, None, None]
+    out: torch.Tensor = visual(x)
+    return out
 
 
 def encode_tokens(clip: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

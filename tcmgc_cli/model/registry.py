@@ -7,6 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tcmgc_cli.defaults import MAX_WORDS, NUM_FRAMES
 from tcmgc_cli.errors import ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -52,9 +53,9 @@ def _architecture_entry(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """A CLIP-style text tower reads the reference's 32 tokens; other towers (SigLIP, MobileCLIP, PE) their own
     context, which their pooling and masks assume."""
     context = int(cfg.get("text_cfg", {}).get("context_length", 77))
-    words = context if cfg.get("custom_text") else min(32, context)
+    words = context if cfg.get("custom_text") else min(MAX_WORDS, context)
     return {"description": f"open_clip {name}", "clip": name, "pretrained": None, "embed_dim": int(cfg["embed_dim"]),
-            "num_frames": 12, "max_words": words}  # fmt: skip
+            "num_frames": NUM_FRAMES, "max_words": words}  # fmt: skip
 
 
 def resolve_weights(entry: dict[str, Any], pretrained: str | None) -> str | None:

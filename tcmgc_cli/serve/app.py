@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 from tcmgc_cli.errors import TcmgcError
 from tcmgc_cli.search import SearchIndex
+from tcmgc_cli.search.explain import word_attention
 from tcmgc_cli.serve.batching import SearchBatcher
 from tcmgc_cli.serve.live import LiveIndex
 from tcmgc_cli.serve.media import Thumbnails
@@ -86,7 +87,7 @@ def create_app(
         if not q.strip():
             raise HTTPException(400, "the query is empty")
         with lock:
-            words, weights, times = searched.word_attention(q, video_id)
+            words, weights, times = word_attention(searched, q, video_id)
         return {"words": words, "times": [round(float(t), 3) for t in times],
                 "weights": [[round(float(w), 4) for w in row] for row in weights]}  # fmt: skip
 

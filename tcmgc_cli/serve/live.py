@@ -2,15 +2,14 @@
 
 A watcher thread looks at the cache's live segments every few seconds (and `reload()` does at once, for
 `POST /api/reload`); when they changed, the index is opened again, which builds parts only for the new segments
-(`index_store.py`), and swapped in when ready. Queries are answered from the old index until then.
+(`search/store.py`), and swapped in when ready. Queries are answered from the old index until then.
 """
 
 import threading
 from collections.abc import Callable
 
 from tcmgc_cli.cache import FeatureCache
-from tcmgc_cli.opening import open_index
-from tcmgc_cli.search import SearchIndex
+from tcmgc_cli.search import SearchIndex, open_index
 
 
 def reopen(index: SearchIndex) -> SearchIndex:

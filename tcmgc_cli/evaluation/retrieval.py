@@ -1,11 +1,11 @@
-"""Scoring, shared by evaluate, train, search and ablate: a checkpoint and the cache it reads, text and frame
-features, the score matrix of a split in blocks, and what is measured on it (metrics, speed, score variance).
+"""Retrieval evaluation: the score matrix of a split in blocks, and what is measured on it (metrics, speed, score
+variance); `evaluate` is `tcmgc evaluate` as a library call. Training validates with `measure_split` every epoch.
 
-    trained, cache, where = open_trained(Path("runs/my-run"))
-    scores, metrics = measure_split(trained, cache, split)
+    from tcmgc_cli import DataSource, evaluate
+    metrics = evaluate(DataSource("msrvtt", Path("MSRVTT")))  # the newest run's best checkpoint, 1k-A test
+    metrics["t2v_R@1"]
 """
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,42 +15,17 @@ import numpy as np
 import torch
 
 from tcmgc_cli.cache import FeatureCache
-from tcmgc_cli.checkpoint import Trained, load_trained
+from tcmgc_cli.checkpoint import Trained, open_trained
 from tcmgc_cli.data.annotations import Split
+from tcmgc_cli.data.source import DataSource
+from tcmgc_cli.defaults import DEVICE, PRECISION
 from tcmgc_cli.distributed import Dist
-from tcmgc_cli.errors import CacheError, CheckpointError, NumericsError
+from tcmgc_cli.errors import ConfigError, NumericsError
 from tcmgc_cli.metrics import dual_softmax, retrieval_metrics
 from tcmgc_cli.model.encoder import Tokenizer
-from tcmgc_cli.model.factory import ModelSpec
-from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures
+from tcmgc_cli.model.features import TextFeatures
+from tcmgc_cli.model.tcmgc import TcmgcModel
 from tcmgc_cli.precision import autocast
-from tcmgc_cli.workspace import default_cache_path, latest_run
-
-
-def check_cache(cache: FeatureCache, spec: ModelSpec, *, needs_frames: bool, fingerprint: str = "") -> None:
-    """One line for a cache a model cannot read: frames missing when its image tower runs (fine-tuned, or training
-    end to end), another encoder (by `fingerprint` when the checkpoint recorded one, else by model name), or
-    another number of frames."""
-    settings = cache.settings
-    if needs_frames and not settings.store_frames:
-        raise CacheError(
-            f"the image tower runs on frames here (fine-tuned, or trained end to end), and {cache.path} holds only "
-            "features: re-extract with --store-frames into another --cache (to train, --freeze-backbone needs none)."
-        )
-    if not needs_frames and fingerprint and settings.encoder_fingerprint != fingerprint:
-        raise CacheError(
-            f"{cache.path} was built by encoder {settings.encoder_fingerprint}, the checkpoint by "
-            f"{fingerprint}: extract with --model {spec.name} into another --cache."
-        )
-    if not needs_frames and not fingerprint and settings.encoder != spec.name:
-        raise CacheError(f"{cache.path} was extracted with --model {settings.encoder}, this run uses {spec.name}: "
-                         f"extract with --model {spec.name}.")  # fmt: skip
-    if settings.num_frames != spec.config.num_frames:
-        raise CacheError(
-            f"{cache.path} holds {settings.num_frames} frames per video, {spec.name} expects "
-            f"{spec.config.num_frames}: re-extract with --num-frames {spec.config.num_frames} into another --cache, "
-            "or --set model.num_frames=..."
-        )
 
 
 @torch.no_grad()
@@ -66,36 +41,18 @@ def encode_texts(
     return TextFeatures(torch.cat([p.words for p in parts]), torch.cat([p.sentence for p in parts]), mask)
 
 
-def frame_masks(cache: FeatureCache, ids: list[str], device: torch.device) -> torch.Tensor:
-    """(V, T) bool: the slots of each entry that hold a real frame (False: zero padding)."""
-    return torch.from_numpy(cache.frame_masks(ids)).to(device)
-
-
-def encode_frames(model: TcmgcModel, frames: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The model's image tower on uint8 frames (B, T, S, S, 3) -> (B, T, D); a padded slot (mask False) gets an
-    all-zero normalized frame, as the reference's padding."""
-    from tcmgc_cli.data.transforms import normalize
-
-    b, t = frames.shape[:2]
-    x = normalize(frames.flatten(0, 1), model.preprocess)  # (B*T, 3, S, S)
-    if mask is not None:
-        x = x * mask.flatten().to(x.dtype)[:, None, None, None]
-    out: torch.Tensor = model.clip.visual(x).view(b, t, -1)  # (B*T, D) -> (B, T, D)
-    return out
-
-
 @torch.no_grad()
 def frame_features(
     model: TcmgcModel, cache: FeatureCache, ids: list[str], device: torch.device, from_frames: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame features X (V, T, D) of entries, and their masks of real frames (V, T): the cached features, or the
     model's own image tower on cached frames."""
+    feats, masks = cache.entry_inputs(ids)
+    mask = torch.from_numpy(masks).to(device)
     if not from_frames:
-        feats, masks = cache.entry_inputs(ids)
-        return torch.from_numpy(feats).to(device), torch.from_numpy(masks).to(device)
-    mask = frame_masks(cache, ids, device)
+        return torch.from_numpy(feats).to(device), mask
     frames = [torch.from_numpy(cache.frames(vid)).to(device) for vid in ids]  # each (T, S, S, 3) uint8
-    return torch.cat([encode_frames(model, f[None], mask[i : i + 1]) for i, f in enumerate(frames)]), mask
+    return torch.cat([model.encode_frames(f[None], mask[i : i + 1]) for i, f in enumerate(frames)]), mask
 
 
 def score_split(
@@ -174,48 +131,6 @@ def metrics_for(scores: np.ndarray, split: Split, dsl: bool = False) -> dict[str
     }
 
 
-def open_trained(
-    checkpoint: Path | None = None, cache: Path | None = None, device: str = "auto", precision: str = "auto"
-) -> tuple[Trained, FeatureCache, Path]:
-    """The checkpoint (default: the newest run's best), the cache it reads (default: the workspace's cache for its
-    model), checked against each other, and where the checkpoint came from."""
-    source = checkpoint or latest_run()
-    if source is None:
-        raise CheckpointError("no trained run in the workspace: train one with `tcmgc train` or pass --checkpoint.")
-    trained = load_trained(source, device)
-    features = FeatureCache(cache or default_cache_path(trained.spec.name))
-    if trained.visual_trained and tower_fingerprint(trained) == features.settings.encoder_fingerprint:
-        trained = dataclasses.replace(trained, visual_trained=False)  # its tower is the cache's: the features are it
-    check_cache(features, trained.spec, needs_frames=trained.visual_trained, fingerprint=trained.encoder_fingerprint)
-    return dataclasses.replace(trained, precision=model_precision(trained, precision)), features, source
-
-
-def model_precision(trained: Trained, precision: str) -> str:
-    """fp32 or bf16 for the text tower and temporal encoder: as asked, or the faster one on this host ("auto")."""
-    from tcmgc_cli.precision import resolve
-
-    model, dev, cfg = trained.model, trained.device, trained.spec.config
-    gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(1, 1000, (8, cfg.max_words), generator=gen).to(dev)
-    frames = torch.randn(8, cfg.num_frames, cfg.embed_dim, generator=gen).to(dev)
-
-    @torch.no_grad()
-    def run(p: str) -> torch.Tensor:
-        with autocast(dev, p):
-            sentence = model.encode_text(tokens).sentence
-            temporal = model.encode_video(frames).temporal.mean(1)
-        return torch.cat([sentence.float(), temporal.float()], -1)  # (8, 2D)
-
-    return resolve(precision, f"text and temporal {trained.spec.name} ({trained.spec.clip})", dev, run)
-
-
-def tower_fingerprint(trained: Trained) -> str:
-    """The fingerprint `tcmgc extract` records for an image tower with these weights (fp32)."""
-    from tcmgc_cli.model.encoder import module_fingerprint
-
-    return f"{trained.spec.clip}:{module_fingerprint(trained.model.clip.visual)}"
-
-
 def measure_split(
     trained: Trained, cache: FeatureCache, split: Split, chunk: int = 64, *, dsl: bool = False,
     variance: bool = True, on_progress: Callable[[int, int], None] | None = None, dist: Dist | None = None,
@@ -232,3 +147,25 @@ def measure_split(
     if parts is not None:
         metrics["score_variance"] = score_variance(torch.cat(parts), split.caption_video)
     return scores, metrics
+
+
+def evaluate(
+    source: DataSource, checkpoint: Path | None = None, *, split: str = "test", cache: Path | None = None,
+    dsl: bool = False, chunk: int = 64, save_scores: Path | None = None, device: str = DEVICE,
+    on_progress: Callable[[int, int], None] | None = None, precision: str = PRECISION,
+) -> dict[str, Any]:  # fmt: skip
+    """Retrieval metrics (`metrics.METRIC_KEYS`, ties, `num_queries`, `num_videos`, `pairs_per_s`, `checkpoint`)
+    of a checkpoint on one split. Under torchrun every process scores a share and gets the same result."""
+    if chunk < 1:
+        raise ConfigError("--chunk must be at least 1.")
+    trained, features, where = open_trained(checkpoint, cache, device, precision)
+    data = source.split(split, features, features.path)
+    dist = Dist.from_env(trained.device)
+    scores, metrics = measure_split(trained, features, data, chunk, dsl=dsl, variance=False,
+                                    on_progress=on_progress, dist=dist)  # fmt: skip
+    if save_scores is not None and dist.rank == 0:
+        np.savez_compressed(save_scores, scores=scores, video_ids=np.array(data.video_ids), captions=np.array(data.captions),
+                            caption_video=np.array(data.caption_video))  # fmt: skip
+    metrics["checkpoint"] = str(where)
+    metrics["precision"] = trained.precision
+    return metrics

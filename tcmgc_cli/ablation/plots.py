@@ -3,13 +3,12 @@
 1. keep rate vs accuracy and cost: t2v R@1 (left axis) and milliseconds per 1,000 x 1,000 scores (right axis)
    against r; input-dependent keep rules (keep_mass=p) as hollow markers at their cap r;
 2. SDR over training: the mean variance of the four similarities on the validation positives, epoch by epoch
-   (metrics.jsonl of each run), for each SDR weight;
+   (each run's metrics log), for each SDR weight;
 3. SDR weight vs variance vs accuracy: R@1 against the final variance, one point per (variant, seed), with the
    Pearson correlation across them.
 A grid that varies none of these gets a bar chart of R@1 per variant. Aggregations are compared in the table.
 """
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tcmgc_cli.checkpoint.run_folder import RunFolder
+
 
 def _sdr_family(names: pd.Series) -> pd.Series:
     return names.str.startswith("sdr_alpha=") | names.isin(["full", "-sdr"])
 
 
 def _epoch_variance(folder: Path) -> list[float]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [float(r["score_variance"]) for r in records if r.get("kind") == "epoch" and "score_variance" in r]
+    return [float(r["score_variance"]) for r in RunFolder(folder).epochs() if "score_variance" in r]
 
 
 def sdr_correlation(results: pd.DataFrame) -> float | None:

@@ -9,12 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tcmgc_cli.cache import FeatureCache
-from tcmgc_cli.checkpoint import Trained, find_checkpoint
+from tcmgc_cli.checkpoint import Trained, find_checkpoint, latest_run, open_trained
+from tcmgc_cli.defaults import DEVICE, PRECISION, SCORER
 from tcmgc_cli.errors import CacheError, CheckpointError, ConfigError
-from tcmgc_cli.index_store import index_folders, prefetch, prune_indexes, sync_parts, writable_folder
 from tcmgc_cli.model.encoder import TextEncoder
-from tcmgc_cli.ranking import ClipRanker, Ranker, TcmgcRanker
-from tcmgc_cli.search import SearchIndex
+from tcmgc_cli.model.registry import get_model_config, resolve_weights
+from tcmgc_cli.search.index import SearchIndex
+from tcmgc_cli.search.rankers import ClipRanker, Ranker, TcmgcRanker
+from tcmgc_cli.search.store import PartsStore, prefetch, prune_indexes, sync_store, writable_folder
+from tcmgc_cli.workspace import index_folders, workspace_caches
 
 
 def ranker_key(ranker: Ranker, checkpoint: Path | None = None) -> str:
@@ -32,17 +35,18 @@ def open_index(
     ranker: Ranker | Trained, checkpoint: Path | None, cache: FeatureCache,
     on_encoded: Callable[[int], None] | None = None,
 ) -> SearchIndex:  # fmt: skip
-    """The search index of this ranker over this cache, kept on disk (`index_store.py`) and grown with the cache:
-    only tracks that no part holds yet run through the temporal encoder (`on_encoded(n)` after each batch of n
-    entries). Beside the cache when its folder is writable, else in the workspace; each folder keeps the
-    KEEP_INDEXES most recently used indexes."""
+    """The search index of this ranker over this cache, kept on disk by the built-in store (`store.py`) and grown
+    with the cache: only tracks that it does not hold yet run through the temporal encoder (`on_encoded(n)` after
+    each batch of n entries). Beside the cache when its folder is writable, else in the workspace; each folder
+    keeps the KEEP_INDEXES most recently used indexes."""
     ranker = TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker
     file = find_checkpoint(checkpoint) if checkpoint is not None else None
-    folder = writable_folder(index_folders(ranker_key(ranker, file), cache))
-    loaded = sync_parts(folder, cache, ranker, on_encoded)
+    folder = writable_folder(index_folders(cache.path, ranker_key(ranker, file)))
+    store = PartsStore(folder, cache, ranker)
+    sync_store(store, cache, on_encoded)
+    collection = store.load()
     prune_indexes(folder.parent)
-    rule = cache.settings.tracks
-    index = SearchIndex(ranker, loaded, rule.num_frames, rule.padding, cache.path)
+    index = SearchIndex(ranker, collection, store, cache.path)
     index.checkpoint = file
     return index
 
@@ -51,18 +55,15 @@ SCORERS = ("auto", "tcmgc", "clip")
 
 
 def open_search(
-    checkpoint: Path | None = None, cache: Path | None = None, device: str = "auto", scorer: str = "auto",
-    pretrained: str | None = None, on_encoded: Callable[[int], None] | None = None, precision: str = "auto",
+    checkpoint: Path | None = None, cache: Path | None = None, device: str = DEVICE, scorer: str = SCORER,
+    pretrained: str | None = None, on_encoded: Callable[[int], None] | None = None, precision: str = PRECISION,
 ) -> SearchIndex:  # fmt: skip
     """A search index ready for `search(["a dog runs"])`. scorer "tcmgc": a trained checkpoint (default: the
     newest run) over its cache (default: the workspace's for its model); "clip": the cache's own CLIP embeddings,
     no checkpoint needed (default cache: the workspace's only one); "auto": tcmgc when there is a checkpoint."""
-    from tcmgc_cli.scoring import open_trained
-    from tcmgc_cli.workspace import latest_run, workspace_dir
-
     if scorer not in SCORERS:
-        raise ConfigError(f"unknown scorer {scorer!r}: use {', '.join(SCORERS)}.")
-    prefetch([cache] if cache is not None else sorted((workspace_dir() / "cache").glob("*.h5")))
+        raise ConfigError(f"unknown --scorer {scorer!r}: use {', '.join(SCORERS)}.")
+    prefetch([cache] if cache is not None else workspace_caches())
     source = checkpoint or (latest_run() if scorer != "clip" else None)
     if scorer == "tcmgc" and source is None:
         raise CheckpointError("no trained run in the workspace: train one, pass --checkpoint, or use --scorer clip.")
@@ -87,9 +88,7 @@ def _check_not_empty(cache: FeatureCache, model: str) -> None:
 
 
 def _only_workspace_cache() -> Path:
-    from tcmgc_cli.workspace import workspace_dir
-
-    found = sorted((workspace_dir() / "cache").glob("*.h5"))
+    found = workspace_caches()
     if not found:
         raise CacheError("no cache in the workspace: run `tcmgc extract --videos DIR` first, or pass --cache FILE.")
     if len(found) > 1:
@@ -100,8 +99,6 @@ def _only_workspace_cache() -> Path:
 
 
 def _text_encoder(cache: FeatureCache, pretrained: str | None, device: str) -> TextEncoder:
-    from tcmgc_cli.model.registry import get_model_config, resolve_weights
-
     entry = get_model_config(cache.settings.encoder)
     weights = resolve_weights(entry, pretrained)
     return TextEncoder.load(entry["clip"], weights, device)

@@ -5,8 +5,8 @@ answered twice: inside its video (`tcmgc search --video`: moment retrieval, mome
 whole collection (`tcmgc search`: video corpus moment retrieval). The corpus ranking is what `tcmgc search` lists,
 read top to bottom: each result's moments, best first, result after result.
 
-    from tcmgc_cli.moments import evaluate_moments
-    metrics = evaluate_moments(Path("sample_data/long/moments.jsonl"), cache=Path("long.h5"))
+    from tcmgc_cli import evaluate_moments
+    metrics = evaluate_moments(Path("sample_data/long/moments.jsonl"), cache=Path("scratch/long.h5"))
     metrics["R1@0.5"], metrics["corpus_R1@0.5"]
 """
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tcmgc_cli.defaults import CANDIDATES, DEVICE, PRECISION, SCORER
 from tcmgc_cli.errors import AnnotationError
 from tcmgc_cli.fileio import write_text_atomic
 from tcmgc_cli.metrics import MAX_PREDICTIONS, moment_metrics
-from tcmgc_cli.opening import open_search
-from tcmgc_cli.search import SearchIndex
+from tcmgc_cli.search import SearchIndex, open_search
 
 
 @dataclass
@@ -76,9 +76,9 @@ def _parse(line: str, n: int, path: Path, durations: dict[str, float], slack: fl
 
 
 def evaluate_moments(
-    path: Path, checkpoint: Path | None = None, *, cache: Path | None = None, scorer: str = "auto",
-    pretrained: str | None = None, device: str = "auto", candidates: int = 500,
-    save_predictions: Path | None = None, precision: str = "auto",
+    path: Path, checkpoint: Path | None = None, *, cache: Path | None = None, scorer: str = SCORER,
+    pretrained: str | None = None, device: str = DEVICE, candidates: int = CANDIDATES,
+    save_predictions: Path | None = None, precision: str = PRECISION,
 ) -> dict[str, Any]:  # fmt: skip
     """Moment metrics (`metrics.MOMENT_KEYS`, `num_queries`) of a checkpoint (or CLIP's own similarity) on a
     QVHighlights-style file; `save_predictions` writes each query's predicted windows in the same format."""
@@ -87,7 +87,7 @@ def evaluate_moments(
 
 
 def score_moments(
-    index: SearchIndex, path: Path, candidates: int = 500, save_predictions: Path | None = None
+    index: SearchIndex, path: Path, candidates: int = CANDIDATES, save_predictions: Path | None = None
 ) -> dict[str, Any]:
     c = index.collection
     queries = read_moment_queries(path, dict(zip(c.videos, c.durations.tolist(), strict=True)))

@@ -1,40 +1,36 @@
 """Training: the reference recipe over cached frame features (or cached frames), resumable to the same weights.
 
-State moves as: Split + FeatureCache -> TrainData (tokens, video index, frame features) -> Trainer.fit() ->
-checkpoints/last.pt every epoch (atomic), checkpoints/best.pt by validation t2v R@1, metrics.jsonl beside them.
+State moves as: Split + FeatureCache -> TrainData (tokens, video index, frame features) -> Trainer.fit() -> the run
+folder's checkpoints (the last every epoch, atomically; the best by validation t2v R@1) and metrics log.
 Every random choice depends on (seed, epoch) or on the RNG state saved with the checkpoint, so a run killed and
 resumed ends with the same weights as an uninterrupted one (on CPU).
 """
 
-import json
-import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from tcmgc_cli.cache import FeatureCache
-from tcmgc_cli.checkpoint import Trained, read_checkpoint, save_checkpoint
+from tcmgc_cli.checkpoint import Provenance, RunFolder, Trained, TrainState
 from tcmgc_cli.config import TrainConfig
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import CheckpointError, NumericsError
+from tcmgc_cli.evaluation.retrieval import measure_split
 from tcmgc_cli.model.encoder import Tokenizer
 from tcmgc_cli.model.factory import ModelSpec
+from tcmgc_cli.model.features import TextFeatures
 from tcmgc_cli.model.losses import tcmgc_loss
-from tcmgc_cli.model.tcmgc import TcmgcModel, TextFeatures
-from tcmgc_cli.optim import BertAdam, param_groups, warmup_cosine
+from tcmgc_cli.model.tcmgc import TcmgcModel
+from tcmgc_cli.optim import freeze, make_optimizer, warmup_cosine
 from tcmgc_cli.precision import autocast
-from tcmgc_cli.scoring import measure_split
 
-log = logging.getLogger(__name__)
 Event = dict[str, Any]
 
 
@@ -52,15 +48,6 @@ class TrainData:
         feats, masks = cache.entry_inputs(split.video_ids)
         return cls(tokens, torch.tensor(split.caption_video), None if from_frames else torch.from_numpy(feats),
                    split.video_ids, torch.from_numpy(masks))  # fmt: skip
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    best: float = -1.0  # best validation t2v R@1
-    best_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -83,22 +70,6 @@ def epoch_order(cfg: TrainConfig, data: TrainData, epoch: int) -> torch.Tensor:
     return pick[torch.randperm(n_videos, generator=g)]
 
 
-def freeze(model: torch.nn.Module, cfg: TrainConfig) -> None:
-    """Switch off the gradients of what `cfg.freeze` keeps fixed (none, CLIP's image tower, or all of CLIP)."""
-    frozen = {"none": (), "visual": ("clip.visual.",), "all": ("clip.",)}[cfg.freeze]
-    for name, p in model.named_parameters():
-        p.requires_grad_(not name.startswith(frozen) if frozen else True)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The recipe's optimizer over the trainable parameters: the reference's BertAdam, or AdamW."""
-    faithful = cfg.optimizer == "bert"
-    groups = param_groups(model.named_parameters(), cfg.lr, cfg.lr * cfg.clip_lr_scale, cfg.weight_decay, faithful)
-    if faithful:
-        return BertAdam(groups, lr=cfg.lr, max_grad_norm=cfg.grad_clip)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-
-
 class TrainStep(torch.nn.Module):
     """One forward pass of training: texts and videos encoded on this process, gathered across processes, scored.
 
@@ -118,9 +89,7 @@ class TrainStep(torch.nn.Module):
         with torch.set_grad_enabled(self.text_trains and torch.is_grad_enabled()):
             text = model.encode_text(tokens)
         if frames.dtype == torch.uint8:
-            from tcmgc_cli.scoring import encode_frames
-
-            frames = encode_frames(model, frames, mask)
+            frames = model.encode_frames(frames, mask)
         text = TextFeatures(g(text.words), g(text.sentence), None if text.mask is None else g(text.mask))
         out = model(text, model.encode_video(g(frames), None if mask is None else g(mask.to(frames.dtype))))
         return out["logits"], out["parts"]
@@ -133,12 +102,12 @@ class Trainer:
         spec: ModelSpec,
         cfg: TrainConfig,
         data: TrainData,
-        run_dir: Path,
+        run: RunFolder,
         device: torch.device,
         cache: FeatureCache,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
-        self.model, self.spec, self.cfg, self.data, self.run_dir = model, spec, cfg, data, run_dir
+        self.model, self.spec, self.cfg, self.data, self.run = model, spec, cfg, data, run
         self.device, self.cache, self.on_event = device, cache, on_event or (lambda e: None)
         self.dist = Dist.from_env(device)
         freeze(model, cfg)
@@ -183,7 +152,9 @@ class Trainer:
         """Cached frame features (B, T, D), or the cached uint8 frames (B, T, S, S, 3) when CLIP's image tower trains."""
         if self.data.frames is not None:
             return self.data.frames[videos].to(self.device)
-        raw = [torch.from_numpy(self.cache.frames(self.data.video_ids[v])) for v in videos.tolist()]
+        raw = [
+            torch.from_numpy(self.cache.frames(self.data.video_ids[v])) for v in videos.tolist()
+        ]  # (T, S, S, 3) each
         return torch.stack(raw).to(self.device)
 
     def _forward(
@@ -245,7 +216,7 @@ class Trainer:
                      "it_s": seen / (time.perf_counter() - start), **{k: float(v.detach()) for k, v in losses.items()}}  # fmt: skip
             self.on_event(event)
             if self.dist.rank == 0 and (i + 1) % self.cfg.log_every == 0:
-                self._log(event)
+                self.run.log(event)
         if seen % self.cfg.accumulate:
             self._optimizer_step()
 
@@ -261,58 +232,31 @@ class Trainer:
         self.model.eval()
         return measure_split(self._trained(), self.cache, split, self.cfg.eval_chunk)[1]
 
-    def _log(self, record: Event) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def _payload(self) -> dict[str, Any]:
-        return {
-            "data": {
-                "encoder_fingerprint": self.cache.settings.encoder_fingerprint,
-                "visual_trained": self.visual_trained,
-            },
-            "train": asdict(self.cfg),
-            "train_state": asdict(self.state),
-        }
-
     def _save(self, improved: bool) -> None:
-        folder = self.run_dir / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
+        provenance = Provenance(self.cache.settings.encoder_fingerprint, self.visual_trained)
         resume = {"optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}
-        if (folder / "last.pt").exists():
-            os.replace(folder / "last.pt", folder / "last.prev.pt")
-        save_checkpoint(folder / "last.pt", self.model, self.spec, {**self._payload(), "resume": resume})
-        if improved:
-            save_checkpoint(folder / "best.pt", self.model, self.spec, self._payload())
+        self.run.save(self.model, self.spec, self.cfg, self.state, provenance, resume, improved)
 
     def resume(self) -> bool:
-        """Continue from checkpoints/last.pt (or last.prev.pt if that one is damaged); False if there is none."""
-        folder = self.run_dir / "checkpoints"
-        for name in ("last.pt", "last.prev.pt"):
-            path = folder / name
-            if not path.exists():
-                continue
-            try:
-                payload = read_checkpoint(path)
-            except CheckpointError as err:
-                log.warning("%s; trying the previous one", err)
-                continue
-            spec = ModelSpec.from_dict(payload["spec"]).to_dict()  # keys added since it was saved take their defaults
-            if spec != self.spec.to_dict() or _recipe(payload["train"]) != _recipe(asdict(self.cfg)):
-                raise CheckpointError(
-                    f"{path} was trained with another config: resume it with the same options, or use a new --output."
-                )
-            self.model.load_state_dict(payload["state_dict"])
-            self.optimizer.load_state_dict(payload["resume"]["optimizer"])
-            torch.set_rng_state(payload["resume"]["rng"])
-            self.state = TrainState(**payload["train_state"])
-            return True
-        return False
+        """Continue from the run's last checkpoint (or the one before, if that one is damaged); False if none."""
+        payload = self.run.resume_payload()
+        if payload is None:
+            return False
+        spec = ModelSpec.from_dict(payload["spec"]).to_dict()  # keys added since it was saved take their defaults
+        if spec != self.spec.to_dict() or _recipe(payload["train"]) != _recipe(asdict(self.cfg)):
+            raise CheckpointError(
+                f"{payload['path']} was trained with another config: resume it with the same options, or use a new "
+                "--output."
+            )
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(payload["resume"]["optimizer"])
+        torch.set_rng_state(payload["resume"]["rng"])
+        self.state = TrainState(**payload["train_state"])
+        return True
 
     def _diverged(self, what: str) -> str:
         """The one-line error for a run whose numbers stopped being finite; no checkpoint of it is written."""
-        last = self.run_dir / "checkpoints" / "last.pt"
-        kept = (f"The last good checkpoint is kept: {last} (epoch {self.state.epoch})." if self.state.epoch
+        kept = (f"The last good checkpoint is kept: {self.run.last} (epoch {self.state.epoch})." if self.state.epoch
                 else "No checkpoint was written (it diverged in its first epoch).")  # fmt: skip
         return (f"training diverged: {what}. The likely cause is a learning rate too high (lr {self.cfg.lr:g}: "
                 f"try --lr {self.cfg.lr / 10:g}); a cache row with huge values can do it too. {kept}")  # fmt: skip
@@ -345,7 +289,7 @@ class Trainer:
                     improved = True
                 self.state.history.append(record)
                 self._save(improved)
-                self._log(record)
+                self.run.log(record)
             self.on_event(record)
             self.dist.barrier()
         return self.state

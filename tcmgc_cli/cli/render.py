@@ -1,4 +1,4 @@
-"""Rich renderables and plots built from plain data."""
+"""Rich renderables and plots the commands print or write, built from plain data."""
 
 from pathlib import Path
 

@@ -1,0 +1,68 @@
+"""What an extraction is asked to do, typed once: the library calls take it, and `tcmgc extract` builds it."""
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tcmgc_cli.config import PADDINGS, TrackConfig
+from tcmgc_cli.defaults import BATCH_VIDEOS, DECODERS, DEVICE, FPS, MODEL, PRECISION
+from tcmgc_cli.errors import ConfigError
+
+BACKENDS = ("decord", "pyav")
+RENAMED = {"clip_seconds": "window_seconds", "clip_stride": "window_stride"}  # keywords of tcmgc 0.1
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """The settings of an extraction (the defaults are `tcmgc extract`'s)."""
+
+    model: str = MODEL  # model config whose image tower encodes the frames
+    cache: Path | None = None  # the cache file; None: the workspace's cache for `model`
+    pretrained: str | None = None  # CLIP weights: an open_clip tag or a file; None: the model config's
+    num_frames: int | None = None  # T, frames per scored entry; None: the model config's
+    fps: float = FPS  # track rate: frames decoded and encoded per second of video
+    padding: str = "zero"  # an entry with fewer frames than T: "zero" (the reference) or "repeat"
+    window_seconds: float | None = None  # windows scored as entries; None: T frames; 0: one entry per video
+    window_stride: float | None = None  # seconds between window starts; None: half a window
+    batch_size: int = BATCH_VIDEOS  # videos per image-tower batch and per cache segment
+    workers: int = DECODERS  # decoder processes; 0 decodes in the calling process
+    store_frames: bool = False  # also keep the preprocessed uint8 frames (for end-to-end fine-tuning)
+    backend: str = "decord"  # video decoder: decord or pyav
+    device: str = DEVICE
+    precision: str = PRECISION  # fp32, bf16, or auto (as the cache began, else the faster here)
+    verify: bool = False  # read every cached row first; re-extract damaged ones
+    threads: int | None = None  # at most this many CPU threads and decoder processes; None: every core
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be at least 0 (got {self.workers}); 0 decodes in this process.")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1 (got {self.threads}); leave it out to use every core.")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ConfigError(f"--num-frames must be at least 1 (got {self.num_frames}).")
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"unknown --padding {self.padding!r}: use one of {', '.join(PADDINGS)}.")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}.")
+
+    @classmethod
+    def of(cls, base: "ExtractOptions | None" = None, **settings: Any) -> "ExtractOptions":
+        """`base` (default: the defaults) with `settings` by field name; None leaves a field as it is."""
+        settings = {RENAMED.get(k, k): v for k, v in settings.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"unknown extract option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
+        return replace(base or cls(), **{k: v for k, v in settings.items() if v is not None})
+
+    def rule(self, model_frames: int) -> TrackConfig:
+        """The cache's track rule: this rate, and entries of T frames (the model's `model_frames` unless set)."""
+        frames = self.num_frames or model_frames
+        return TrackConfig.from_seconds(self.fps, frames, self.window_seconds, self.window_stride, self.padding)
+
+    @property
+    def decoders(self) -> int:
+        """Decoder processes: `workers`, at most `threads`."""
+        return min(self.workers, self.threads) if self.threads is not None else self.workers
