@@ -25,6 +25,7 @@ The last line printed is one JSON object.
 import argparse
 import json
 import os
+import resource
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -150,6 +151,11 @@ def together_vs_alone(index: SearchIndex, text: TextFeatures, rounds: int = 3) -
             "together_ms_per_query": round(1000 * together / n, 2), "speedup": round(alone / together, 2)}  # fmt: skip
 
 
+def _peak_mb() -> int:
+    """This process's peak resident memory so far (Linux reports KB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="300 queries for the agreement measurement")
@@ -165,7 +171,7 @@ def main() -> None:
             f"10,000 videos, C = {c:>5}: identical top-10 on {r['identical']:5.1f}% of queries, mean overlap {r['overlap']:5.1f}%",
             flush=True,
         )
-    results = {"agreement_10k": agree, "latency_ms": {}}
+    results: dict = {"agreement_10k": agree, "latency_ms": {}, "peak_rss_mb_after": {"agreement_10k": _peak_mb()}}
     for n in (10_000, 100_000):
         # a fresh index over the same entries: the agreement's exhaustive scoring made `small` keep LVA's tensors
         if n == 10_000:
@@ -189,10 +195,12 @@ def main() -> None:
             ms = latency(index, text, c, moments=0)
             results["latency_ms"][f"{n}_C{c}_kept"] = round(ms, 1)
             print(f"{n:>7,} videos, C = {c}: {ms:7.1f} ms per query (LVA's tensors kept)", flush=True)
+        results["peak_rss_mb_after"][f"latency_{n}"] = _peak_mb()
         del index
     folder = make_index(model, 300)
     results["batched_300"] = together_vs_alone(folder, make_queries(folder, 8, seed=3))
     print(f"    300 videos, 8 queries: {results['batched_300']}", flush=True)
+    print(f"peak memory (RSS) after each stage, MB: {results['peak_rss_mb_after']}", flush=True)
     print(json.dumps({"benchmark": "search", "threads": torch.get_num_threads(), **results}))
 
 

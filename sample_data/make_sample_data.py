@@ -15,6 +15,9 @@ Layout written (as CLIP4Clip's msrvtt_data.zip plus videos/):
     event_captions.csv              only the event-level captions: video_id,caption,split
     long/videos/long<N>.mp4         3 long videos: the 30 test clips joined end to end, shuffled, 10 to a video
     long/moments.jsonl              their test captions as moment queries, in QVHighlights' format
+    didemo/                         36 videos of 3-4 events in the DiDeMo layout (CLIP4Clip's): {train,val,test}_data.json
+                                    and {train,val,test}_list.txt, videos/ with DiDeMo's mixed extensions
+    vatex/                          36 clips in the VATEX layout: ref_captions.json, {train,val,test}_list.txt, videos/
 
 Run: python sample_data/make_sample_data.py   (needs numpy and av; seeded, single-threaded encoder)
 """
@@ -91,8 +94,8 @@ def captions_for(events: list[tuple[str, str, str]], rng: np.random.Generator) -
     return caps
 
 
-def write_video(path: Path, frames: list[np.ndarray]) -> None:
-    with av.open(str(path), "w") as container:
+def write_video(path: Path, frames: list[np.ndarray], container_format: str | None = None) -> None:
+    with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream("libx264rgb", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "rgb24"
         stream.options = {"crf": "0", "threads": "1"}
@@ -173,5 +176,65 @@ def main() -> None:
     write_long_videos(test_frames, test_captions)
 
 
+DIDEMO_EXTENSIONS = (".mp4", ".mov", ".mp4", ".avi", "")  # DiDeMo's names: mixed extensions, some a bare "."
+CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".avi": "avi", "": "mp4"}
+
+
+def render(events: list[tuple[str, str, str]], frames: list[int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Events one after another, each over its number of frames."""
+    return [f for ev, n in zip(events, frames, strict=True) for f in render_event(ev, n, rng)]
+
+
+def write_didemo(count: int = 36) -> None:
+    """DiDeMo's layout: per split a list of exact file names and a json of one description per event; retrieval
+    joins a video's descriptions into one paragraph. Events of 2-3 s, so a video holds 6-12 s (5-second chunks)."""
+    rng = np.random.default_rng(SEED + 2)  # a stream of its own: the files above stay bit for bit the same
+    root = HERE / "didemo"
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    splits = {"train": [], "val": [], "test": []}
+    data: dict[str, list[dict[str, object]]] = {name: [] for name in splits}
+    for n in range(count):
+        ext = DIDEMO_EXTENSIONS[n % len(DIDEMO_EXTENSIONS)]
+        name = f"{1000 + n}@N0{n % 9}_{800000 + 37 * n}_{n * 7919 % 65536:04x}" + (ext or ".")
+        events = pick_events(rng) + pick_events(rng)[:1]
+        seconds = [int(rng.integers(2, 4)) for _ in events]
+        write_video(root / "videos" / name, render(events, [x * FPS for x in seconds], rng), CONTAINERS[ext])
+        split = "train" if n < 24 else "val" if n < 30 else "test"
+        splits[split].append(name)
+        at = 0
+        for (c, s, m), length in zip(events, seconds, strict=True):
+            template = EVENT_TEMPLATES[int(rng.integers(len(EVENT_TEMPLATES)))]
+            data[split].append({"num_segments": -(-sum(seconds) // 5), "description": template.format(c=c, s=s, m=m),
+                                "dl_link": "synthetic", "times": [[at // 5, (at + length - 1) // 5]] * 4,
+                                "video": name, "annotation_id": len([a for d in data.values() for a in d])})  # fmt: skip
+            at += length
+    for split, names in splits.items():
+        (root / f"{split}_list.txt").write_text("".join(f"{x}\n" for x in names))
+        (root / f"{split}_data.json").write_text(json.dumps(data[split]) + "\n")
+
+
+def write_vatex(count: int = 36) -> None:
+    """VATEX's layout: ref_captions.json ({id: [10 captions]}) and per split a list of ids; every caption of a test
+    video is a query."""
+    rng = np.random.default_rng(SEED + 3)
+    root = HERE / "vatex"
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    captions: dict[str, list[str]] = {}
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for n in range(count):
+        events = pick_events(rng)
+        seconds = int(rng.integers(2, 5))
+        vid = f"synthetic{n:03d}vtx_{5 * n:06d}_{5 * n + seconds:06d}"
+        per_event = [len(i) for i in np.array_split(np.arange(seconds * FPS), len(events))]
+        write_video(root / "videos" / f"{vid}.mp4", render(events, per_event, rng))
+        captions[vid] = [c for c, _ in captions_for(events, rng)]
+        splits["train" if n < 24 else "val" if n < 30 else "test"].append(vid)
+    (root / "ref_captions.json").write_text(json.dumps(captions) + "\n")
+    for split, ids in splits.items():
+        (root / f"{split}_list.txt").write_text("".join(f"{x}\n" for x in ids))
+
+
 if __name__ == "__main__":
     main()
+    write_didemo()
+    write_vatex()

@@ -5,7 +5,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from tcmgc_cli.defaults import FPS, MAX_WORDS, NUM_FRAMES
+from tcmgc_cli.defaults import FPS, MAX_WORDS, NUM_FRAMES, TEMPORAL_POSITIONS
 from tcmgc_cli.errors import ConfigError
 
 PADDINGS = ("zero", "repeat")
@@ -86,7 +86,7 @@ class ModelConfig:
     num_frames: int = NUM_FRAMES  # T (Nf), frames per video
     temporal_layers: int = 4  # seqTransf depth
     temporal_heads: int = 8  # seqTransf heads (width D)
-    temporal_positions: int = 77  # rows of the frame position table (CLIP's text context length)
+    temporal_positions: int = TEMPORAL_POSITIONS  # rows of the frame position table (CLIP's text context length)
     keep_rate: float = 0.1  # r in (0, 1]: SR keeps k = max(1, floor(n * r)) entries of a length-n vector
     keep_rule: str = "fixed"  # "fixed": always k; "mass": per vector, the fewest of those k whose share of the
     # vector's softmax(isa_lambda x) mass reaches keep_mass (the paper's open question: an input-dependent rate)
@@ -211,10 +211,16 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}: use {' or '.join(OPTIMIZERS)}.")
         if self.freeze not in FREEZE:
             raise ConfigError(f"unknown freeze {self.freeze!r}: use one of {', '.join(FREEZE)}.")
-        if self.epochs < 1 or self.batch_size < 2 or self.accumulate < 1:
-            raise ConfigError("epochs and accumulate must be at least 1, batch_size at least 2.")
-        if self.lr <= 0 or not 0 <= self.warmup < 1:
-            raise ConfigError("lr must be positive and warmup in [0, 1).")
+        for flag, value, least in (("--epochs (train.epochs)", self.epochs, 1),
+                                   ("--batch-size (train.batch_size)", self.batch_size, 2),
+                                   ("train.accumulate", self.accumulate, 1), ("train.log_every", self.log_every, 1),
+                                   ("train.eval_chunk", self.eval_chunk, 1)):  # fmt: skip
+            if value < least:
+                raise ConfigError(f"{flag} must be at least {least} (got {value}).")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr (train.lr) must be more than 0 (got {self.lr:g}).")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"train.warmup must be in [0, 1) (got {self.warmup:g}).")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"unknown precision {self.precision!r}: use auto, fp32 or bf16.")
 

@@ -9,7 +9,7 @@ from tests.helpers import ROOT
 PACKAGE = ROOT / "tcmgc_cli"
 FLOORS = [  # bottom up; a room may import rooms of its own floor or below (docs/architecture.md)
     {"defaults", "errors", "workspace", "distributed", "__init__"},
-    {"config", "fileio", "metrics", "data"},
+    {"config", "options", "fileio", "metrics", "data"},
     {"cache", "precision", "optim"},
     {"model"},
     {"checkpoint", "extract"},

@@ -113,3 +113,26 @@ def test_bad_moment_files_are_one_line_naming_the_line(
     result = runner.invoke(app, ["evaluate", "--moments", str(path), "--cache", str(long_cache), "--scorer", "clip"])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert "line 2" in result.output or "bad.jsonl" in result.output
+
+
+def test_evaluate_computes_in_fp32_whatever_the_host_prefers(
+    long_cache: Path, trained_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host where `auto` means bf16 (pinned here) gets the fp32 numbers by default, as every other host does."""
+    monkeypatch.setenv("TCMGC_PRECISION", "bf16")
+    args = ["evaluate", "--moments", str(LONG / "moments.jsonl"), "--cache", str(long_cache), "--checkpoint",
+            str(trained_run[0]), "--json"]  # fmt: skip
+    runs = {p: runner.invoke(app, [*args, *(["--precision", p] if p else [])]) for p in ("", "fp32", "auto")}
+    assert all(r.exit_code == 0 for r in runs.values()), [r.output for r in runs.values()]
+    default, fp32, auto = (json.loads(runs[p].stdout) for p in ("", "fp32", "auto"))
+    assert default == fp32 and default["precision"] == "fp32"
+    assert auto["precision"] == "bf16"  # the host's preference is real: only the default ignores it
+
+
+def test_a_moments_file_that_is_not_utf8_names_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(
+        '{"qid": 0, "query": "un caf\xe9", "vid": "long0", "relevant_windows": [[0, 2]]}\n'.encode("latin-1")
+    )
+    result = runner.invoke(app, ["evaluate", "--moments", str(path), "--scorer", "clip"])
+    assert result.exit_code == 1 and "save it as UTF-8" in result.output and "Traceback" not in result.output

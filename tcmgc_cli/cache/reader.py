@@ -136,6 +136,15 @@ class FeatureCache:
         self.segment_tables()
         return list(self._live)
 
+    def location(self, video_id: str) -> tuple[int, int, int]:
+        """Where a video's track is: (position of its segment in `segment_tables()`, first frame row there, frames)."""
+        seg, row = self._video(video_id)
+        return self._live[video_id][0], int(seg.table["offsets"][row]), int(seg.table["counts"][row])
+
+    def times(self, videos: Sequence[str]) -> dict[str, np.ndarray]:
+        """The frame start seconds (n,) of many videos' tracks."""
+        return self._frame_column(videos, "times")
+
     def uid(self, video_id: str) -> str:
         """The uid of a video's track: it changes when the video is extracted again, never otherwise."""
         return str(self._value(video_id, "uids"))

@@ -1,16 +1,18 @@
 """What every command shares: option types, the error boundary, consoles and progress bars."""
 
 import contextlib
+import inspect
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typer.core import TyperCommand, TyperGroup
 
 from tcmgc_cli.errors import ConfigError, TcmgcError
 
@@ -24,6 +26,15 @@ PrecisionOpt = Annotated[
     typer.Option(
         help="auto (the faster of fp32 and bf16 on this machine for this model, measured the first time, bf16 only "
         "within 1e-3 cosine of fp32), fp32 or bf16: the text tower and temporal encoder (training: the whole step)."
+    ),
+]
+IndexOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--index",
+        help="Where the search's coarse stage runs: leave it out for the built-in index; a path ending in .db for "
+        "Milvus Lite; http://HOST:PORT (https://... with $TCMGC_INDEX_TOKEN) for a Milvus server or cluster, kept in "
+        "step with `tcmgc index sync`. Default: $TCMGC_INDEX.",
     ),
 ]
 ThreadsOpt = Annotated[
@@ -99,3 +110,28 @@ def make_progress(unit: str, disable: bool = False) -> Progress:
         disable=disable,
         transient=False,
     )
+
+
+def _no_flag_values(params: list[Any]) -> list[Any]:
+    """A flag takes no value: its help line shows none (Typer would print a `<bool>` there)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_values(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_values(super().get_params(ctx))
+
+
+def command_help(command: Callable[..., Any]) -> str:
+    """A command's docstring as its help page, each paragraph one line that the terminal wraps (Typer keeps a
+    docstring's line breaks, which cut its sentences at 80 columns)."""
+    paragraphs = inspect.cleandoc(command.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)

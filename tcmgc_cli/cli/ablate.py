@@ -95,13 +95,16 @@ def ablate_command(
     """
     with handle_errors():
         from tcmgc_cli.ablation import ablate, grid, parse_seeds
-        from tcmgc_cli.training import train_keys
+        from tcmgc_cli.config import TrainConfig
+        from tcmgc_cli.options import train_keys
 
         variants = grid(keep_rates, sdr_alphas, components, aggregations, keep_masses, similarities, sdr_rules)
+        keys = train_keys(epochs, batch_size, lr, freeze_backbone=freeze_backbone)
+        TrainConfig(**keys)  # the flags' values, checked before anything loads
         result = ablate(
             variants, parse_seeds(seeds), source(dataset, data_root, annotations, skip_missing, train_list),
             split=split, output=output, model=model, pretrained=pretrained, cache=cache, config=config,
-            sets=set_ or [], train=train_keys(epochs, batch_size, lr, freeze_backbone=freeze_backbone), device=device,
+            sets=set_ or [], train=keys, device=device,
             on_event=lambda msg: stderr.print(msg),
         )  # fmt: skip
         if json_out:

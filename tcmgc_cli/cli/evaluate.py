@@ -55,8 +55,15 @@ def evaluate_command(
         str, typer.Option(help="With --moments: tcmgc (a checkpoint), clip (no training), or auto.")
     ] = defaults.SCORER,
     device: DeviceOpt = defaults.DEVICE,
-    precision: common.PrecisionOpt = defaults.PRECISION,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32 (so that a checkpoint's numbers are the same on every host), bf16, or auto (the faster of the "
+            "two on this machine) for the text tower and the temporal encoder. The --json result says which."
+        ),
+    ] = defaults.EVAL_PRECISION,
     threads: common.ThreadsOpt = None,
+    index_uri: common.IndexOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score every text of a split against every video and print R@1/5/10, MdR and MnR in both directions.
@@ -67,7 +74,7 @@ def evaluate_command(
     with handle_errors():
         common.cap_threads(threads)
         if moments_file is not None:
-            _moments(moments_file, checkpoint, cache, scorer, device, save_predictions, json_out, precision)
+            _moments(moments_file, checkpoint, cache, scorer, device, save_predictions, json_out, precision, index_uri)
             return
         from tcmgc_cli.distributed import process_rank
         from tcmgc_cli.evaluation.retrieval import evaluate
@@ -94,18 +101,18 @@ def evaluate_command(
 
 def _moments(
     path: Path, checkpoint: Path | None, cache: Path | None, scorer: str, device: str, save: Path | None,
-    json_out: bool, precision: str,
+    json_out: bool, precision: str, index_uri: str | None,
 ) -> None:  # fmt: skip
-    from rich.table import Table
-
+    from tcmgc_cli.cli.render import moments_table
     from tcmgc_cli.evaluation.moment_retrieval import evaluate_moments
-    from tcmgc_cli.metrics import MOMENT_KEYS
+    from tcmgc_cli.options import EngineConfig
 
     metrics = evaluate_moments(path, checkpoint, cache=cache, scorer=scorer, device=device, save_predictions=save,
-                               precision=precision)  # fmt: skip
+                               precision=precision, engine=EngineConfig.of(index_uri))  # fmt: skip
+    for note in metrics["notes"]:
+        common.stderr.print(f"Note: {note}", highlight=False, soft_wrap=True)
     if json_out:
         print_json(metrics)
         return
-    table = Table(*MOMENT_KEYS, title=f"{path.name}: {metrics['num_queries']} queries ({metrics['scorer']} scorer)")
-    table.add_row(*(f"{metrics[k]:.1f}" for k in MOMENT_KEYS))
-    stdout.print(table)
+    stdout.print(moments_table(metrics, f"{path.name}: {metrics['num_queries']} queries ({metrics['scorer']} scorer, "
+                               f"{metrics['precision']})"))  # fmt: skip

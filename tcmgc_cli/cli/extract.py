@@ -1,5 +1,6 @@
 """`tcmgc extract`: fill the feature cache from a folder of videos or a dataset."""
 
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -7,15 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tcmgc_cli import defaults
-from tcmgc_cli.cli._common import DeviceOpt, JsonOpt, handle_errors, make_progress, print_json, stderr, stdout
-from tcmgc_cli.errors import ConfigError
+from tcmgc_cli.cli._common import DeviceOpt, IndexOpt, JsonOpt, handle_errors, make_progress, print_json, stderr, stdout
+from tcmgc_cli.errors import ConfigError, TcmgcError
 
 if TYPE_CHECKING:
     from tcmgc_cli.extract import ExtractReport
+    from tcmgc_cli.options import EngineConfig
 
 
 class Dataset(StrEnum):
     msrvtt = "msrvtt"
+    didemo = "didemo"
+    vatex = "vatex"
 
 
 class Backend(StrEnum):
@@ -33,7 +37,11 @@ def extract_command(
         Path | None, typer.Option(help="Folder of videos (searched recursively); ids are file names without extension.")
     ] = None,
     dataset: Annotated[
-        Dataset | None, typer.Option(help="Read the video list of a dataset laid out as the reference code expects.")
+        Dataset | None,
+        typer.Option(
+            help="Read the videos of a dataset laid out as the reference code expects (docs/data-formats.md): "
+            "msrvtt, didemo or vatex, each video one entry with the reference's input for that dataset."
+        ),
     ] = None,
     data_root: Annotated[Path | None, typer.Option(help="The dataset's folder, with --dataset.")] = None,
     annotations: Annotated[
@@ -130,6 +138,14 @@ def extract_command(
             "Refused, removing nothing, when the folder is missing or holds none of the cache's videos from it.",
         ),
     ] = False,
+    index_uri: IndexOpt = None,
+    index_type: Annotated[
+        str, typer.Option(help="With --index: the engine's index, for a new collection: flat, ivf_sq8 or hnsw.")
+    ] = "flat",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="With --index: the run whose coarse vectors the engine holds. Default: as `tcmgc search`."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Decode videos, encode their frames with CLIP and store them in the HDF5 cache.
@@ -138,8 +154,7 @@ def extract_command(
     Exit 0 when all (or some, with a warning) videos are in the cache, 1 when none succeeded, 2 for bad options.
     """
     with handle_errors():
-        from tcmgc_cli.distributed import process_rank
-        from tcmgc_cli.extract import ExtractOptions, extract_dataset, extract_folder
+        from tcmgc_cli.options import EngineConfig, ExtractOptions
 
         if (videos is None) == (dataset is None):
             raise ConfigError("pass either --videos DIR or --dataset NAME --data-root DIR.")
@@ -161,12 +176,18 @@ def extract_command(
             store_frames=store_frames, backend=backend.value, device=device, precision=precision, verify=verify,
             threads=threads,
         )  # fmt: skip
+        options.rule(num_frames or 1)  # the window settings, checked before anything loads
+        engine = EngineConfig.of(index_uri, index_type)
+        from tcmgc_cli.distributed import process_rank
+        from tcmgc_cli.extract import extract_dataset, extract_folder
+
         with make_progress("videos", disable=json_out or process_rank() != 0) as progress:
             task = progress.add_task("extract", total=None, rate="")
+            start = time.monotonic()
 
             def on_progress(done: int, total: int) -> None:
-                speed = progress.tasks[task].speed
-                progress.update(task, completed=done, total=total, rate=f"{speed:.1f} videos/s" if speed else "")
+                rate = done / max(time.monotonic() - start, 1e-9)  # from the wall clock: cached videos come at once
+                progress.update(task, completed=done, total=total, rate=f"{rate:.2f} videos/s")
 
             if dataset is not None:
                 assert data_root is not None
@@ -179,8 +200,25 @@ def extract_command(
         if process_rank() != 0:
             return  # under torchrun, rank 0 reports for every process
         _render(report, json_out)
+        if engine.uri is not None and (report.extracted or report.cached or report.pruned):
+            _sync(engine, Path(report.cache), checkpoint, device, json_out)
         if report.failed and not (report.extracted or report.cached):
-            raise typer.Exit(1)
+            from tcmgc_cli.cache import failures_file
+
+            where = '"failed" in the JSON above' if json_out else "the table above"
+            raise TcmgcError(f"none of the {len(report.failed)} video(s) could be extracted ({where} and "
+                             f"{failures_file(report.cache)} say why); fix them and rerun.")  # fmt: skip
+
+
+def _sync(engine: "EngineConfig", cache: Path, checkpoint: Path | None, device: str, quiet: bool) -> None:
+    """--index: bring the engine to the cache's new state (a prune's deletions included)."""
+    from tcmgc_cli.search import open_search
+
+    with make_progress("entries", disable=quiet) as progress:
+        task = progress.add_task(f"sync {engine.uri}", total=None, rate="")
+        index = open_search(checkpoint, cache, device, engine=engine, on_encoded=lambda n: progress.advance(task, n))
+    if not quiet:
+        stderr.print(f"{engine.uri}: in step with {cache} ({len(index):,} entries).", highlight=False, soft_wrap=True)
 
 
 def _listed(annotations: Path | None) -> list[str] | None:
@@ -197,7 +235,7 @@ def _render(report: "ExtractReport", json_out: bool) -> None:
     if json_out:
         print_json(report.to_dict())
     else:
-        from rich.table import Table
+        from rich.table import Column, Table
 
         table = Table("extracted", "already cached", "failed", "ignored files", "frames encoded",
                       "s of video / s", "seconds", title=cache_path)  # fmt: skip
@@ -212,11 +250,11 @@ def _render(report: "ExtractReport", json_out: bool) -> None:
         for p in report.partial[:20]:
             stderr.print(f"Note: {p.video_id}: {p.reason}.", highlight=False, soft_wrap=True)
         if report.failed:
-            fails = Table("id", "reason", title="failed (a rerun retries these)")
+            fails = Table(Column("id", no_wrap=True), "reason", title="failed (a rerun retries these)")
             for f in report.failed[:20]:
                 fails.add_row(f.video_id, f.reason)
             stdout.print(fails)
-    if report.failed:
+    if report.failed and (report.extracted or report.cached):
         where = '"failed" in the JSON output' if json_out else "the reasons above"
         stderr.print(
             f"[yellow]Warning:[/yellow] {len(report.failed)} video(s) failed; see {where} "

@@ -16,7 +16,8 @@ def models_command(
 ) -> None:
     """List the model configs that --model accepts, with the parameter count of each new module.
 
-    Columns: temporal encoder, LVA, G and L matrices, all ISA matrices, LSA, and the head's total. With --all, every
+    Columns (the per-module ones on a terminal of 110 columns or more, and always in --json): temporal encoder, LVA,
+    G and L matrices, all ISA matrices, LSA, and the head's total. With --all, every
     open_clip architecture (any of them extracts and searches with --scorer clip; TC-MGC needs a text tower with
     per-token features: CLIP-style and SigLIP towers).
     """
@@ -24,8 +25,6 @@ def models_command(
         with handle_errors():
             _architectures(json_out)
         return
-    from rich.table import Table
-
     from tcmgc_cli.cli._common import stdout
     from tcmgc_cli.model.factory import resolve_spec
     from tcmgc_cli.model.registry import get_model_config, list_models
@@ -39,14 +38,9 @@ def models_command(
         if json_out:
             print_json(rows)
             return
-        table = Table("model", "weights", "frames", "words", "temporal", "LVA", "G+L", "ISA", "LSA", "head total")
-        for r in rows:
-            c = r["head_parameters"]
-            table.add_row(
-                r["name"], str(r["pretrained"] or "random init"), str(r["num_frames"]), str(r["max_words"]),
-                f"{c['temporal']:,}", f"{c['lva']:,}", f"{c['G'] + c['L']:,}", f"{c['isa']:,}", f"{c['lsa']:,}", f"{c['total']:,}",
-            )  # fmt: skip
-        stdout.print(table)
+        from tcmgc_cli.cli.render import models_table
+
+        stdout.print(models_table(rows, stdout.width))
 
 
 def _architectures(json_out: bool) -> None:

@@ -1,9 +1,11 @@
 """Rich renderables and plots the commands print or write, built from plain data."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Column, Table
 
 METRIC_COLUMNS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 
@@ -14,6 +16,52 @@ def metrics_table(metrics: dict[str, float], title: str = "") -> Table:
     for direction in ("t2v", "v2t"):
         if f"{direction}_R@1" in metrics:
             table.add_row(direction, *(f"{metrics[f'{direction}_{k}']:.1f}" for k in METRIC_COLUMNS))
+    return table
+
+
+def hits_table(query: str, hits: list[Any], scorer: str) -> Table:
+    """Search results, one row a video: its id whole, paths relative to here when they are under it, folded (never
+    cut) where the terminal is narrow."""
+    how = "CLIP similarity, no trained checkpoint" if scorer == "clip" else "TC-MGC"
+    table = Table("rank", Column("video", no_wrap=True), "score", Column("moment (s)", no_wrap=True), "other moments (s)",
+                  Column("path", overflow="fold"), title=f"“{escape(query)}” ({how})")  # fmt: skip
+    for h in hits:
+        others = ", ".join(f"{m['start_sec']:.1f}–{m['end_sec']:.1f}" for m in h.moments[1:])
+        table.add_row(str(h.rank), escape(h.video_id), f"{h.score:.3f}", f"{h.start_sec:.1f}–{h.end_sec:.1f}", others,
+                      escape(_here(h.path)))  # fmt: skip
+    return table
+
+
+def _here(path: str) -> str:
+    """A path relative to the current folder when it lies under it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def models_table(rows: list[dict[str, Any]], width: int) -> Table:
+    """The model configs and the size of what TC-MGC adds; the per-module breakdown where the terminal is wide."""
+    wide = width >= 110
+    detail = ("temporal", "LVA", "G+L", "ISA", "LSA") if wide else ()
+    table = Table(Column("model", no_wrap=True), Column("weights", no_wrap=True), "frames", "words", *detail,
+                  "head params")  # fmt: skip
+    for r in rows:
+        c = r["head_parameters"]
+        parts = (c["temporal"], c["lva"], c["G"] + c["L"], c["isa"], c["lsa"]) if wide else ()
+        table.add_row(r["name"], str(r["pretrained"] or "random init"), str(r["num_frames"]), str(r["max_words"]),
+                      *(f"{n:,}" for n in parts), f"{c['total']:,}")  # fmt: skip
+    return table
+
+
+def moments_table(metrics: dict[str, float], title: str = "") -> Table:
+    """Moment retrieval at a glance: inside each query's video, and over the whole collection (corpus), one row each,
+    under short headers that stay whole at 80 columns."""
+    table = Table("where", "R1@0.5", "R1@0.7", "R10@0.5", "mAP@0.5", "mAP@0.75", "mAP", title=title or None)
+    inside = ("R1@0.5", "R1@0.7", None, "mAP@0.5", "mAP@0.75", "mAP")
+    corpus = ("corpus_R1@0.5", "corpus_R1@0.7", "corpus_R10@0.5", None, None, None)
+    for name, keys in (("in video", inside), ("corpus", corpus)):
+        table.add_row(name, *(f"{metrics[k]:.1f}" if k else "" for k in keys))
     return table
 
 

@@ -8,6 +8,7 @@ import typer
 from tcmgc_cli import defaults
 from tcmgc_cli.cli._common import (
     DeviceOpt,
+    IndexOpt,
     PrecisionOpt,
     ThreadsOpt,
     cap_threads,
@@ -70,6 +71,7 @@ def search_command(
     device: DeviceOpt = defaults.DEVICE,
     precision: PrecisionOpt = defaults.PRECISION,
     threads: ThreadsOpt = None,
+    index_uri: IndexOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object per query and line: {query, results}.")
     ] = False,
@@ -81,21 +83,28 @@ def search_command(
     resolution, one second by default), the first of which is start_sec/end_sec.
     """
     with handle_errors():
+        from tcmgc_cli.cli.render import hits_table
+        from tcmgc_cli.options import EngineConfig, check_search
+
         texts = _queries(query, queries)
+        check_search(texts, top_k, candidates, per_video, moments)  # at once, before the model loads
+        engine = EngineConfig.of(index_uri)
         from tcmgc_cli.search import open_search
 
         cap_threads(threads)
-        index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision)
+        index = open_search(
+            checkpoint, cache, device, scorer, pretrained, precision=precision, engine=engine, sync=False
+        )
         results, notes = index.search(texts, top_k, candidates, per_video, video, moments)
-        for note in notes:
-            stderr.print(f"Note: {note}.")
+        for note in [*index.notes, *notes]:
+            stderr.print(f"Note: {note.rstrip('.')}.", highlight=False, soft_wrap=True)
         if index.scorer == "clip" and not json_out:
             stderr.print("Scoring with CLIP's own similarity (no trained TC-MGC checkpoint is used).")
         for text, hits in zip(texts, results, strict=True):
             if json_out:
                 print_json({"query": text, "scorer": index.scorer, "results": [h.to_dict() for h in hits]})
             else:
-                stdout.print(_hits_table(text, hits, index.scorer))
+                stdout.print(hits_table(text, hits, index.scorer))
         if explain:
             target = video or (results[0][0].video_id if results[0] else None)
             if target is not None:
@@ -112,25 +121,16 @@ def _queries(query: str | None, path: Path | None) -> list[str]:
         return [query]
     if not path.is_file():
         raise ConfigError(f"--queries {path} does not exist.")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"--queries {path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8."
+        ) from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise ConfigError(f"--queries {path} has no queries (one per line).")
     return lines
-
-
-def _hits_table(query: str, hits: list[Any], scorer: str) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
-
-    how = "CLIP similarity, no trained checkpoint" if scorer == "clip" else "TC-MGC"
-    table = Table(
-        "rank", "video", "score", "moment (s)", "other moments (s)", "path", title=f"“{escape(query)}” ({how})"
-    )
-    for h in hits:
-        others = ", ".join(f"{m['start_sec']:.1f}–{m['end_sec']:.1f}" for m in h.moments[1:])
-        table.add_row(str(h.rank), escape(h.video_id), f"{h.score:.3f}", f"{h.start_sec:.1f}–{h.end_sec:.1f}", others,
-                      escape(h.path))  # fmt: skip
-    return table
 
 
 def _explain(index: Any, query: str, video_id: str, png: Path, quiet: bool) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from tcmgc_cli import defaults
-from tcmgc_cli.cli._common import DeviceOpt, PrecisionOpt, ThreadsOpt, handle_errors, stderr
+from tcmgc_cli.cli._common import DeviceOpt, IndexOpt, PrecisionOpt, ThreadsOpt, handle_errors, stderr
 
 
 def serve_command(
@@ -25,6 +25,7 @@ def serve_command(
     device: DeviceOpt = defaults.DEVICE,
     precision: PrecisionOpt = defaults.PRECISION,
     threads: ThreadsOpt = None,
+    index_uri: IndexOpt = None,
     max_batch: Annotated[
         int,
         typer.Option(
@@ -53,8 +54,10 @@ def serve_command(
     the request.
     """
     with handle_errors(interrupted="the server stopped."):
+        from tcmgc_cli.options import EngineConfig
         from tcmgc_cli.serve.server import serve
 
         serve(host, port, cache=cache, checkpoint=checkpoint, scorer=scorer, pretrained=pretrained, device=device,
               precision=precision, threads=threads, max_batch=max_batch, watch=watch, thumb_cache_mb=thumb_cache_mb,
-              on_note=lambda note: stderr.print(note, highlight=False, soft_wrap=True))  # fmt: skip
+              on_note=lambda note: stderr.print(note, highlight=False, soft_wrap=True),
+              engine=EngineConfig.of(index_uri))  # fmt: skip

@@ -75,6 +75,10 @@ def train_command(
     Merge order of settings: defaults (the reference recipe) -> the model config -> --config -> --set -> flags.
     """
     with handle_errors(interrupted="finished epochs are kept; add --resume to the same command to continue."):
+        from tcmgc_cli.config import TrainConfig
+        from tcmgc_cli.options import train_keys
+
+        TrainConfig(**train_keys(epochs, batch_size, lr, seed, precision))  # the flags' values, checked at once
         from tcmgc_cli.distributed import process_rank
         from tcmgc_cli.training import train
 

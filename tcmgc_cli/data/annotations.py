@@ -10,6 +10,7 @@ from tcmgc_cli.data.video import VIDEO_EXTENSIONS
 from tcmgc_cli.errors import AnnotationError
 
 MSRVTT_VIDEO_DIRS = ("videos", "MSRVTT_Videos", "all")
+VIDEO_DIRS = ("videos", "all")  # DiDeMo's and VATEX's videos folder under --data-root
 MSRVTT_ID_FILES = ("MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_JSFUSION_test.csv")
 
 
@@ -50,24 +51,49 @@ def read_id_list(path: Path) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-def msrvtt_videos(root: Path) -> tuple[Path, list[str]]:
-    """The videos folder of an MSR-VTT data root and every video id its annotation files name."""
+@dataclass(frozen=True)
+class DatasetVideos:
+    """The videos a dataset's annotation files name: their folder, their ids, and the exact file names where the
+    dataset gives them (DiDeMo; elsewhere a video is `<id>.<a video extension>` in the folder)."""
+
+    folder: Path
+    ids: list[str]
+    files: dict[str, str]  # id -> exact file name
+
+
+def dataset_videos(dataset: str, root: Path) -> DatasetVideos:
+    """The videos of a dataset laid out as the reference code reads it (`tcmgc extract --dataset`)."""
     if not root.is_dir():
         raise AnnotationError(f"--data-root {root} is not a folder.")
-    folder = next((root / d for d in MSRVTT_VIDEO_DIRS if (root / d).is_dir()), None)
+    dirs = MSRVTT_VIDEO_DIRS if dataset == "msrvtt" else VIDEO_DIRS
+    folder = next((root / d for d in dirs if (root / d).is_dir()), None)
     if folder is None:
-        raise AnnotationError(f"{root} has no videos folder: expected one of {', '.join(MSRVTT_VIDEO_DIRS)}/.")
+        raise AnnotationError(f"{root} has no videos folder: expected one of {', '.join(dirs)}/.")
+    if dataset == "msrvtt":
+        return DatasetVideos(folder, msrvtt_ids(root), {})
+    lists = [root / f"{split}_list.txt" for split in SPLITS if (root / f"{split}_list.txt").is_file()]
+    if dataset not in ("didemo", "vatex") or not lists:
+        raise AnnotationError(f"{root} has none of train_list.txt, val_list.txt, test_list.txt ({dataset} layout).")
+    names = list(dict.fromkeys(n for p in lists for n in _read_list(p)))
+    if dataset == "vatex":
+        return DatasetVideos(folder, names, {})
+    files = {video_id_from_name(n): n for n in names}  # DiDeMo names its files exactly, extension and all
+    return DatasetVideos(folder, list(files), files)
+
+
+def msrvtt_ids(root: Path) -> list[str]:
+    """Every video id an MSR-VTT data root's annotation files name."""
     data_json = root / "MSRVTT_data.json"
     if data_json.is_file():
         try:
             videos = json.loads(_text(data_json))["videos"]
-            return folder, list(dict.fromkeys(str(v["video_id"]) for v in videos))
+            return list(dict.fromkeys(str(v["video_id"]) for v in videos))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise AnnotationError(f"{data_json} is not an MSR-VTT data file (need videos[].video_id): {err}") from err
     lists = [root / name for name in MSRVTT_ID_FILES if (root / name).is_file()]
     if not lists:
         raise AnnotationError(f"{root} has neither MSRVTT_data.json nor any of {', '.join(MSRVTT_ID_FILES)}.")
-    return folder, list(dict.fromkeys(i for p in lists for i in read_id_list(p)))
+    return list(dict.fromkeys(i for p in lists for i in read_id_list(p)))
 
 
 SPLITS = ("train", "val", "test")

@@ -18,7 +18,7 @@ from tcmgc_cli.cache import FeatureCache
 from tcmgc_cli.checkpoint import Trained, open_trained
 from tcmgc_cli.data.annotations import Split
 from tcmgc_cli.data.source import DataSource
-from tcmgc_cli.defaults import DEVICE, PRECISION
+from tcmgc_cli.defaults import DEVICE, EVAL_PRECISION
 from tcmgc_cli.distributed import Dist
 from tcmgc_cli.errors import ConfigError, NumericsError
 from tcmgc_cli.metrics import dual_softmax, retrieval_metrics
@@ -152,10 +152,12 @@ def measure_split(
 def evaluate(
     source: DataSource, checkpoint: Path | None = None, *, split: str = "test", cache: Path | None = None,
     dsl: bool = False, chunk: int = 64, save_scores: Path | None = None, device: str = DEVICE,
-    on_progress: Callable[[int, int], None] | None = None, precision: str = PRECISION,
+    on_progress: Callable[[int, int], None] | None = None, precision: str = EVAL_PRECISION,
 ) -> dict[str, Any]:  # fmt: skip
-    """Retrieval metrics (`metrics.METRIC_KEYS`, ties, `num_queries`, `num_videos`, `pairs_per_s`, `checkpoint`)
-    of a checkpoint on one split. Under torchrun every process scores a share and gets the same result."""
+    """Retrieval metrics (`metrics.METRIC_KEYS`, ties, `num_queries`, `num_videos`, `pairs_per_s`, `checkpoint`,
+    `precision`) of a checkpoint on one split, computed in fp32 unless `precision` says otherwise (so that a
+    checkpoint's numbers are the same on every host). Under torchrun every process scores a share and gets the same
+    result."""
     if chunk < 1:
         raise ConfigError("--chunk must be at least 1.")
     trained, features, where = open_trained(checkpoint, cache, device, precision)

@@ -11,18 +11,21 @@ from typing import Any
 from tcmgc_cli.cache import CacheSettings, existing_settings, remove_videos
 from tcmgc_cli.data.video import VideoBackend
 from tcmgc_cli.errors import ConfigError
-from tcmgc_cli.extract.options import ExtractOptions
 from tcmgc_cli.extract.pipeline import ExtractReport, extract
 from tcmgc_cli.extract.scan import files_gone, plan_jobs
 from tcmgc_cli.model.encoder import FrameEncoder
-from tcmgc_cli.model.registry import get_model_config, resolve_weights
+from tcmgc_cli.model.registry import dataset_inputs, get_model_config, resolve_weights
+from tcmgc_cli.options import ExtractOptions
 from tcmgc_cli.precision import cap_threads
 from tcmgc_cli.workspace import default_cache_path
+
+DATASETS = ("msrvtt", "didemo", "vatex")  # the layouts `--dataset` extracts
 
 
 def extract_folder(
     videos: Path, model: str | None = None, *, ids: list[str] | None = None, prune: bool = False,
-    on_progress: Callable[[int, int], None] | None = None, options: ExtractOptions | None = None, **settings: Any,
+    on_progress: Callable[[int, int], None] | None = None, options: ExtractOptions | None = None,
+    files: dict[str, str] | None = None, **settings: Any,
 ) -> ExtractReport:  # fmt: skip
     """Extract every video under `videos` (or only `ids`) into the cache (default: the workspace's cache for the
     model, where later commands look). Resumable, like `tcmgc extract`. `options` (or the same settings by keyword:
@@ -33,12 +36,13 @@ def extract_folder(
     seconds (default: half a window); a shorter video is one entry, zero-padded. window_seconds 0: one entry per
     video, the reference's input (what dataset runs use). prune: then remove the cached videos whose files under
     `videos` are gone (see `files_gone`). precision auto: as the cache began, else the faster on this host.
+    files: the exact file name of an id, where a dataset names it (DiDeMo).
     """
     opts = ExtractOptions.of(options, model=model, **settings)
     cap_threads(opts.threads)
     entry = get_model_config(opts.model)
     rule = opts.rule(entry["num_frames"])  # bad values fail first
-    jobs, pre_failed, ignored = plan_jobs(videos, ids)
+    jobs, pre_failed, ignored = plan_jobs(videos, ids, files)
     if not jobs and not pre_failed:
         raise ConfigError(f"no video files found in {videos}.")
     path = opts.cache or default_cache_path(opts.model)
@@ -61,22 +65,26 @@ def extract_dataset(
     dataset: str, data_root: Path, model: str | None = None, *, annotations: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None, options: ExtractOptions | None = None, **settings: Any,
 ) -> ExtractReport:  # fmt: skip
-    """Extract the videos of a dataset laid out as the reference code reads it (`tcmgc extract --dataset`), each
-    scored whole with the reference's input (method doc, section 2); `annotations`: only the ids a CSV lists.
+    """Extract the videos of a dataset laid out as the reference code reads it (`tcmgc extract --dataset msrvtt|
+    didemo|vatex`), each scored whole with the reference's input for that dataset (method doc, section 2: DiDeMo
+    takes more frames, `registry.dataset_inputs`); `annotations`: only the ids a CSV lists.
 
         report = extract_dataset("msrvtt", Path("MSRVTT"), pretrained="ViT-B-32.pt")
     """
-    from tcmgc_cli.data.annotations import msrvtt_videos, read_id_list
+    from tcmgc_cli.data.annotations import dataset_videos, read_id_list
 
     opts = ExtractOptions.of(options, model=model, **settings)
-    if dataset != "msrvtt":
-        raise ConfigError(f"extracting --dataset {dataset} is not supported yet: use --videos DIR with its folder.")
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown --dataset {dataset!r}: use {', '.join(DATASETS)} (or --videos DIR).")
     if opts.window_seconds:
         raise ConfigError(
             "dataset runs keep one entry per video, as the benchmarks define them: drop --window-seconds."
         )
-    folder, ids = msrvtt_videos(data_root)
+    found = dataset_videos(dataset, data_root)
+    ids = found.ids
     if annotations is not None:
         known = set(ids)
         ids = [i for i in read_id_list(annotations) if i in known]
-    return extract_folder(folder, ids=ids, on_progress=on_progress, options=ExtractOptions.of(opts, window_seconds=0.0))
+    frames = opts.num_frames or dataset_inputs(get_model_config(opts.model), dataset)["num_frames"]
+    whole = ExtractOptions.of(opts, window_seconds=0.0, num_frames=frames)
+    return extract_folder(found.folder, ids=ids, files=found.files, on_progress=on_progress, options=whole)

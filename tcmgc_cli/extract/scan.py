@@ -47,15 +47,26 @@ def scan_folder(folder: Path) -> tuple[dict[str, list[Path]], list[str]]:
     return by_id, ignored
 
 
-def plan_jobs(folder: Path, ids: Iterable[str] | None = None) -> tuple[list[VideoJob], list[Failure], list[str]]:
-    """Jobs for every video in `folder` (or only the listed `ids`), failures for ids that cannot be served."""
-    by_id, ignored = scan_folder(folder)
+def plan_jobs(
+    folder: Path, ids: Iterable[str] | None = None, files: dict[str, str] | None = None
+) -> tuple[list[VideoJob], list[Failure], list[str]]:
+    """Jobs for every video in `folder` (or only the listed `ids`; `files` gives the exact file name of an id where a
+    dataset names it), failures for ids that cannot be served, and the names of files that are not videos."""
+    files = files or {}
+    wanted = list(dict.fromkeys(ids)) if ids is not None else None
+    by_id, ignored = scan_folder(folder) if wanted is None or any(v not in files for v in wanted) else ({}, [])
     jobs: list[VideoJob] = []
     failed: list[Failure] = []
-    wanted = list(dict.fromkeys(ids)) if ids is not None else list(by_id)
-    for vid in wanted:
-        if _escapes(folder, vid):
+    for vid in wanted if wanted is not None else list(by_id):
+        name = files.get(vid)
+        if _escapes(folder, name or vid):
             failed.append(Failure(vid, vid, f"id {vid!r} points outside {folder}; video ids must be plain file names"))
+        elif name is not None:
+            path = folder / name
+            if path.is_file():
+                jobs.append(VideoJob(vid, path))
+            else:
+                failed.append(Failure(vid, str(path), f"no video file named {name} under {folder}"))
         elif vid not in by_id:
             failed.append(Failure(vid, str(folder / vid), f"no video file named {vid}.<ext> under {folder}"))
         else:

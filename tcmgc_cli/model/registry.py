@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tcmgc_cli.defaults import MAX_WORDS, NUM_FRAMES
+from tcmgc_cli.defaults import DATASET_SIZES, MAX_WORDS, NUM_FRAMES, TEMPORAL_POSITIONS
 from tcmgc_cli.errors import ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -65,3 +65,22 @@ def resolve_weights(entry: dict[str, Any], pretrained: str | None) -> str | None
         default: str | None = entry.get("pretrained")
         return default
     return None if pretrained.lower() == "none" else pretrained
+
+
+def text_context(clip_name: str) -> int:
+    """The text tower's context length of an open_clip architecture (read from its config, without open_clip)."""
+    ours = ENCODER_CONFIG_DIR / f"{clip_name}.json"
+    path = ours if ours.is_file() else open_clip_architectures().get(clip_name)
+    cfg = json.loads(path.read_text()) if path is not None else {}
+    return int(cfg.get("text_cfg", {}).get("context_length", 77))
+
+
+def dataset_inputs(entry: dict[str, Any], dataset: str) -> dict[str, int]:
+    """The model's inputs for a dataset, {"max_words", "num_frames"}: its config's (MSR-VTT's and VATEX's, 32 words
+    and 12 frames for the presets) except for DiDeMo, whose paragraphs and longer videos take the reference's 64
+    words and 64 frames (method doc, section 1), at most what the text tower and the frame position table hold."""
+    if dataset != "didemo":
+        return {"max_words": int(entry["max_words"]), "num_frames": int(entry["num_frames"])}
+    words, frames = DATASET_SIZES["didemo"]
+    positions = int(entry.get("model", {}).get("temporal_positions", TEMPORAL_POSITIONS))
+    return {"max_words": min(words, text_context(entry["clip"])), "num_frames": min(frames, positions)}

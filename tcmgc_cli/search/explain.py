@@ -13,9 +13,9 @@ def attention_of(index: SearchIndex, queries: torch.Tensor, entries: list[int]) 
     if not entries:
         return np.zeros((len(queries), 0, index.collection.num_frames), dtype=np.float32)
     dev, idx = queries.device, torch.tensor(entries)
-    frames, _ = index.collection.entry_inputs(idx)
+    frames, temporal, _ = index.inputs_of(idx)
     with torch.no_grad():
-        a = index.ranker.attention(queries, frames.to(dev), index.temporal_of(idx).to(dev))
+        a = index.ranker.attention(queries, frames.to(dev), temporal.to(dev))
     return a.float().cpu().numpy()
 
 

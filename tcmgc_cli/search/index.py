@@ -24,6 +24,7 @@ from tcmgc_cli.defaults import CANDIDATES, MOMENTS, PER_VIDEO, TOP_K
 from tcmgc_cli.errors import ConfigError, NumericsError
 from tcmgc_cli.model.attention import LvaVideo
 from tcmgc_cli.model.features import TextFeatures
+from tcmgc_cli.options import EngineConfig, check_search
 from tcmgc_cli.search.collection import Collection
 from tcmgc_cli.search.moments import MOMENT_BUDGET, Moment, find_moments, moment_budget
 from tcmgc_cli.search.rankers import Ranker, TcmgcRanker
@@ -65,6 +66,8 @@ class SearchIndex:
     ) -> None:  # fmt: skip
         self.ranker, self.collection, self.store, self.cache_path = ranker, collection, store, cache_path
         self.checkpoint: Path | None = None  # the checkpoint file it was opened with (a reload keeps to it)
+        self.engine: EngineConfig | None = None  # the vector engine of its coarse stage (None: the built-in index)
+        self.notes: list[str] = []  # what a person should know about this index (an engine that lags its cache)
         e, t, d = len(collection), collection.num_frames, len(collection.pad)
         self.lva: LvaVideo | None = None
         self._lva_worth = e * t * (2 * d + 3 * t + 3) * 4 <= keep_bytes
@@ -83,7 +86,9 @@ class SearchIndex:
 
     def fresh(self, keep_bytes: int = KEEP_LVA_BYTES) -> "SearchIndex":
         """A new index over the same files, as a new process would open it (no tensors kept yet)."""
-        return SearchIndex(self.ranker, self.collection, self.store, self.cache_path, keep_bytes)
+        index = SearchIndex(self.ranker, self.collection, self.store, self.cache_path, keep_bytes)
+        index.checkpoint, index.engine = self.checkpoint, self.engine
+        return index
 
     @property
     def ids(self) -> list[str]:
@@ -106,12 +111,27 @@ class SearchIndex:
     def __len__(self) -> int:
         return len(self.collection)
 
-    def temporal_of(self, idx: torch.Tensor) -> torch.Tensor:
-        """(n, T, D) float32: the entries' temporal-encoder output (CLIP: their frames), read from the files."""
+    @torch.no_grad()
+    def inputs_of(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Entries' frames and temporal-encoder outputs (n, T, D) float32 and their masks (n, T): the temporal
+        outputs read from the index's files where it keeps them, else computed now (CLIP's are its frames); the
+        frames read only where the ranker reads them or they are needed for that (else the temporal outputs
+        stand in, any tensor of that shape being as good)."""
         c = self.collection
-        if c.temporal is None or c.temporal_rows is None:
-            return c.entry_inputs(idx)[0]
-        return torch.from_numpy(c.temporal.take(c.temporal_rows[idx.numpy()])).float()
+        if c.temporal is not None and c.temporal_rows is not None:
+            temporal = torch.from_numpy(c.temporal.take(c.temporal_rows[idx.numpy()])).float()
+            frames = c.entry_inputs(idx)[0] if self.ranker.reads_frames else temporal
+            return frames, temporal, c.masks(idx)
+        frames, mask = c.entry_inputs(idx)
+        if not self.ranker.keeps_temporal:
+            return frames, frames, mask
+        exact, _ = c.entry_inputs(idx, exact=True)  # from the frames as extracted, kept in float16: as the parts do
+        dev = self.ranker.device
+        return frames, self.ranker.temporal(exact.to(dev), mask.to(dev)).half().float().cpu(), mask
+
+    def temporal_of(self, idx: torch.Tensor) -> torch.Tensor:
+        """(n, T, D) float32: the entries' temporal-encoder output (CLIP: their frames)."""
+        return self.inputs_of(idx)[1]
 
     def _kept_lva(self, part: torch.Tensor) -> LvaVideo | None:
         """The kept LVA tensors of these entries, once worth keeping (None: the ranker computes them)."""
@@ -135,9 +155,7 @@ class SearchIndex:
 
     def encode_queries(self, queries: list[str]) -> tuple[TextFeatures, list[str]]:
         """Text features, and a note for each query cut to the text encoder's context."""
-        empty = [i for i, q in enumerate(queries) if not q.strip()]
-        if empty:
-            raise ConfigError(f'query {empty[0] + 1} is empty: write a few words, e.g. tcmgc search "a dog runs".')
+        check_search(queries, TOP_K, CANDIDATES, PER_VIDEO, MOMENTS)
         tok = self.ranker.tokenizer
         notes = [f"query {i + 1} ({_shorten(q)}) is longer than {tok.length - 2} tokens: only its start is used"
                  for i, q in enumerate(queries) if tok.truncated(q)]  # fmt: skip
@@ -166,9 +184,7 @@ class SearchIndex:
         self, text: TextFeatures, top_k: int = TOP_K, candidates: int = CANDIDATES, per_video: int = PER_VIDEO,
         moments: int = MOMENTS,
     ) -> list[list[Hit]]:  # fmt: skip
-        if top_k < 1 or candidates < 1 or per_video < 1 or moments < 0:
-            raise ConfigError(f"--top-k ({top_k}), --candidates ({candidates}) and --per-video ({per_video}) must be "
-                              f"at least 1, --moments ({moments}) at least 0.")  # fmt: skip
+        check_search([], top_k, candidates, per_video, moments)
         wanted = max(candidates, top_k)  # CLIP's coarse vectors are its own scores (float16): an exact shortlist
         shortlist = self.shortlist(text, wanted)  # (Q, C)
         scores = self._shortlist_scores(text, shortlist)  # (Q, C)
@@ -191,9 +207,7 @@ class SearchIndex:
         parts = []
         for i in range(0, len(idx), chunk):
             part = idx[i : i + chunk]
-            temporal, mask = self.temporal_of(part).to(dev), self.collection.masks(part).to(dev)
-            both = self.ranker.reads_frames and self.collection.temporal is not None  # else not read twice
-            frames = self.collection.entry_inputs(part)[0].to(dev) if both else temporal
+            frames, temporal, mask = (x.to(dev) for x in self.inputs_of(part))
             parts.append(self.ranker.scores(text, frames, temporal, mask, self._kept_lva(part)).float().cpu())
         return torch.cat(parts, 1) if parts else torch.zeros(len(text.sentence), 0)
 

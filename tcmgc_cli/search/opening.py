@@ -7,6 +7,7 @@ hits, notes = index.search(["a dog runs"], top_k=5)
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tcmgc_cli.cache import FeatureCache
 from tcmgc_cli.checkpoint import Trained, find_checkpoint, latest_run, open_trained
@@ -14,9 +15,11 @@ from tcmgc_cli.defaults import DEVICE, PRECISION, SCORER
 from tcmgc_cli.errors import CacheError, CheckpointError, ConfigError
 from tcmgc_cli.model.encoder import TextEncoder
 from tcmgc_cli.model.registry import get_model_config, resolve_weights
+from tcmgc_cli.options import EngineConfig
+from tcmgc_cli.search.collection import Collection
 from tcmgc_cli.search.index import SearchIndex
 from tcmgc_cli.search.rankers import ClipRanker, Ranker, TcmgcRanker
-from tcmgc_cli.search.store import PartsStore, prefetch, prune_indexes, sync_store, writable_folder
+from tcmgc_cli.search.store import CoarseStore, PartsStore, prefetch, prune_indexes, sync_store, writable_folder
 from tcmgc_cli.workspace import index_folders, workspace_caches
 
 
@@ -33,15 +36,22 @@ def ranker_key(ranker: Ranker, checkpoint: Path | None = None) -> str:
 
 def open_index(
     ranker: Ranker | Trained, checkpoint: Path | None, cache: FeatureCache,
-    on_encoded: Callable[[int], None] | None = None,
+    on_encoded: Callable[[int], None] | None = None, engine: EngineConfig | None = None, sync: bool = True,
+    read_parts: bool = True,
 ) -> SearchIndex:  # fmt: skip
-    """The search index of this ranker over this cache, kept on disk by the built-in store (`store.py`) and grown
-    with the cache: only tracks that it does not hold yet run through the temporal encoder (`on_encoded(n)` after
-    each batch of n entries). Beside the cache when its folder is writable, else in the workspace; each folder
-    keeps the KEEP_INDEXES most recently used indexes."""
+    """The search index of this ranker over this cache. Built in (no `engine`): kept on disk by `PartsStore` and
+    grown with the cache (only tracks it does not hold yet run through the temporal encoder, `on_encoded(n)` after
+    each batch of n entries), beside the cache when its folder is writable, else in the workspace; each folder keeps
+    the KEEP_INDEXES most recently used indexes. On an engine: its collection for this cache and ranker, brought up
+    to date with the cache when `sync` (else the index says how far it lags, in `notes`); the candidates' frames and
+    temporal features are read from the built-in index's parts where they are whole (and `read_parts`), else the
+    frames from the cache and the temporal features computed per query."""
     ranker = TcmgcRanker(ranker) if isinstance(ranker, Trained) else ranker
     file = find_checkpoint(checkpoint) if checkpoint is not None else None
-    folder = writable_folder(index_folders(cache.path, ranker_key(ranker, file)))
+    key = ranker_key(ranker, file)
+    if engine is not None and engine.uri is not None:
+        return _engine_index(ranker, file, cache, key, engine, on_encoded, sync, read_parts)
+    folder = writable_folder(index_folders(cache.path, key))
     store = PartsStore(folder, cache, ranker)
     sync_store(store, cache, on_encoded)
     collection = store.load()
@@ -51,26 +61,76 @@ def open_index(
     return index
 
 
+def _engine_index(
+    ranker: Ranker, file: Path | None, cache: FeatureCache, key: str, engine: EngineConfig,
+    on_encoded: Callable[[int], None] | None, sync: bool, read_parts: bool,
+) -> SearchIndex:  # fmt: skip
+    from tcmgc_cli.search.milvus import EngineError, MilvusStore
+
+    assert engine.uri is not None
+    if ranker.needs_pixels:
+        raise EngineError(f"--index {engine.uri}: this checkpoint's image tower was fine-tuned, so its frames are "
+                          "encoded again from the cache's stored frames, which only the built-in index keeps: leave "
+                          "out --index.")  # fmt: skip
+    store = MilvusStore(engine, f"{cache.path.resolve()}|{key}", cache, ranker)
+    if sync:
+        sync_store(store, cache, on_encoded)
+    parts = _built_in_parts(cache, key, ranker) if read_parts else None
+    collection = parts or Collection.from_cache(cache, ranker.padding(cache.padding_feature))
+    store.attach(collection)
+    index = SearchIndex(ranker, collection, store, cache.path)
+    index.checkpoint, index.engine = file, engine
+    state = engine_state(store, cache)
+    if not state["in_sync"]:
+        index.notes.append(f"the engine at {engine.uri} lags its cache ({state['entries_engine']} of "
+                           f"{state['entries_cache']} entries): it answers from what it holds. Run `tcmgc index sync "
+                           f"--index {engine.uri}` to catch up.")  # fmt: skip
+    return index
+
+
+def _built_in_parts(cache: FeatureCache, key: str, ranker: Ranker) -> Collection | None:
+    """The candidates' frames and temporal features from the built-in index's parts where they are there and whole
+    (read, not computed per query: a fraction of the time), else None."""
+    for folder in index_folders(cache.path, key):
+        if folder.is_dir():
+            parts = PartsStore(folder, cache, ranker)
+            if parts.complete():
+                return parts.load()
+    return None
+
+
+def engine_state(store: CoarseStore, cache: FeatureCache) -> dict[str, Any]:
+    """`tcmgc index status`: entries in the cache and in the store, and whether the store holds exactly the cache's
+    tracks."""
+    live = {cache.uid(v) for v in cache.videos()}
+    entries_engine = store.count()
+    return {"entries_cache": len(cache), "entries_engine": entries_engine,
+            "in_sync": store.held() == live and entries_engine == len(cache)}  # fmt: skip
+
+
 SCORERS = ("auto", "tcmgc", "clip")
 
 
 def open_search(
     checkpoint: Path | None = None, cache: Path | None = None, device: str = DEVICE, scorer: str = SCORER,
     pretrained: str | None = None, on_encoded: Callable[[int], None] | None = None, precision: str = PRECISION,
+    engine: EngineConfig | None = None, sync: bool = True, read_parts: bool = True,
 ) -> SearchIndex:  # fmt: skip
     """A search index ready for `search(["a dog runs"])`. scorer "tcmgc": a trained checkpoint (default: the
     newest run) over its cache (default: the workspace's for its model); "clip": the cache's own CLIP embeddings,
-    no checkpoint needed (default cache: the workspace's only one); "auto": tcmgc when there is a checkpoint."""
+    no checkpoint needed (default cache: the workspace's only one); "auto": tcmgc when there is a checkpoint.
+    engine: where the coarse stage runs (default: the built-in index); `sync` brings an engine up to date first."""
     if scorer not in SCORERS:
         raise ConfigError(f"unknown --scorer {scorer!r}: use {', '.join(SCORERS)}.")
-    prefetch([cache] if cache is not None else workspace_caches())
+    if engine is None or engine.uri is None:
+        prefetch([cache] if cache is not None else workspace_caches())
     source = checkpoint or (latest_run() if scorer != "clip" else None)
     if scorer == "tcmgc" and source is None:
         raise CheckpointError("no trained run in the workspace: train one, pass --checkpoint, or use --scorer clip.")
     if source is not None and scorer != "clip":
         trained, features, where = open_trained(source, cache, device, precision)
         _check_not_empty(features, trained.spec.name)
-        return open_index(trained, where, features, on_encoded)
+        return open_index(trained, where, features, on_encoded, engine, sync, read_parts)
     features = FeatureCache(cache or _only_workspace_cache())
     _check_not_empty(features, features.settings.encoder)
     text = _text_encoder(features, pretrained, device)
@@ -79,7 +139,7 @@ def open_search(
             f"{features.path} was extracted with other {features.settings.encoder} weights than these: pass the "
             "--pretrained you extracted with."
         )
-    return open_index(ClipRanker(text), None, features, on_encoded)
+    return open_index(ClipRanker(text), None, features, on_encoded, engine, sync, read_parts)
 
 
 def _check_not_empty(cache: FeatureCache, model: str) -> None:

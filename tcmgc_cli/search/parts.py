@@ -81,6 +81,7 @@ def join(parts: list[Part], live_uids: set[str], num_frames: int, padding: str) 
                                                          "entry_start", "entry_stop", "temporal_rows")}  # fmt: skip
     videos: list[str] = []
     paths: list[str] = []
+    uids: list[str] = []
     entry_ids: list[str] = []
     dim = len(parts[0].table["pad"]) if parts else 0
     live_of = [keep_of(part, live_uids) for part in parts]
@@ -91,6 +92,7 @@ def join(parts: list[Part], live_uids: set[str], num_frames: int, padding: str) 
         number = np.cumsum(keep) - 1 + len(videos)  # global index of each kept video
         videos += t["videos"][keep].tolist()
         paths += t["paths"][keep].tolist()
+        uids += t["uids"][keep].tolist()
         entry_ids += t["entry_ids"][live].tolist()
         for name, values in (("durations", t["durations"][keep]), ("offsets", t["offsets"][keep] + base_f),
                              ("counts", t["counts"][keep]), ("times", t["times"]),
@@ -115,7 +117,7 @@ def join(parts: list[Part], live_uids: set[str], num_frames: int, padding: str) 
         entry_video=cat("entry_video", np.int64), entry_start=cat("entry_start", np.int64),
         entry_stop=cat("entry_stop", np.int64), num_frames=num_frames, padding=padding,
         temporal=Stack(temporal) if temporal and len(temporal) == len(parts) else None,
-        temporal_rows=cat("temporal_rows", np.int64),
+        temporal_rows=cat("temporal_rows", np.int64), uids=uids,
     )  # fmt: skip
     return collection, torch.from_numpy(coarse)
 

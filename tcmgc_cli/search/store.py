@@ -134,6 +134,11 @@ class PartsStore(MatrixStore):
             if seg not in self.live:
                 shutil.rmtree(path, ignore_errors=True)
 
+    def complete(self) -> bool:
+        """Whether every live segment has its part: the index can be loaded without building anything."""
+        present = self._present()
+        return bool(self.live) and all(seg in present for seg in self.live)
+
     def load(self) -> Collection:
         """The live segments' parts joined (only live tracks), their coarse vectors kept in memory."""
         (self.folder / "used").write_text(str(time.time()))

@@ -15,7 +15,7 @@ from tcmgc_cli.search import SearchIndex, open_index
 def reopen(index: SearchIndex) -> SearchIndex:
     """The index of the same ranker over its cache as it is now (parts built only for what is new)."""
     assert index.cache_path is not None, "an index made from arrays has no cache to follow"
-    return open_index(index.ranker, index.checkpoint, FeatureCache(index.cache_path))
+    return open_index(index.ranker, index.checkpoint, FeatureCache(index.cache_path), engine=index.engine)
 
 
 def cache_state(index: SearchIndex) -> tuple[str, ...]:
@@ -33,7 +33,7 @@ class LiveIndex:
 
     def __init__(self, index: SearchIndex, every_s: float = 2.0, on_error: Callable[[Exception], None] | None = None):
         self.current = index
-        self._state = cache_state(index)
+        self._state: tuple[str, ...] | None = None if index.notes else cache_state(index)  # lagging: sync at once
         self._lock = threading.Lock()  # one reload at a time
         self._stop = threading.Event()
         self._on_error = on_error or (lambda err: None)

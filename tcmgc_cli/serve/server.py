@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tcmgc_cli.defaults import DEVICE, HOST, PORT, PRECISION, SCORER
 from tcmgc_cli.errors import TcmgcError
+from tcmgc_cli.options import EngineConfig
 from tcmgc_cli.precision import cap_threads
 
 
@@ -24,7 +25,7 @@ def serve(
     host: str = HOST, port: int = PORT, *, cache: Path | None = None, checkpoint: Path | None = None,
     scorer: str = SCORER, pretrained: str | None = None, device: str = DEVICE, precision: str = PRECISION,
     threads: int | None = None, max_batch: int = 16, watch: float = 2.0, thumb_cache_mb: int = 256,
-    on_note: Callable[[str], None] = print,
+    on_note: Callable[[str], None] = print, engine: EngineConfig | None = None,
 ) -> None:  # fmt: skip
     """Serve the search page and its API until interrupted."""
     check_port(host, port)
@@ -38,7 +39,9 @@ def serve(
     from tcmgc_cli.workspace import thumbnail_folders
 
     cap_threads(threads)
-    index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision)
+    index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision, engine=engine, sync=False)
+    for note in index.notes:  # an engine that lags: answer from what it holds, sync at the first look
+        on_note(f"Note: {note}")
     assert index.cache_path is not None
     live = LiveIndex(index, every_s=watch, on_error=lambda err: on_note(f"Note: not reloaded yet ({err})."))
     thumbs = Thumbnails(thumbnail_folders(index.cache_path), thumb_cache_mb << 20)

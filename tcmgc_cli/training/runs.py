@@ -28,7 +28,8 @@ from tcmgc_cli.distributed import process_rank, world_size
 from tcmgc_cli.errors import ConfigError
 from tcmgc_cli.model.encoder import Tokenizer, resolve_device
 from tcmgc_cli.model.factory import ModelSpec, create_model, resolve_spec
-from tcmgc_cli.model.registry import get_model_config
+from tcmgc_cli.model.registry import dataset_inputs, get_model_config
+from tcmgc_cli.options import train_keys
 from tcmgc_cli.training.trainer import TrainData, Trainer, seed_everything
 from tcmgc_cli.workspace import default_cache_path, new_run_dir
 
@@ -65,23 +66,16 @@ class TrainResult:
                 "best_epoch": self.state.best_epoch, "best_t2v_R@1": self.state.best, "last": last}  # fmt: skip
 
 
-def train_keys(
-    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int | None = None,
-    precision: str | None = None, freeze_backbone: bool = False,
-) -> dict[str, Any]:  # fmt: skip
-    """The TrainConfig keys that the commands' flags set (None: left to the recipe)."""
-    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "precision": precision}
-    return {k: v for k, v in flags.items() if v is not None} | ({"freeze": "all"} if freeze_backbone else {})
-
-
 def prepare(
     source: DataSource, model: str = MODEL, *, pretrained: str | None = None, cache: Path | None = None,
     config: Path | None = None, sets: Sequence[str] = (), train: dict[str, Any] | None = None, device: str = DEVICE,
 ) -> TrainSetup:  # fmt: skip
-    """Resolve settings (recipe -> model config -> `config` TOML -> `sets` -> `train` keys), open the cache
+    """Resolve settings (recipe -> model config -> the dataset's inputs -> `config` TOML -> `sets` -> `train` keys),
+    open the cache
     (default: the workspace's for `model`) and check it, load the training and validation splits."""
     entry = get_model_config(model)
-    overrides, cfg = apply_overrides({}, entry.get("train", {}), config, list(sets))
+    inputs = {k: v for k, v in dataset_inputs(entry, source.dataset).items() if v != entry[k]}  # DiDeMo's: more
+    overrides, cfg = apply_overrides(inputs, entry.get("train", {}), config, list(sets))
     cfg = dataclasses.replace(cfg, **(train or {}))
     features = FeatureCache(cache or default_cache_path(model))
     check_cache(features, resolve_spec(model, pretrained, overrides), needs_frames=cfg.freeze == "none")

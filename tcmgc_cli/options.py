@@ -1,5 +1,7 @@
-"""What an extraction is asked to do, typed once: the library calls take it, and `tcmgc extract` builds it."""
+"""What a command is asked to do, typed and checked before anything loads (torch-free, like `config.py`): an
+extraction's options, where search's coarse stage runs, a search's queries and options, the flags of training."""
 
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ from tcmgc_cli.defaults import BATCH_VIDEOS, DECODERS, DEVICE, FPS, MODEL, PRECI
 from tcmgc_cli.errors import ConfigError
 
 BACKENDS = ("decord", "pyav")
-RENAMED = {"clip_seconds": "window_seconds", "clip_stride": "window_stride"}  # keywords of tcmgc 0.1
+EXTRACT_RENAMED = {"clip_seconds": "window_seconds", "clip_stride": "window_stride"}  # keywords of tcmgc 0.1
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class ExtractOptions:
     @classmethod
     def of(cls, base: "ExtractOptions | None" = None, **settings: Any) -> "ExtractOptions":
         """`base` (default: the defaults) with `settings` by field name; None leaves a field as it is."""
-        settings = {RENAMED.get(k, k): v for k, v in settings.items()}
+        settings = {EXTRACT_RENAMED.get(k, k): v for k, v in settings.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(settings) - known)
         if unknown:
@@ -66,3 +68,51 @@ class ExtractOptions:
     def decoders(self) -> int:
         """Decoder processes: `workers`, at most `threads`."""
         return min(self.workers, self.threads) if self.threads is not None else self.workers
+
+
+ENGINE_INDEX_TYPES = ("flat", "ivf_sq8", "hnsw")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where the search's coarse stage runs: the built-in index (`uri` None), Milvus Lite (a path ending in `.db`)
+    or a Milvus server or cluster (`http://HOST:PORT`, `https://...` with `token`)."""
+
+    uri: str | None = None
+    index_type: str = "flat"  # flat (exact), ivf_sq8 or hnsw (approximate, for large collections)
+    token: str = ""  # TCMGC_INDEX_TOKEN: user:password or an API key
+    batch: int = 256  # videos encoded and written at a time when syncing (a kill loses at most this batch)
+
+    def __post_init__(self) -> None:
+        uri = self.uri
+        if uri is not None and not (uri.endswith(".db") or uri.startswith(("http://", "https://"))):
+            raise ConfigError(f"--index {uri!r}: use a Milvus Lite file (a path ending in .db) or a Milvus server "
+                              "(http://HOST:PORT or https://...).")  # fmt: skip
+        if self.index_type not in ENGINE_INDEX_TYPES:
+            raise ConfigError(f"unknown --index-type {self.index_type!r}: use one of {', '.join(ENGINE_INDEX_TYPES)}.")
+
+    @classmethod
+    def of(cls, uri: str | None = None, index_type: str = "flat", batch: int = 256) -> "EngineConfig":
+        """--index (else $TCMGC_INDEX; empty: the built-in index), its token from $TCMGC_INDEX_TOKEN."""
+        chosen = uri if uri is not None else os.environ.get("TCMGC_INDEX")
+        return cls(chosen or None, index_type, os.environ.get("TCMGC_INDEX_TOKEN", ""), batch)
+
+
+def check_search(queries: list[str], top_k: int, candidates: int, per_video: int, moments: int) -> None:
+    """A search's queries and options, checked before anything loads: each error names the flag and the value."""
+    empty = [i for i, q in enumerate(queries) if not q.strip()]
+    if empty:
+        raise ConfigError(f'query {empty[0] + 1} is empty: write a few words, e.g. tcmgc search "a dog runs".')
+    for flag, value, least in (("--top-k", top_k, 1), ("--candidates", candidates, 1), ("--per-video", per_video, 1),
+                               ("--moments", moments, 0)):  # fmt: skip
+        if value < least:
+            raise ConfigError(f"{flag} must be at least {least} (got {value}).")
+
+
+def train_keys(
+    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None, seed: int | None = None,
+    precision: str | None = None, freeze_backbone: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """The TrainConfig keys that the commands' flags set (None: left to the recipe)."""
+    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "precision": precision}
+    return {k: v for k, v in flags.items() if v is not None} | ({"freeze": "all"} if freeze_backbone else {})
