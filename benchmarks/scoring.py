@@ -5,12 +5,15 @@
     (c) TC-MGC, straightforward             LVA's LayerNorm -> D x D linear -> LayerNorm on every pooled vector of
                                             every pair, block by block (the reference's way)
     (d) TC-MGC, ours                        the same equations through the factorized LVA
+    (e) TC-MGC + hierarchy                  (d) with the hierarchical interaction model on LVA's units
+                                            (model.hierarchy, method doc section 17), and (f) on the temporal frames
 
 Each runs in its own process, so peak memory (max RSS above the process's state after setup) is its own.
 (c) is slow (about 0.5 ms a pair on 2 cores): it scores a square corner of the matrix (--straightforward-size),
 and (b) and (d) score the same corner too, so that every ratio compares the same work (same texts, same videos,
 same blocks): speedup_vs_straightforward = time (c) / time (d) on the corner; ratio_vs_xclip = time (d) / time (b)
-on the full matrix, ratio_vs_xclip_corner on the corner. The scores of (d) and (c) are compared on the corner
+on the full matrix, ratio_vs_xclip_corner on the corner; hierarchy_ratio = time (e) / time (d) (and
+hierarchy_agnostic_ratio for (f)). The scores of (d) and (c) are compared on the corner
 (max_rel_diff = max |d - c| / max |c|). Each time is the best of 3 runs (of 1 for (c)); `seconds` includes the
 per-video work (temporal encoder, LVA tensors: `encode_s`), `score_s` is the block-by-block scoring alone, and the
 `*_scoring_only` ratios compare that. --profile adds each scorer's five most expensive torch operators.
@@ -28,6 +31,7 @@ import os
 import resource
 import tempfile
 import time
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -58,7 +62,9 @@ def _worker(variant: str, q: int, v: int, chunk: int, out_path: str, threads: in
     torch.manual_seed(0)
     words, sentence, frames = _inputs(q, v)
     cfg = ModelConfig(embed_dim=D, max_words=L, num_frames=T)
-    model = TcmgcModel(cfg.xclip() if variant == "xclip" else cfg, LogitScaleOnly()).eval()
+    cfg = {"xclip": cfg.xclip(), "hierarchy": replace(cfg, hierarchy=True),
+           "hierarchy_agnostic": replace(cfg, hierarchy=True, hierarchy_inputs="agnostic")}.get(variant, cfg)  # fmt: skip
+    model = TcmgcModel(cfg, LogitScaleOnly()).eval()
     text = TextFeatures(words, sentence)
     base = _rss_mb()
 
@@ -68,7 +74,7 @@ def _worker(variant: str, q: int, v: int, chunk: int, out_path: str, threads: in
         with torch.no_grad():
             if variant == "clip":
                 return F.normalize(sentence, dim=-1) @ F.normalize(frames.mean(1), dim=-1).T
-            factorized = variant in ("ours", "xclip")
+            factorized = variant != "direct"
             start = time.perf_counter()
             video = model.encode_video(frames, factorized=factorized)  # temporal encoder (+ LVA tensors), per video
             middle = time.perf_counter()
@@ -129,10 +135,11 @@ def main() -> None:
     results = {}
     for name, variant, size in (("a_clip", "clip", n), ("b_xclip", "xclip", n), ("d_ours", "ours", n),
                                 ("c_straightforward", "direct", corner), ("d_ours_corner", "ours", corner),
-                                ("b_xclip_corner", "xclip", corner)):  # fmt: skip
+                                ("b_xclip_corner", "xclip", corner), ("e_hierarchy", "hierarchy", n),
+                                ("f_hierarchy_agnostic", "hierarchy_agnostic", n)):  # fmt: skip
         stats, scores = run(variant, size, size, args.chunk, args.threads, args.profile)
         results[name] = (stats, scores)
-        print(f"{name:18s} {size:5d} x {size:<5d} {stats['seconds']:9.3f} s  {stats['us_per_pair']:9.3f} us/pair  "
+        print(f"{name:20s} {size:5d} x {size:<5d} {stats['seconds']:9.3f} s  {stats['us_per_pair']:9.3f} us/pair  "
               f"peak +{stats['peak_mb']:.0f} MB  {stats.get('top_ops', '')}", flush=True)  # fmt: skip
     c, c_scores = results["c_straightforward"]
     d_corner = results["d_ours_corner"][1]
@@ -148,6 +155,8 @@ def main() -> None:
         "ratio_vs_xclip_scoring_only": round(d["score_s"] / b["score_s"], 3),
         "ratio_vs_xclip_corner_scoring_only": round(dc["score_s"] / bc["score_s"], 3),
         "speedup_vs_straightforward": round(c["seconds"] / dc["seconds"], 2),
+        "hierarchy_ratio": round(results["e_hierarchy"][0]["seconds"] / d["seconds"], 3),
+        "hierarchy_agnostic_ratio": round(results["f_hierarchy_agnostic"][0]["seconds"] / d["seconds"], 3),
         "max_rel_diff": max_rel,
     }  # fmt: skip
     print(json.dumps(summary))

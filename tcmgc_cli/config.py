@@ -75,6 +75,10 @@ SDR_RULES = ("variance", "standardized")
 AGGREGATIONS = ("lsa", "mean", "softmax")
 KEEP_RULES = ("fixed", "mass")
 ISA_FORMS = ("tcmgc", "xclip")
+# a hierarchical interaction model (the paper's open question 3): words x units, merged phrases x merged clips,
+# sentence x video, fed LVA's text-conditioned units or the temporal encoder's text-agnostic frames
+HIERARCHY_SIMILARITIES = ("hw", "hp", "hs")
+HIERARCHY_INPUTS = ("conditioned", "agnostic")
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,10 @@ class ModelConfig:
     phrase_words: int = 3
     snippets: bool = False  # video units between frames and video: windows of snippet_frames consecutive frames,
     snippet_frames: int = 3  # each pooled by LVA conditioned on the sentence
+    hierarchy: bool = False  # add a hierarchical interaction model's three levels (docs/method.md, section 17)
+    hierarchy_inputs: str = "conditioned"  # its video units: LVA's ("conditioned") or the temporal encoder's
+    # frames and their mean ("agnostic")
+    hierarchy_merge: int = 3  # each level above the first has ceil(n / hierarchy_merge) of the n units below
     mask_padding: bool = False  # mask padding words and padded frames (the reference does not)
     logit_scale_max: float = 100.0  # tau is clamped to at most this
 
@@ -120,6 +128,14 @@ class ModelConfig:
             raise ConfigError(f"unknown sdr_rule {self.sdr_rule!r}: use one of {', '.join(SDR_RULES)}.")
         if self.phrase_words < 1 or self.snippet_frames < 1:
             raise ConfigError("model.phrase_words and model.snippet_frames must be at least 1.")
+        if self.hierarchy_merge < 2:
+            raise ConfigError(f"model.hierarchy_merge must be at least 2 (got {self.hierarchy_merge}).")
+        if self.hierarchy_inputs not in HIERARCHY_INPUTS:
+            raise ConfigError(f"unknown model.hierarchy_inputs {self.hierarchy_inputs!r}: use one of "
+                              f"{', '.join(HIERARCHY_INPUTS)}.")  # fmt: skip
+        if self.hierarchy and self.hierarchy_inputs == "conditioned" and not self.text_conditioning:
+            raise ConfigError("model.hierarchy_inputs=conditioned needs LVA (model.text_conditioning=true); "
+                              "use model.hierarchy_inputs=agnostic without it.")  # fmt: skip
         if self.keep_rule not in KEEP_RULES or not 0 < self.keep_mass <= 1:
             raise ConfigError(f"keep_rule must be one of {', '.join(KEEP_RULES)} and keep_mass in (0, 1].")
         if self.aggregation not in AGGREGATIONS:
@@ -147,10 +163,16 @@ class ModelConfig:
         return math.ceil(self.num_frames / self.snippet_frames)
 
     @property
+    def hierarchy_units(self) -> int:
+        """The hierarchy's first-level video units: Nw word-conditioned pools, or T frames (agnostic)."""
+        return self.max_words if self.hierarchy_inputs == "conditioned" else self.num_frames
+
+    @property
     def active_similarities(self) -> tuple[str, ...]:
-        """The scores a pair gets: the configured ones, and those phrases and snippets add."""
+        """The scores a pair gets: the configured ones, and those phrases, snippets and the hierarchy add."""
         extra = (("vp", "pf") if self.phrases else ()) + (("cs", "cw") if self.snippets else ())
-        return (*self.similarities, *extra, *(("cp",) if self.phrases and self.snippets else ()))
+        both = ("cp",) if self.phrases and self.snippets else ()
+        return (*self.similarities, *extra, *both, *(HIERARCHY_SIMILARITIES if self.hierarchy else ()))
 
     def kept(self, n: int) -> int:
         """Entries SR keeps of a length-n vector."""

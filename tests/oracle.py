@@ -159,3 +159,57 @@ def unit_pair_scores(model: TcmgcModel, text: TextFeatures, t: int, video: Video
             m = [[float(torch.dot(x @ local, f)) for f in vx] for x in tx]
             out[name] = _bi_isa(m, kt, kv, head, name, lam)
     return {k: tau * v for k, v in out.items()}
+
+
+def segments(adjacent: list[float], parts: int, valid: list[bool] | None = None) -> list[int]:
+    """Section 17's merge of n units, given the n - 1 cosines of neighbours: cut at the parts - 1 least similar
+    neighbours (first where a unit that counts meets one that does not; ties: the earlier gap)."""
+    n = len(adjacent) + 1
+    gaps = [(-3.0 if valid is not None and valid[i] != valid[i + 1] else a, i) for i, a in enumerate(adjacent)]
+    cuts = {i for _, i in sorted(gaps)[: min(parts, n) - 1]}
+    seg, out = 0, [0]
+    for i in range(n - 1):
+        seg += i in cuts
+        out.append(seg)
+    return out
+
+
+def merged(units: list[torch.Tensor], parts: int) -> list[torch.Tensor]:
+    """Adjacent unit vectors merged into `parts` normalized means, cut where neighbours are least alike."""
+    seg = segments([float(torch.dot(units[i], units[i + 1])) for i in range(len(units) - 1)], parts)
+    sums = [sum(u for u, s in zip(units, seg, strict=True) if s == p) for p in range(max(seg) + 1)]
+    return [s / s.norm() for s in sums]
+
+
+@torch.no_grad()
+def hierarchy_pair_scores(model: TcmgcModel, text: TextFeatures, t: int, video: VideoFeatures, v: int) -> list[float]:
+    """Section 17 for one pair, no masks: words x units, merged phrases x merged clips (both by Bi-SR and Bi-ISA over
+    cosines), sentence . video; units are LVA's word-conditioned pools and video ("conditioned") or the temporal
+    frames and their mean ("agnostic"). tau-scaled: [hw, hp, hs]."""
+    cfg, head = model.cfg, model.head
+    tau, lam, merge = float(model.tau.detach()), cfg.isa_lambda, cfg.hierarchy_merge
+    s, words, frames = text.sentence[t], text.words[t], video.temporal[v]
+    w_hat = [w / w.norm() for w in words]
+    if cfg.hierarchy_inputs == "conditioned":
+        units, top = [lva(model, w, frames) for w in words], lva(model, s, frames)
+    else:
+        units, top = [f / f.norm() for f in frames], frames.mean(0) / frames.mean(0).norm()
+    phrases, clips = merged(w_hat, math.ceil(len(w_hat) / merge)), merged(units, math.ceil(len(units) / merge))
+    hw = [[float(torch.dot(w, u)) for u in units] for w in w_hat]
+    hp = [[float(torch.dot(p, c)) for c in clips] for p in phrases]
+    return [
+        tau * _bi_isa(hw, cfg.kept(len(w_hat)), cfg.kept(len(units)), head, "hw", lam),
+        tau * _bi_isa(hp, cfg.kept(len(phrases)), cfg.kept(len(clips)), head, "hp", lam),
+        tau * float(torch.dot(s / s.norm(), top)),
+    ]
+
+
+@torch.no_grad()
+def lva_weights(model: TcmgcModel, query: torch.Tensor, frames: torch.Tensor) -> list[float]:
+    """Section 4's attention a_f of one query (D,) over one entry's temporal features (T, D), padding included."""
+    m = model.head.lva
+    assert m is not None
+    q = layer_norm(query, m.layer_norm1)
+    logits = [float(torch.dot(q, layer_norm(f, m.layer_norm1))) / math.sqrt(len(q)) for f in frames]
+    e = [math.exp(x - max(logits)) for x in logits]
+    return [x / sum(e) for x in e]

@@ -108,11 +108,12 @@ def test_ablate_cli_on_sample_video(sample_cache: Path, tmp_path: Path) -> None:
     data = small_dataset(tmp_path)
     out = tmp_path / "grid"
     args = ["ablate", "--dataset", "csv", "--annotations", str(data), "--model", "tcmgc-tiny", "--cache", str(sample_cache),
-            "--output", str(out), "--components", "full,-lsa", "--keep-rates", "0.5", "--epochs", "1", "--set", "train.batch_size=16"]  # fmt: skip
+            "--output", str(out), "--components", "full,-lsa,+hierarchy,+hierarchy-agnostic", "--keep-rates", "0.5", "--epochs",
+            "1", "--set", "train.batch_size=16"]  # fmt: skip
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["variant"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"full", "keep_rate=0.5", "-lsa"}
+    assert set(rows) == {"full", "keep_rate=0.5", "-lsa", "+hierarchy", "+hierarchy-agnostic"}
     for r in rows.values():
         assert {
             "variant",
@@ -129,8 +130,13 @@ def test_ablate_cli_on_sample_video(sample_cache: Path, tmp_path: Path) -> None:
         assert r["pairs_per_s"] > 0 and r["score_variance"] >= 0
     assert rows["keep_rate=0.5"]["keep_rate"] == 0.5 and rows["-lsa"]["components"] == "-lsa"
     assert (out / "ablation.csv").is_file() and (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
-    again = runner.invoke(app, args)
-    assert again.exit_code == 0 and again.output.count("skipped") == 3
+    for name, inputs in (("+hierarchy", "conditioned"), ("+hierarchy-agnostic", "agnostic")):
+        model = json.loads((out / f"{name}-s42" / "config.json").read_text())["spec"]["model"]
+        assert model["hierarchy"] and model["hierarchy_inputs"] == inputs
+    again = runner.invoke(app, args, env={"COLUMNS": "80"})
+    assert again.exit_code == 0 and again.output.count("skipped") == 5
+    table = again.output[again.output.index("ablation (") :]
+    assert "…" not in table and all(f"{name} " in table for name in rows)  # every variant whole at 80 columns
     bad = runner.invoke(app, ["ablate", "--keep-rates", "0,0.5"])
     assert bad.exit_code == 2 and "(0, 1]" in bad.output
 
@@ -167,6 +173,9 @@ def test_units_and_sdr_grids_expand() -> None:
         {"phrases": True, "snippets": True},
         {"snippets": True},
     ]  # "+clips": the earlier name of "+snippets"
+    hierarchy = expand_variants([], [], ["full", "+hierarchy", "+hierarchy-agnostic"], [])
+    assert [v.overrides for v in hierarchy] == [{}, {"hierarchy": True}, {"hierarchy": True,
+                                                                         "hierarchy_inputs": "agnostic"}]  # fmt: skip
     combos = parse_combinations("vs,vw; vs,fw ;vs,vw,sf,fw")
     assert combos == [("vs", "vw"), ("vs", "fw"), ("vs", "vw", "sf", "fw")]
     grid = expand_variants([], [], [], [], combinations=combos[:1], sdr_rules=["variance", "standardized"])
@@ -181,6 +190,7 @@ def test_units_and_sdr_grids_expand() -> None:
     ("call", "message"),
     [
         (lambda: expand_variants([], [], ["+words"], []), r"unknown component '\+words'.*\+phrases"),
+        (lambda: expand_variants([], [], ["+hierarchy-raw"], []), r"\+hierarchy, \+hierarchy-agnostic"),
         (lambda: parse_combinations("vs;;fw"), "empty combination"),
         (lambda: parse_combinations("vs,xx"), "unknown similarity xx.*vs, vw"),
         (lambda: expand_variants([], [], [], [], combinations=[("vs",)], sdr_rules=["calm"]), "unknown SDR rule"),

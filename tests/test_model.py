@@ -334,3 +334,76 @@ def test_phrase_means_and_masks() -> None:
     assert phrase_any(torch.tensor([[True, True, False, False, False, False, False]]), 3).tolist() == [
         [True, False, False]
     ]
+
+
+HIERARCHY_CFG = replace(CFG, hierarchy=True, keep_rate=0.34)
+
+
+@pytest.mark.parametrize("inputs", ["conditioned", "agnostic"])
+def test_hierarchy_against_loops(clip: torch.nn.Module, inputs: str) -> None:
+    """The paper's open question 3: three levels merged by similarity on each side, level by level, against the
+    method's equations written as loops; TC-MGC's four scores are unchanged beside them."""
+    cfg = replace(HIERARCHY_CFG, hierarchy_inputs=inputs)
+    model = make_model(clip, cfg)
+    assert model.cfg.active_similarities == ("vs", "vw", "sf", "fw", "hw", "hp", "hs")
+    text, frames = features(2, 3, cfg)
+    video = model.encode_video(frames)
+    parts = model(text, video)["parts"]  # the training path (direct LVA)
+    for t in range(2):
+        for v in range(3):
+            assert parts[t, v, :4].tolist() == pytest.approx(oracle.pair_scores(model, text, t, video, v), rel=1e-4)
+            want = oracle.hierarchy_pair_scores(model, text, t, video, v)
+            assert parts[t, v, 4:].tolist() == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        HIERARCHY_CFG,
+        replace(HIERARCHY_CFG, hierarchy_inputs="agnostic"),
+        replace(HIERARCHY_CFG, mask_padding=True),
+        replace(HIERARCHY_CFG, mask_padding=True, hierarchy_inputs="agnostic"),
+        replace(HIERARCHY_CFG, text_conditioning=False, hierarchy_inputs="agnostic"),
+        replace(HIERARCHY_CFG, phrases=True, snippets=True, keep_rule="mass", hierarchy_merge=4),
+    ],
+)
+def test_hierarchy_factorized_equals_direct(clip: torch.nn.Module, cfg: ModelConfig) -> None:
+    """Retrieval's factorized path forms no word-conditioned pool, yet gives the hierarchy's scores exactly: the
+    merged units' cosines follow from the first level's and from the pools' Gram matrix over the per-video basis."""
+    model = make_model(clip, cfg)
+    text, frames = features(5, 7, cfg)
+    text.mask = torch.arange(cfg.max_words)[None] <= torch.tensor([3, 5, 11, 7, 2])[:, None]  # (Q, L) short captions
+    mask = torch.ones(7, cfg.num_frames, dtype=torch.bool)
+    mask[0, 3:] = False
+    mask[1, 1:] = False
+    with torch.no_grad():
+        direct = model(text, model.encode_video(frames, mask))
+        fast = model.score_chunked(text, model.encode_video(frames, mask, factorized=True), 2, 3, parts=True)
+    torch.testing.assert_close(fast["parts"], direct["parts"], rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(fast["logits"]).all() and direct["parts"].shape[-1] == len(cfg.active_similarities)
+
+
+def test_hierarchy_segments_against_loops() -> None:
+    """The merge cuts at the least similar neighbours, first where counting units meet ones that do not."""
+    from tcmgc_cli.model.hierarchy import segments
+
+    g = torch.Generator().manual_seed(3)
+    adjacent = torch.rand(4, 11, generator=g) * 2 - 1  # (4, n-1) cosines of 12 units
+    valid = torch.arange(12)[None] < torch.tensor([12, 5, 1, 9])[:, None]  # (4, 12)
+    for parts in (1, 2, 4, 12):
+        got, got_valid = segments(adjacent, parts, None), segments(adjacent, parts, valid)
+        for row in range(4):
+            assert got[row].tolist() == oracle.segments(adjacent[row].tolist(), parts)
+            assert got_valid[row].tolist() == oracle.segments(adjacent[row].tolist(), parts, valid[row].tolist())
+    assert oracle.segments([0.9, -0.5, 0.8, 0.1], 3) == [0, 0, 1, 1, 2]  # the two least alike gaps are the cuts
+
+
+def test_hierarchy_settings_are_checked() -> None:
+    from tcmgc_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="use one of conditioned, agnostic"):
+        ModelConfig(hierarchy=True, hierarchy_inputs="raw")
+    with pytest.raises(ConfigError, match="needs LVA"):
+        ModelConfig(hierarchy=True, text_conditioning=False)
+    with pytest.raises(ConfigError, match="hierarchy_merge must be at least 2"):
+        ModelConfig(hierarchy_merge=1)

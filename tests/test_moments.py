@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tcmgc_cli.cli import app
@@ -136,3 +138,68 @@ def test_a_moments_file_that_is_not_utf8_names_the_fix(tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["evaluate", "--moments", str(path), "--scorer", "clip"])
     assert result.exit_code == 1 and "save it as UTF-8" in result.output and "Traceback" not in result.output
+
+
+def test_attention_check_against_its_definition(long_cache: Path, trained_run: tuple[Path, Path]) -> None:
+    """Per query, by loops: the entry holding the most seconds of the true window, LVA's attention of the sentence
+    and of each word over its frames (section 4's softmax), the sentence's mass inside the window over the mass on
+    real frames, and the words whose most-attended real frame is inside."""
+    from tcmgc_cli.evaluation.attention import query_attention
+    from tcmgc_cli.evaluation.moment_retrieval import read_moment_queries
+    from tcmgc_cli.search import open_search
+    from tests import oracle
+
+    index = open_search(trained_run[0], long_cache, sync=False)
+    c, model = index.collection, index.trained.model
+    for q in read_moment_queries(LONG / "moments.jsonl")[:4]:
+        text, _ = index.encode_queries([q.query])
+        got = query_attention(index, text, q.qid, q.query, q.vid, q.windows)
+        video = c.videos.index(q.vid)
+        best, most = -1, -1.0
+        for e in range(len(c)):
+            if c.entry_video[e] == video:
+                a, b = c.span(video, int(c.entry_start[e]), int(c.entry_stop[e]))
+                seconds = sum(max(0.0, min(b, w1) - max(a, w0)) for w0, w1 in q.windows)
+                best, most = (e, seconds) if seconds > most else (best, most)
+        _, temporal, mask = index.inputs_of(torch.tensor([best]))
+        real = [i for i in range(c.num_frames) if mask[0, i]]
+        times = [float(c.entry_times(best)[i]) for i in real]
+        inside = [any(w0 <= t < w1 for w0, w1 in q.windows) for t in times]
+        sentence = oracle.lva_weights(model, text.sentence[0], temporal[0])
+        mass = sum(sentence[i] for i in real)
+        assert got.times.tolist() == times and got.inside.tolist() == inside
+        assert got.in_span == pytest.approx(sum(sentence[i] for i, ok in zip(real, inside, strict=True) if ok) / mass,
+                                            rel=1e-4)  # fmt: skip
+        assert got.padding_mass == pytest.approx(1 - mass, abs=1e-5)
+        ids = index.ranker.tokenizer([q.query])[0]
+        pointing = 0
+        for j in range(1, int(ids.argmax())):  # the caption's words, start and end left out
+            row = oracle.lva_weights(model, text.words[0, j], temporal[0])
+            pointing += inside[max(range(len(real)), key=lambda k: row[real[k]])]
+        assert got.pointing == pointing and len(got.words) == int(ids.argmax()) - 1
+
+
+def test_evaluate_attention_prints_the_check_and_draws_the_true_windows(
+    long_cache: Path, trained_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    png = tmp_path / "attention.png"
+    args = ["evaluate", "--moments", str(LONG / "moments.jsonl"), "--cache", str(long_cache), "--checkpoint",
+            str(trained_run[0]), "--attention-png", str(png), "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)
+    assert m["attention_source"] == "lva" and m["attention_queries"] + m["attention_skipped"] == 30
+    for key in ("attention_in_span", "attention_uniform", "word_pointing", "word_pointing_chance"):
+        assert 0 < m[key] < 1, key
+    assert m["attention_ratio"] == pytest.approx(m["attention_in_span"] / m["attention_uniform"])
+    assert set(MOMENT_KEYS) <= set(m) and "attention_examples" not in m
+    pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
+    assert ((pixels == (0, 160, 0)).all(1)).sum() > 100  # the true windows' green boxes
+    table = runner.invoke(app, args[:-3])
+    assert table.exit_code == 0 and "mass in span" not in table.output  # no --attention: no check
+    table = runner.invoke(app, [*args[:-3], "--attention"])
+    assert table.exit_code == 0 and "word pointing" in table.output and "mass in span" in table.output
+    alone = runner.invoke(app, ["evaluate", "--attention", "--cache", str(long_cache)])
+    assert alone.exit_code == 2 and "--moments" in alone.output

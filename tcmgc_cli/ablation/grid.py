@@ -1,8 +1,9 @@
 """An ablation grid's variants: each axis varies one setting away from the base config (not a cross product).
 
-Axes: keep rates, SDR weights, components (each "-x" removes one part, "+x" adds phrases or snippets), aggregations,
-input-dependent keep masses, and combinations of similarities each with SDR off and with each SDR rule. Every value is
-checked by the model config's own rules before anything trains, and an error names the flag it came from.
+Axes: keep rates, SDR weights, components (each "-x" removes one part, "+x" adds phrases, snippets or the hierarchy),
+aggregations, input-dependent keep masses, and combinations of similarities each with SDR off and with each SDR rule.
+Every value is checked by the model config's own rules before anything trains, and an error names the flag it came
+from.
 
     variants = grid(keep_rates="0.05,0.5")   # full, keep_rate=0.05, keep_rate=0.5
 """
@@ -20,8 +21,13 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "-sdr": {"sdr_alpha": 0.0},
     "-textcond": {"text_conditioning": False},
 }
-ADDABLE = {"phrases": {"phrases": True}, "snippets": {"snippets": True}, "clips": {"snippets": True}}  # "+x" adds
-# a part ("+phrases+snippets" both); "+clips" is the earlier name of "+snippets"
+ADDABLE: dict[str, dict[str, Any]] = {  # "+x" adds a part ("+phrases+snippets" both)
+    "phrases": {"phrases": True},
+    "snippets": {"snippets": True},
+    "clips": {"snippets": True},  # the earlier name of "+snippets"
+    "hierarchy": {"hierarchy": True},  # a hierarchical interaction model on LVA's units (open question 3)
+    "hierarchy-agnostic": {"hierarchy": True, "hierarchy_inputs": "agnostic"},  # ... on the temporal frames
+}
 DEFAULT_COMPONENTS = "full,-sr,-lsa,-sdr,-textcond"  # the grid with no grid option: about 8 minutes with tcmgc-tiny
 
 
@@ -61,7 +67,7 @@ def component(name: str) -> dict[str, Any]:
         return COMPONENTS[name]
     parts = name.split("+")[1:] if name.startswith("+") else []
     if not parts or any(p not in ADDABLE for p in parts):
-        valid = [*COMPONENTS, "+phrases", "+snippets", "+phrases+snippets"]
+        valid = [*COMPONENTS, "+phrases", "+snippets", "+phrases+snippets", "+hierarchy", "+hierarchy-agnostic"]
         raise ConfigError(f"unknown component {name!r} in --components: use {', '.join(valid)}.")
     return {k: v for p in parts for k, v in ADDABLE[p].items()}
 

@@ -38,9 +38,12 @@ def ablate_command(
     components: Annotated[
         str | None,
         typer.Option(
-            help="full,-sr,-lsa,-sdr,-textcond,+phrases,+snippets,+phrases+snippets: each '-x' removes one part, each "
-            "'+x' adds text phrases or video snippets (windows of frames) as units, the paper's open question 2 "
-            "(+clips is the earlier name of +snippets). Default, with no grid option: full,-sr,-lsa,-sdr,-textcond."
+            help="full,-sr,-lsa,-sdr,-textcond,+phrases,+snippets,+phrases+snippets,+hierarchy,+hierarchy-agnostic: "
+            "each '-x' removes one part; '+phrases' and '+snippets' add text phrases or video snippets (windows of "
+            "frames) as units, the paper's open question 2 (+clips is the earlier name of +snippets); '+hierarchy' "
+            "adds a hierarchical interaction model on LVA's text-conditioned units, '+hierarchy-agnostic' the same "
+            "on the temporal encoder's frames, the paper's open question 3. Default, with no grid option: "
+            "full,-sr,-lsa,-sdr,-textcond."
         ),
     ] = None,
     similarities: Annotated[
@@ -114,17 +117,23 @@ def ablate_command(
 
 
 def _render(result: "Ablation") -> None:
-    from rich.table import Table
+    from rich import box
+    from rich.table import Column, Table
 
-    def pm(r: Any, k: str, fmt: str = ".1f") -> str:
-        return f"{r[k]:{fmt}}±{r[k + '_std']:{fmt}}"
+    def pm(r: Any, k: str, fmt: str = ".1f") -> str:  # mean ± std over seeds (one seed: the value)
+        return f"{r[k]:{fmt}}±{r[k + '_std']:{fmt}}" if len(r["seeds"]) > 1 else f"{r[k]:{fmt}}"
 
-    table = Table("variant", "r", "alpha", "t2v R@1", "R@5", "R@10", "MdR", "pairs/s", "score var",
-                  title=f"ablation ({result.folder})")  # fmt: skip
-    for _, r in result.summary.iterrows():
+    summary = result.summary
+    varied = [(k, name) for k, name in (("keep_rate", "r"), ("sdr_alpha", "alpha")) if summary[k].nunique() > 1]
+    fixed = ", ".join(f"{name} {summary[k].iloc[0]:g}" for k, name in (("keep_rate", "r"), ("sdr_alpha", "alpha"))
+                      if (k, name) not in varied)  # fmt: skip
+    table = Table(Column("variant", no_wrap=True), *(name for _, name in varied), "t2v R@1", "R@5", "MdR", "pairs/s",
+                  "score var", title=f"ablation ({result.folder}{'; ' + fixed if fixed else ''})",
+                  box=box.SIMPLE_HEAD)  # fmt: skip
+    for _, r in summary.iterrows():
         mark = (" *" if r["best"] else "") + (" †" if r["best_tradeoff"] else "")
-        table.add_row(f"{r['variant']}{mark}", f"{r['keep_rate']:g}", f"{r['sdr_alpha']:g}", pm(r, "t2v_R@1"), pm(r, "t2v_R@5"),
-                      pm(r, "t2v_R@10"), pm(r, "t2v_MdR"), f"{r['pairs_per_s']:,.0f}", pm(r, "score_variance", ".3f"))  # fmt: skip
+        table.add_row(f"{r['variant']}{mark}", *(f"{r[k]:g}" for k, _ in varied), pm(r, "t2v_R@1"), pm(r, "t2v_R@5"),
+                      pm(r, "t2v_MdR"), f"{r['pairs_per_s']:,.0f}", f"{r['score_variance']:.3f}")  # fmt: skip
     stdout.print(table)
     for effect in result.facts.get("sdr_effects", []):
         runs = ", ".join(f"{rule} {mean:.1f}±{std:.1f}" for rule, (mean, std) in effect["t2v_R@1"].items())

@@ -1,7 +1,7 @@
 """`tcmgc evaluate`: retrieval metrics of a trained model on a dataset split."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 
@@ -51,6 +51,23 @@ def evaluate_command(
         Path | None,
         typer.Option(help="With --moments: write each query's predicted windows here (pred_relevant_windows)."),
     ] = None,
+    attention: Annotated[
+        bool,
+        typer.Option(
+            "--attention",
+            help="With --moments: also measure where LVA's attention lands against the true windows, over the entry "
+            "that best covers each: the sentence's attention mass inside (attention_in_span) against the share of "
+            "frames inside (attention_uniform), and the share of words whose most-attended frame is inside "
+            "(word_pointing) against its chance level.",
+        ),
+    ] = False,
+    attention_png: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --moments: draw the first 6 queries' word-by-frame attention, true windows boxed, "
+            "as a PNG here (implies --attention)."
+        ),  # fmt: skip
+    ] = None,
     scorer: Annotated[
         str, typer.Option(help="With --moments: tcmgc (a checkpoint), clip (no training), or auto.")
     ] = defaults.SCORER,
@@ -74,8 +91,12 @@ def evaluate_command(
     with handle_errors():
         common.cap_threads(threads)
         if moments_file is not None:
-            _moments(moments_file, checkpoint, cache, scorer, device, save_predictions, json_out, precision, index_uri)
+            check = AttentionCheck(attention or attention_png is not None, attention_png)
+            _moments(moments_file, checkpoint, cache, scorer, device, save_predictions, json_out, precision, index_uri,
+                     check)  # fmt: skip
             return
+        if attention or attention_png is not None:
+            raise typer.BadParameter("--attention and --attention-png measure moments: pass --moments FILE too.")
         from tcmgc_cli.distributed import process_rank
         from tcmgc_cli.evaluation.retrieval import evaluate
 
@@ -101,18 +122,31 @@ def evaluate_command(
 
 def _moments(
     path: Path, checkpoint: Path | None, cache: Path | None, scorer: str, device: str, save: Path | None,
-    json_out: bool, precision: str, index_uri: str | None,
+    json_out: bool, precision: str, index_uri: str | None, check: "AttentionCheck",
 ) -> None:  # fmt: skip
-    from tcmgc_cli.cli.render import moments_table
+    from tcmgc_cli.cli.render import attention_check_table, attention_grid_png, moments_table
     from tcmgc_cli.evaluation.moment_retrieval import evaluate_moments
     from tcmgc_cli.options import EngineConfig
 
+    if check.png is not None and check.png.suffix.lower() != ".png":
+        raise typer.BadParameter(f"--attention-png {check.png} must end in .png.")
     metrics = evaluate_moments(path, checkpoint, cache=cache, scorer=scorer, device=device, save_predictions=save,
-                               precision=precision, engine=EngineConfig.of(index_uri))  # fmt: skip
+                               precision=precision, engine=EngineConfig.of(index_uri), attention=check.on)  # fmt: skip
     for note in metrics["notes"]:
         common.stderr.print(f"Note: {note}", highlight=False, soft_wrap=True)
+    examples = metrics.pop("attention_examples", [])
+    if check.png is not None:
+        attention_grid_png(examples, check.png)
+        common.stderr.print(f"Wrote {check.png} ({len(examples)} queries).", highlight=False)
     if json_out:
         print_json(metrics)
         return
     stdout.print(moments_table(metrics, f"{path.name}: {metrics['num_queries']} queries ({metrics['scorer']} scorer, "
                                f"{metrics['precision']})"))  # fmt: skip
+    if check.on:
+        stdout.print(attention_check_table(metrics))
+
+
+class AttentionCheck(NamedTuple):
+    on: bool
+    png: Path | None

@@ -65,6 +65,18 @@ def moments_table(metrics: dict[str, float], title: str = "") -> Table:
     return table
 
 
+def attention_check_table(metrics: dict[str, Any]) -> Table:
+    """Where the attention lands against the true windows, beside what attention spread evenly would give."""
+    table = Table("measure", "observed", "chance", "ratio",
+                  title=f"attention ({metrics['attention_source']}) over {metrics['attention_queries']} queries")  # fmt: skip
+    in_span, uniform = metrics["attention_in_span"], metrics["attention_uniform"]
+    pointing, chance = metrics["word_pointing"], metrics["word_pointing_chance"]
+    table.add_row("mass in span", f"{in_span:.3f}", f"{uniform:.3f}", f"{metrics['attention_ratio']:.2f}")
+    table.add_row("word pointing", f"{pointing:.3f}", f"{chance:.3f}", f"{pointing / chance:.2f}" if chance else "")
+    table.add_row("on padding", f"{metrics['attention_on_padding']:.3f}", "", "")
+    return table
+
+
 def attention_table(words: list[str], weights: np.ndarray, times: np.ndarray, title: str = "") -> Table:
     """Words x frames, each cell shaded by its attention weight (rows sum to 1)."""
     table = Table("word", *(f"{t:.1f}s" for t in times), title=title or None)
@@ -94,3 +106,48 @@ def attention_png(words: list[str], weights: np.ndarray, times: np.ndarray, path
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def attention_grid_png(examples: list[dict[str, Any]], path: Path, columns: int = 2) -> None:
+    """Each query's word-by-frame attention (the sentence's first), the frames inside its true window boxed in green
+    and their times in bold: the picture of the paper's second check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    rows = max(1, -(-len(examples) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.2 * rows), squeeze=False)
+    for ax, item in zip(axes.flat, examples, strict=False):
+        weights = np.array([item["sentence"], *item["weights"]])  # (1 + words, T')
+        ax.imshow(weights, cmap="Reds", aspect="auto", vmin=0)
+        ax.set_yticks(range(len(weights)), ["[sentence]", *item["words"]], fontsize=7)
+        ax.set_xticks(range(len(item["times"])), [f"{t:g}" for t in item["times"]], fontsize=7)
+        for tick, inside in zip(ax.get_xticklabels(), item["inside"], strict=True):
+            tick.set_fontweight("bold" if inside else "normal")
+        for start, stop in _runs(item["inside"]):  # each stretch of frames inside a true window
+            ax.add_patch(Rectangle((start - 0.5, -0.5), stop - start, len(weights), fill=False, edgecolor=TRUE_WINDOW,
+                                   linewidth=2.5))  # fmt: skip
+        ax.set_title(f"{item['qid']}: {item['query'][:60]}", fontsize=8)
+        ax.set_xlabel("frame time (s); true window boxed", fontsize=7)
+    for ax in list(axes.flat)[len(examples) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+TRUE_WINDOW = "#00a000"  # the box around the frames inside a true window
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True."""
+    out, start = [], None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            out.append((start, i))
+            start = None
+    return out

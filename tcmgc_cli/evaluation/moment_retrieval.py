@@ -17,10 +17,13 @@ from typing import Any
 
 from tcmgc_cli.defaults import CANDIDATES, DEVICE, EVAL_PRECISION, SCORER
 from tcmgc_cli.errors import AnnotationError
+from tcmgc_cli.evaluation import attention as check
 from tcmgc_cli.fileio import write_text_atomic
 from tcmgc_cli.metrics import MAX_PREDICTIONS, moment_metrics
 from tcmgc_cli.options import EngineConfig
 from tcmgc_cli.search import SearchIndex, open_search
+
+EXAMPLES = 6  # queries whose attention `attention_examples` keeps (the picture's panels)
 
 
 @dataclass
@@ -92,18 +95,20 @@ def evaluate_moments(
     path: Path, checkpoint: Path | None = None, *, cache: Path | None = None, scorer: str = SCORER,
     pretrained: str | None = None, device: str = DEVICE, candidates: int = CANDIDATES,
     save_predictions: Path | None = None, precision: str = EVAL_PRECISION, engine: EngineConfig | None = None,
+    attention: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Moment metrics (`metrics.MOMENT_KEYS`, `num_queries`) of a checkpoint (or CLIP's own similarity) on a
     QVHighlights-style file; `save_predictions` writes each query's predicted windows in the same format. engine:
-    where the coarse stage runs (default: the built-in index)."""
+    where the coarse stage runs (default: the built-in index). attention: also where the attention lands against the
+    true windows (`evaluation/attention.py`: its figures, and `attention_examples`, the first queries' pictures)."""
     queries = read_moment_queries(path)  # a bad file is refused before any model loads
     index = open_search(checkpoint, cache, device, scorer, pretrained, precision=precision, engine=engine, sync=False)
-    return score_moments(index, path, candidates, save_predictions, queries)
+    return score_moments(index, path, candidates, save_predictions, queries, attention)
 
 
 def score_moments(
     index: SearchIndex, path: Path, candidates: int = CANDIDATES, save_predictions: Path | None = None,
-    queries: list[MomentQuery] | None = None,
+    queries: list[MomentQuery] | None = None, attention: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """`evaluate_moments` over an open index (`queries`: the file's, when already read)."""
     c = index.collection
@@ -125,4 +130,9 @@ def score_moments(
     metrics["precision"] = index.trained.precision if index.scorer == "tcmgc" else "fp32"  # CLIP's towers: fp32
     if save_predictions is not None:
         write_text_atomic(save_predictions, "\n".join(lines) + "\n")
+    if attention:
+        items = [check.query_attention(index, text.select(slice(n, n + 1)), q.qid, q.query, q.vid, q.windows)
+                 for n, q in enumerate(queries)]  # fmt: skip
+        metrics |= check.attention_metrics(items, check.attention_source(index))
+        metrics["attention_examples"] = [check.example(a) for a in items[:EXAMPLES]]
     return metrics

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tcmgc_cli.model.attention import LvaVideo
+from tcmgc_cli.model.hierarchy import HierarchyDots
 
 
 @dataclass
@@ -51,6 +52,14 @@ class PairDots:
     cs: torch.Tensor | None = None  # (Q, V, C) s^ . C^_k (snippets)
     cw: torch.Tensor | None = None  # (Q, V, L, C) (w^_i L) . C^_k
     cp: torch.Tensor | None = None  # (Q, V, P, C) (p^ L) . C^_k (phrases and snippets)
+    h: HierarchyDots | None = None  # the hierarchy's three levels (hw, hp, hs)
+
+    def get(self, name: str) -> torch.Tensor | None:
+        """A similarity's dots by its code."""
+        if name in ("hw", "hp", "hs"):
+            return None if self.h is None else getattr(self.h, name)
+        found: torch.Tensor | None = getattr(self, name)
+        return found
 
     def add_units(self, prep: "PreparedText", v_hat: torch.Tensor, f_dot: Callable[[torch.Tensor], torch.Tensor],
                   c_hat: torch.Tensor | None) -> "PairDots":  # fmt: skip

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tcmgc_cli.config import ModelConfig
+from tcmgc_cli.model import hierarchy
 from tcmgc_cli.model.aggregate import ISA, Aggregation
 from tcmgc_cli.model.attention import LanguageVideoAttention, LvaVideo
 from tcmgc_cli.model.features import (
@@ -29,7 +30,9 @@ UNITS = {
     "vs": ("s", "v", "scalar"), "vw": ("w", "v", "text"), "sf": ("s", "f", "video"), "fw": ("w", "f", "matrix"),
     "vp": ("p", "v", "text"), "pf": ("p", "f", "matrix"), "cs": ("s", "c", "video"), "cw": ("w", "c", "matrix"),
     "cp": ("p", "c", "matrix"),
+    "hw": ("w", "u", "matrix"), "hp": ("m", "g", "matrix"), "hs": ("s", "v", "scalar"),
 }  # fmt: skip
+# the hierarchy's units (model/hierarchy.py): u its first-level video units, m merged phrases, g merged clips
 
 
 class TcmgcHead(nn.Module):
@@ -63,11 +66,12 @@ class TcmgcHead(nn.Module):
         self.aggregation = Aggregation(len(sims), cfg.aggregation)
 
     def units(self, unit: str) -> int:
-        """How many units of a kind a pair has: sentence and video 1, words L, phrases P, frames N, snippets C."""
-        cfg = self.cfg
-        return {"s": 1, "v": 1, "w": cfg.max_words, "p": cfg.num_phrases, "f": cfg.num_units, "c": cfg.num_snippets}[
-            unit
-        ]
+        """How many units of a kind a pair has: sentence and video 1, words L, phrases P, frames N, snippets C, and
+        the hierarchy's first-level video units, merged phrases and merged clips."""
+        cfg, merge = self.cfg, self.cfg.hierarchy_merge
+        return {"s": 1, "v": 1, "w": cfg.max_words, "p": cfg.num_phrases, "f": cfg.num_units, "c": cfg.num_snippets,
+                "u": cfg.hierarchy_units, "m": math.ceil(cfg.max_words / merge),
+                "g": math.ceil(cfg.hierarchy_units / merge)}[unit]  # fmt: skip
 
     def kept(self, unit: str) -> int:
         """The entries SR keeps of a vector over these units (all of them without SR)."""
@@ -109,11 +113,24 @@ class TcmgcHead(nn.Module):
         return prep
 
     def dots(self, prep: PreparedText, video: VideoFeatures, factorized: bool) -> PairDots:
-        text, s_hat, w_hat, s_g, w_l = prep.text, prep.s_hat, prep.w_hat, prep.s_g, prep.w_l
+        """Every active similarity's dots (the hierarchy's on LVA's units are formed beside those units)."""
         if self.lva is None:
-            return self._dots_unconditioned(prep, video)
-        if factorized:
-            return self._dots_factorized(prep, video)
+            found = self._dots_unconditioned(prep, video)
+        else:
+            found = self._dots_factorized(prep, video) if factorized else self._dots_direct(prep, video)
+        if self.cfg.hierarchy and self.cfg.hierarchy_inputs == "agnostic":
+            mean = F.normalize(masked_mean(video.temporal, video.mask), dim=-1)  # (V, D)
+            found.h = hierarchy.agnostic(prep.s_hat, prep.w_hat, video.temporal, mean, video.mask,
+                                         self.cfg.hierarchy_merge, prep.text.mask)  # fmt: skip
+        return found
+
+    def _conditioned_hierarchy(self) -> bool:
+        return self.cfg.hierarchy and self.cfg.hierarchy_inputs == "conditioned"
+
+    def _dots_direct(self, prep: PreparedText, video: VideoFeatures) -> PairDots:
+        """LVA formed per pair (training): every pooled vector explicit."""
+        text, s_hat, w_hat, s_g, w_l = prep.text, prep.s_hat, prep.w_hat, prep.s_g, prep.w_l
+        assert self.lva is not None
         v_hat = self.lva(text.sentence[:, None], video.temporal, video.mask)[:, 0]  # (Q, V, D)
         f_hat = self.lva(text.words, video.temporal, video.mask)  # (Q, N, V, D)
         dots = PairDots(
@@ -122,6 +139,9 @@ class TcmgcHead(nn.Module):
             torch.einsum("qd,qjvd->qvj", s_hat, f_hat),
             torch.einsum("qid,qjvd->qvij", w_l, f_hat),
         )
+        if self._conditioned_hierarchy():
+            dots.h = hierarchy.conditioned(s_hat, w_hat, f_hat.transpose(1, 2), v_hat, self.cfg.hierarchy_merge,
+                                           text.mask)  # fmt: skip  # (Q, L, V, D) -> (Q, V, L, D)
         if not (self.cfg.phrases or self.cfg.snippets):
             return dots
         c_hat = None
@@ -160,8 +180,6 @@ class TcmgcHead(nn.Module):
         )
         sf = (units @ s_probe[..., None]).squeeze(-1)  # (Q, V, L_j)
         dots = PairDots(torch.einsum("qd,qvd->qv", s_g, v_hat), torch.einsum("qid,qvd->qvi", w_hat, v_hat), sf, fw)
-        if not (self.cfg.phrases or self.cfg.snippets):
-            return dots
 
         def f_dot(p: torch.Tensor) -> torch.Tensor:  # probes (Q, P, D) against the units: (Q, V, P, L_j)
             r = torch.einsum("qpd,vtd->qvpt", p, pre.r)
@@ -169,6 +187,12 @@ class TcmgcHead(nn.Module):
                 -1, -2
             )
 
+        if self._conditioned_hierarchy():  # each pool is `units` over the basis R_1..R_T, r0, b3: (V, T+2, D)
+            basis = torch.cat([pre.r, r0.expand(v, 1, d), b3.expand(v, 1, d)], 1)
+            dots.h = hierarchy.conditioned_factorized(s_hat, w_hat, f_dot(w_hat), units, basis, v_hat,
+                                                      self.cfg.hierarchy_merge, prep.text.mask)  # fmt: skip
+        if not (self.cfg.phrases or self.cfg.snippets):
+            return dots
         c_hat = self._snippets_factorized(sentence_logits, pre) if self.cfg.snippets else None
         return dots.add_units(prep, v_hat, f_dot, c_hat)
 
@@ -234,10 +258,12 @@ class TcmgcHead(nn.Module):
         snippet_ok = self.snippet_units(video.mask)
         snippets = None if snippet_ok is None else snippet_ok[None]  # (1, V, C)
         valid = {"w": words, "p": phrases, "f": frames, "c": snippets, "s": None, "v": None}
+        if dots.h is not None:
+            valid |= {"u": dots.h.units_ok, "m": dots.h.phrases_ok, "g": dots.h.clips_ok}
         out = []
         for name in cfg.active_similarities:
             t_unit, v_unit, kind = UNITS[name]
-            x = getattr(dots, name)
+            x = dots.get(name)
             assert x is not None, f"no dots for {name}"
             if kind == "scalar":
                 out.append(x)
