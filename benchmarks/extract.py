@@ -9,7 +9,8 @@ Two encoders: the tiny test model (decode-bound) and a ViT-B/32-sized CLIP with 
 
 --long: seconds of video indexed per second of wall time, for ViT-B-32, MobileCLIP2-S0 and ViT-B-16-SigLIP2 (random
 weights), each in fp32, bf16 and auto (`auto` decides with a fresh record, so its time includes the measuring),
-beside the decode-only and encode-only ceilings (at 1 frame per second of video, seconds of video per second equal
+beside the decode-only (the default backend's, and the other's) and encode-only ceilings and the share of the
+encode-only rate that full extraction reaches (`extract_<precision>_of_encode_only`) (at 1 frame per second of video, seconds of video per second equal
 frames per second), and the tower's achieved GFLOP/s against this host's measured matrix-multiply peak in the same
 precision.
 
@@ -34,6 +35,7 @@ import torch  # noqa: E402
 from tcmgc_cli.cache import CacheSettings  # noqa: E402
 from tcmgc_cli.config import TrackConfig  # noqa: E402
 from tcmgc_cli.data.video import VideoBackend  # noqa: E402
+from tcmgc_cli.defaults import BACKEND  # noqa: E402
 from tcmgc_cli.extract import extract, plan_jobs  # noqa: E402
 from tcmgc_cli.extract.decode import Decoded, Decoder, decode_stream  # noqa: E402
 from tcmgc_cli.model.encoder import FrameEncoder  # noqa: E402
@@ -123,12 +125,16 @@ def measure_long(video: Path, work: Path, name: str, clip: str) -> dict[str, Any
     out: dict[str, Any] = {}
     fp32 = FrameEncoder.load(clip, None, "cpu", "fp32")
     flops = tower_flops(fp32)
-    decode = Decoder(1.0, fp32.preprocess, VideoBackend.decord)
-    t0 = time.perf_counter()
-    decoded = next(r for r in decode_stream([(plan_jobs(video.parent)[0][0], None)], decode, 0, 1))
-    assert isinstance(decoded, Decoded)
-    seconds_of_video = decoded.duration
-    out["decode_only_video_s_per_s"] = round(seconds_of_video / (time.perf_counter() - t0), 1)
+    for backend in (VideoBackend(BACKEND), *(b for b in VideoBackend if b != VideoBackend(BACKEND))):
+        decode = Decoder(1.0, fp32.preprocess, backend)
+        t0 = time.perf_counter()
+        decoded = next(r for r in decode_stream([(plan_jobs(video.parent)[0][0], None)], decode, 0, 1))
+        assert isinstance(decoded, Decoded)
+        seconds_of_video = decoded.duration
+        key = (
+            "decode_only_video_s_per_s" if backend == VideoBackend(BACKEND) else f"decode_only_{backend}_video_s_per_s"
+        )
+        out[key] = round(seconds_of_video / (time.perf_counter() - t0), 1)
     frames = torch.from_numpy(decoded.frames[:64])  # 2 of the blocks of 32 frames extraction encodes on a CPU
     for precision in ("fp32", "bf16"):
         enc = fp32.with_precision(precision)
@@ -145,6 +151,10 @@ def measure_long(video: Path, work: Path, name: str, clip: str) -> dict[str, Any
         wall = time.perf_counter() - start
         assert report.extracted, report.failed
         out[f"extract_{precision}_video_s_per_s"] = round(report.video_seconds / wall, 1)
+        if precision != "auto":  # the share of the tower's own rate that extraction reaches
+            out[f"extract_{precision}_of_encode_only"] = round(
+                report.video_seconds / wall / out[f"encode_only_{precision}_video_s_per_s"], 3
+            )
         if precision == "auto":
             from tcmgc_cli.cache import FeatureCache
 

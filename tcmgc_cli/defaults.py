@@ -16,6 +16,7 @@ MOMENTS = 3  # moments listed per search result
 PER_VIDEO = 1  # results one video may take
 BATCH_VIDEOS = 16  # videos per image-tower batch and per cache segment when extracting
 DECODERS = 2  # decoder processes when extracting
+BACKEND = "pyav"  # video decoder: PyAV decodes only the packets the track needs (decord: every one)
 DEVICE = "auto"  # CUDA when present, else the CPU
 PRECISION = "auto"  # the faster of fp32 and bf16 on this host, measured once (precision.py)
 EVAL_PRECISION = "fp32"  # evaluate: the same numbers for the same checkpoint on every host

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tcmgc_cli.config import PADDINGS, TrackConfig
-from tcmgc_cli.defaults import BATCH_VIDEOS, DECODERS, DEVICE, FPS, MODEL, PRECISION
+from tcmgc_cli.defaults import BACKEND, BATCH_VIDEOS, DECODERS, DEVICE, FPS, MODEL, PRECISION
 from tcmgc_cli.errors import ConfigError
 
 BACKENDS = ("decord", "pyav")
@@ -29,7 +29,7 @@ class ExtractOptions:
     batch_size: int = BATCH_VIDEOS  # videos per image-tower batch and per cache segment
     workers: int = DECODERS  # decoder processes; 0 decodes in the calling process
     store_frames: bool = False  # also keep the preprocessed uint8 frames (for end-to-end fine-tuning)
-    backend: str = "decord"  # video decoder: decord or pyav
+    backend: str = BACKEND  # video decoder: pyav or decord
     device: str = DEVICE
     precision: str = PRECISION  # fp32, bf16, or auto (as the cache began, else the faster here)
     verify: bool = False  # read every cached row first; re-extract damaged ones

@@ -297,11 +297,12 @@ def test_a_container_that_misreports_its_duration_is_clipped_by_its_frames(tmp_p
 
 
 def test_a_machine_without_decord_decodes_with_pyav(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """decord has no ARM wheels: there the default backend quietly becomes PyAV, with the same frames."""
+    """decord has no ARM wheels: there a run that asks for decord quietly decodes with PyAV, the same frames."""
     from tcmgc_cli.data import video as video_module
 
     path = long_video(tmp_path / "v.mp4", seconds=4)
-    with_decord = video_module.read_video(path, lambda n, fps: [0, n - 1])
+    decord = video_module.VideoBackend.decord
+    with_decord = video_module.read_video(path, lambda n, fps: [0, n - 1], decord)
     opened: list[str] = []
     real_open = video_module.open_video
 
@@ -311,7 +312,7 @@ def test_a_machine_without_decord_decodes_with_pyav(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(video_module, "has_decord", lambda: False)
     monkeypatch.setattr(video_module, "open_video", spy)
-    without = video_module.read_video(path, lambda n, fps: [0, n - 1])
+    without = video_module.read_video(path, lambda n, fps: [0, n - 1], decord)
     assert opened == ["pyav"] and np.array_equal(without[0], with_decord[0])
 
 

@@ -23,8 +23,11 @@ class Dataset(StrEnum):
 
 
 class Backend(StrEnum):
-    decord = "decord"
     pyav = "pyav"
+    decord = "decord"
+
+
+DEFAULT_BACKEND = Backend(defaults.BACKEND)
 
 
 class Padding(StrEnum):
@@ -89,7 +92,13 @@ def extract_command(
             "--store-frames", help="Also keep the preprocessed uint8 frames (needed for end-to-end fine-tuning)."
         ),
     ] = False,
-    backend: Annotated[Backend, typer.Option(help="Video decoder.")] = Backend.decord,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            help="Video decoder: pyav decodes only the packets the track's frames need (the same frames), "
+            "decord every packet; each falls back to the other on a file it cannot read."
+        ),  # fmt: skip
+    ] = DEFAULT_BACKEND,
     device: DeviceOpt = defaults.DEVICE,
     precision: Annotated[
         str,

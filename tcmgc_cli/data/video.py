@@ -1,4 +1,5 @@
-"""Video decoding behind one small protocol. decord by default, PyAV as fallback; each imported lazily.
+"""Video decoding behind one small protocol. PyAV by default (it decodes only the packets the frames asked for need),
+decord as fallback, and the other way round when decord is asked for; each imported lazily.
 
 This is the only module that imports decord or av.
 """
@@ -114,7 +115,10 @@ class DecordReader:
 class PyAVReader:
     """Counts frames from the packets (no decoding), then decodes once, keeping only the frames asked for.
 
-    Decoded frames are matched to indices by timestamp, so a packet that fails to decode costs only its frames.
+    Decoded frames are matched to indices by timestamp, so a packet that fails to decode costs only its frames. Where
+    packets come in presentation order (no B-frames), a packet is decoded only when a frame asked for needs it: the
+    packets from the keyframe before each frame asked for up to that frame; the others (after the last frame asked for
+    in a group of pictures, up to the next keyframe) are never decoded, which changes no decoded frame.
     """
 
     def __init__(self, path: Path) -> None:
@@ -124,8 +128,12 @@ class PyAVReader:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             self._base = float(stream.time_base) if stream.time_base else 0.0
-            pts = [p.pts for p in container.demux(stream) if p.size > 0]
+            packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size > 0]  # decode order
             rate = stream.average_rate
+        pts = [p for p, _ in packets]
+        self._keyframes = np.array([k for _, k in packets], dtype=bool)
+        known = [p for p in pts if p is not None]
+        self._in_order = len(known) == len(pts) and all(a < b for a, b in zip(known, known[1:], strict=False))
         self.num_frames = len(pts)
         self.fps = float(rate) if rate else 0.0
         self.failed: set[int] = set()
@@ -144,14 +152,35 @@ class PyAVReader:
             return n
         return int(np.searchsorted(self._pts, frame.pts))
 
+    def needed(self, unique: list[int]) -> np.ndarray | None:
+        """(num_frames,) bool: the packets (in decode order) the frames `unique` need, or None: all of them (packets
+        out of presentation order, where a frame can need a later packet)."""
+        if not self._in_order or not unique:
+            return None
+        wanted = np.asarray(unique, dtype=np.int64)  # in order, the packet of frame i is packet i
+        keys = np.flatnonzero(self._keyframes)
+        at = np.searchsorted(keys, wanted, side="right") - 1  # each wanted frame's keyframe (-1: none before it)
+        starts = np.where(at >= 0, keys[np.maximum(at, 0)], 0) if len(keys) else np.zeros_like(wanted)
+        edges = np.zeros(self.num_frames + 1, dtype=np.int64)
+        np.add.at(edges, starts, 1)  # each stretch [keyframe, frame] opens at its keyframe ...
+        np.add.at(edges, wanted + 1, -1)  # ... and closes after its frame
+        need: np.ndarray = np.cumsum(edges[:-1]) > 0
+        return need
+
     def get_frames(self, indices: Sequence[int], transform: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
         import av
 
         unique = sorted(set(indices))
         got, n = _Collector(unique, transform), 0
+        need = self.needed(unique)
         with av.open(str(self._path)) as container:
             stream = container.streams.video[0]
+            sent = -1  # packets (with data) seen, in decode order
             for packet in container.demux(stream):
+                sent += packet.size > 0
+                if need is not None and packet.size > 0 and not need[sent]:
+                    n += 1  # a frame that is never decoded keeps its number
+                    continue
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:  # a damaged packet: its frames are missing, the rest go on
@@ -186,7 +215,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
-def open_video(path: Path, backend: VideoBackend = VideoBackend.decord) -> VideoReader:
+def open_video(path: Path, backend: VideoBackend = VideoBackend.pyav) -> VideoReader:
     """Open a video with one backend, raising VideoDecodeError when it cannot be read."""
     _check_file(path)
     reader: Any
@@ -203,7 +232,7 @@ Choose = Callable[[VideoReader], list[int]]  # the frame indices to decode, non-
 
 
 def read_video(
-    path: Path, choose: Callable[[int, float], list[int]], backend: VideoBackend = VideoBackend.decord,
+    path: Path, choose: Callable[[int, float], list[int]], backend: VideoBackend = VideoBackend.pyav,
     transform: Transform | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
     """Decode the frames that `choose(num_frames, fps)` picks: (T, H, W, 3) uint8 (or transformed), start times
@@ -222,19 +251,20 @@ class DecodedFrames:
 
 
 def read_frames(
-    path: Path, choose: Choose, backend: VideoBackend = VideoBackend.decord, transform: Transform | None = None
+    path: Path, choose: Choose, backend: VideoBackend = VideoBackend.pyav, transform: Transform | None = None
 ) -> DecodedFrames:
     """The frames that `choose(reader)` picks, each decoded once and shrunk by `transform` a few frames at a time:
     memory does not grow with the video's length at full resolution. A frame that does not decode is left out
     (the others keep their true times).
 
-    decord first; when decord cannot open or decode the file (it fails on some frame sizes and codecs), PyAV.
-    When every backend fails, or no chosen frame decodes, one VideoDecodeError says what each reported and how to
-    fix the file.
+    `backend` first, then the other where it is installed (decord fails on some frame sizes and codecs; PyAV
+    tolerates damaged packets). When every backend fails, or no chosen frame decodes, one VideoDecodeError says what
+    each reported and how to fix the file.
     """
     _check_file(path)
     errors: list[str] = []
-    for b in [backend, VideoBackend.pyav] if backend == VideoBackend.decord and has_decord() else [VideoBackend.pyav]:
+    order = [backend, *(b for b in VideoBackend if b != backend)]
+    for b in [b for b in order if b != VideoBackend.decord or has_decord()]:
         try:
             reader = open_video(path, b)
             wanted = choose(reader)

@@ -13,10 +13,13 @@ import torch
 
 from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache, Track, video_entries
 from tcmgc_cli.data.video import VideoBackend
+from tcmgc_cli.defaults import BACKEND
 from tcmgc_cli.distributed import Dist
 from tcmgc_cli.extract.decode import Decoded, Decoder, Unchanged, decode_stream
 from tcmgc_cli.extract.scan import Failure, VideoJob
 from tcmgc_cli.model.encoder import FrameEncoder
+
+DEFAULT_BACKEND = VideoBackend(BACKEND)
 
 
 @dataclass
@@ -106,7 +109,7 @@ def extract(
     encoder: FrameEncoder,
     settings: CacheSettings,
     *,
-    backend: VideoBackend = VideoBackend.decord,
+    backend: VideoBackend = DEFAULT_BACKEND,
     workers: int = 2,
     batch_size: int = 16,
     on_progress: Callable[[int, int], None] | None = None,
