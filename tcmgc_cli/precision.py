@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,9 @@ from tcmgc_cli.fileio import write_text_atomic
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_COSINE_GAP = 1e-3  # bf16 outputs must keep cosine >= 1 - this with float32's, row by row
 MIN_SPEEDUP = 1.05  # bf16 must be at least this much faster: a tie within the timing's noise stays float32
+CLOSE = 1.15  # timings this near each other are measured for more rounds before deciding
+MAX_AGE_DAYS = 30  # a record older than this is measured again (a new driver, a changed machine)
+BUSY_SHARE = 0.25  # a record taken while other processes used more of the CPUs than this is measured again
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +81,10 @@ def resolve(precision: str, role: str, device: torch.device, run: Callable[[str]
     if pinned in ("fp32", "bf16"):
         return pinned
     kept = measured(role, device)
-    if kept is None:
+    if kept is None or stale(kept):
         log.info(f"Timing fp32 against bf16 for the {role} on this host (once; kept in {record_path()}).")
         kept = _measure(run)
+        kept["busy"] = busy(kept)
         records = _records()
         records[f"{host_key(device)}|{role}"] = kept
         path = record_path()
@@ -87,6 +92,55 @@ def resolve(precision: str, role: str, device: torch.device, run: Callable[[str]
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(path, json.dumps(records, indent=1, sort_keys=True))
     return str(kept["precision"])
+
+
+def stale(record: dict[str, Any], now: float | None = None) -> bool:
+    """Whether a record must be measured again: taken while the machine was busy with other work (the two
+    precisions can then rank the other way round, and a record is otherwise kept for good), older than
+    MAX_AGE_DAYS, or unreadable."""
+    try:
+        when = time.mktime(time.strptime(str(record["when"]), "%Y-%m-%d %H:%M:%S"))
+    except (KeyError, ValueError):
+        return True
+    return bool(record.get("busy")) or ((now or time.time()) - when) / 86400 > MAX_AGE_DAYS
+
+
+def busy(record: dict[str, Any]) -> bool:
+    """Whether other processes took more than BUSY_SHARE of the machine's CPU time while the record was measured."""
+    return float(record.get("others_cpu", 0.0)) > BUSY_SHARE
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the whole machine has spent busy, this process's own), or None without /proc/stat."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
+
+
+def _others_share(before: tuple[float, float] | None, wall: float) -> float:
+    """The share of the machine's CPU time that other processes took since `before` (0 where unknown)."""
+    after = _cpu_seconds()
+    if before is None or after is None or wall <= 0:
+        return 0.0
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, others / (wall * (os.cpu_count() or 1)))
+
+
+def records() -> dict[str, dict[str, Any]]:
+    """Every kept measurement: "<host>|<role>" -> its record."""
+    return _records()
+
+
+def forget() -> int:
+    """Delete every kept measurement (the next `auto` measures again); how many there were."""
+    count = len(_records())
+    with contextlib.suppress(FileNotFoundError):
+        record_path().unlink()
+    return count
 
 
 def _records() -> dict[str, Any]:
@@ -99,22 +153,25 @@ def _records() -> dict[str, Any]:
 
 def _measure(run: Callable[[str], torch.Tensor], budget_s: float = 0.5, max_rounds: int = 20) -> dict[str, Any]:
     """Time both precisions in alternating rounds (drift in the machine's speed hits both alike) until `budget_s`
-    has passed (at least 3 rounds), best of each; bf16 is chosen when it is MIN_SPEEDUP faster and close enough."""
+    has passed (at least 3 rounds), and on while the two are within CLOSE of each other (up to `max_rounds`): best
+    of each; bf16 is chosen when it is MIN_SPEEDUP faster and close enough."""
     outputs = {p: run(p).float() for p in ("fp32", "bf16")}  # warm-up, and the outputs compared below
     best = {"fp32": float("inf"), "bf16": float("inf")}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     for round_ in range(max_rounds):
         for precision in best:
             t0 = time.perf_counter()
             run(precision)
             best[precision] = min(best[precision], time.perf_counter() - t0)
-        if round_ >= 2 and time.perf_counter() - start > budget_s:
+        close = max(best.values()) < CLOSE * min(best.values())
+        if round_ >= 2 and time.perf_counter() - start > budget_s and not close:
             break
     cosine = float(F.cosine_similarity(outputs["fp32"].flatten(1), outputs["bf16"].flatten(1), dim=-1).min())
     faster = best["bf16"] * MIN_SPEEDUP <= best["fp32"]
     choice = "bf16" if faster and cosine >= 1 - MAX_COSINE_GAP else "fp32"
     return {"precision": choice, "fp32_s": round(best["fp32"], 4), "bf16_s": round(best["bf16"], 4),
-            "min_cosine": round(cosine, 6), "when": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+            "min_cosine": round(cosine, 6), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "others_cpu": round(_others_share(cpu, time.perf_counter() - start), 3)}  # fmt: skip
 
 
 def cap_threads(threads: int | None) -> None:

@@ -22,6 +22,7 @@ def extract(folder: Path, cache: Path, *extra: str) -> tuple[int, str]:
 
 def test_auto_takes_bf16_only_when_faster_and_close(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TCMGC_PRECISION")
+    monkeypatch.setattr(prec, "busy", lambda record: False)  # a loaded test machine would ask for measuring again
     x = torch.randn(4, 16)
     slow_bf16 = {"fp32": 0.0, "bf16": 0.02}
     calls: list[str] = []
@@ -51,6 +52,49 @@ def test_auto_takes_bf16_only_when_faster_and_close(monkeypatch: pytest.MonkeyPa
     assert prec.resolve("fp32", "fast and close", cpu, run(fast, x)) == "fp32"  # asked for: as asked
     with pytest.raises(Exception, match="unknown precision 'half'"):
         prec.check("half")
+
+
+def test_a_record_taken_while_busy_or_grown_old_is_measured_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy machine can rank the two precisions the other way round, and a record is otherwise kept for good:
+    one taken under load, or older than MAX_AGE_DAYS, is measured again by the next `auto` run."""
+    monkeypatch.delenv("TCMGC_PRECISION")
+    x, cpu, calls = torch.randn(4, 16), torch.device("cpu"), []
+
+    def run(p: str) -> torch.Tensor:
+        calls.append(p)
+        return x
+
+    monkeypatch.setattr(prec, "busy", lambda record: True)
+    prec.resolve("auto", "a tower", cpu, run)
+    monkeypatch.setattr(prec, "busy", lambda record: False)
+    calls.clear()
+    prec.resolve("auto", "a tower", cpu, run)
+    assert calls  # the busy record did not count
+    calls.clear()
+    prec.resolve("auto", "a tower", cpu, run)
+    assert calls == []  # a quiet one does
+    records = json.loads(prec.record_path().read_text())
+    for record in records.values():
+        record["when"] = "2000-01-01 00:00:00"
+    prec.record_path().write_text(json.dumps(records))
+    prec.resolve("auto", "a tower", cpu, run)
+    assert calls  # too old: measured again
+
+
+def test_models_precision_lists_and_clears_the_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TCMGC_PRECISION")
+    monkeypatch.setattr(prec, "busy", lambda record: False)
+    prec.resolve("auto", "image tower X", torch.device("cpu"), lambda p: torch.ones(2, 3))
+    listed = runner.invoke(app, ["models", "--precision", "--json"])
+    assert listed.exit_code == 0
+    rows = json.loads(listed.stdout)
+    assert [r["role"] for r in rows] == ["image tower X"] and rows[0]["precision"] in ("fp32", "bf16")
+    assert {"fp32_s", "bf16_s", "when", "stale"} <= set(rows[0])
+    table = runner.invoke(app, ["models", "--precision"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0 and "image tower X" in table.output
+    cleared = runner.invoke(app, ["models", "--precision", "--clear", "--json"])
+    assert json.loads(cleared.stdout) == {"cleared": 1} and not prec.record_path().exists()
+    assert json.loads(runner.invoke(app, ["models", "--precision", "--json"]).stdout) == []
 
 
 def test_bf16_frames_run_a_bfloat16_copy_and_stay_close_to_fp32() -> None:

@@ -12,6 +12,17 @@ def models_command(
         bool,
         typer.Option("--all", help="Every open_clip architecture --model accepts, with its pretrained tags."),
     ] = False,
+    show_precision: Annotated[
+        bool,
+        typer.Option(
+            "--precision",
+            help="The precisions `auto` measured on this host (kept in "
+            "~/.cache/tcmgc/precision.json): each tower or training step, its fp32 and bf16 times, the choice.",
+        ),  # fmt: skip
+    ] = False,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="With --precision: forget them (the next `auto` run measures again).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """List the model configs that --model accepts, with the parameter count of each new module.
@@ -24,6 +35,10 @@ def models_command(
     if all_models:
         with handle_errors():
             _architectures(json_out)
+        return
+    if show_precision or clear:
+        with handle_errors():
+            _precision(clear, json_out)
         return
     from tcmgc_cli.cli._common import stdout
     from tcmgc_cli.model.factory import resolve_spec
@@ -59,3 +74,28 @@ def _architectures(json_out: bool) -> None:
     for r in rows:
         table.add_row(r["name"], str(r["embed_dim"]), str(r["max_words"]), ", ".join(r["tags"]) or "-")
     stdout.print(table)
+
+
+def _precision(clear: bool, json_out: bool) -> None:
+    from rich.table import Table
+
+    from tcmgc_cli import precision as prec
+    from tcmgc_cli.cli._common import stdout
+
+    if clear:
+        gone = prec.forget()
+        if json_out:
+            print_json({"cleared": gone})
+        else:
+            stdout.print(f"Forgot {gone} precision record(s).")
+        return
+    rows = [{"host": key.rsplit("|", 1)[0], "role": key.rsplit("|", 1)[1], **r, "stale": prec.stale(r)}
+            for key, r in sorted(prec.records().items())]  # fmt: skip
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("what runs", "fp32 s", "bf16 s", "chose", "when", title=f"precision records ({prec.record_path()})")
+    for r in rows:
+        note = " (measured again next time)" if r["stale"] else ""
+        table.add_row(r["role"], f"{r['fp32_s']:.4f}", f"{r['bf16_s']:.4f}", f"{r['precision']}{note}", r["when"])
+    stdout.print(table if rows else "No precision records: `auto` measures the first time a model runs here.")
