@@ -26,7 +26,7 @@ from tcmgc_cli.model.attention import LvaVideo
 from tcmgc_cli.model.features import TextFeatures
 from tcmgc_cli.options import EngineConfig, check_search
 from tcmgc_cli.search.collection import Collection
-from tcmgc_cli.search.moments import MOMENT_BUDGET, Moment, find_moments, moment_budget
+from tcmgc_cli.search.moments import MOMENT_BUDGET, Moment, find_moments, find_moments_batch, moment_budget
 from tcmgc_cli.search.rankers import Ranker, TcmgcRanker
 from tcmgc_cli.search.store import CoarseStore, PartsStore, sync_store
 
@@ -188,8 +188,13 @@ class SearchIndex:
         wanted = max(candidates, top_k)  # CLIP's coarse vectors are its own scores (float16): an exact shortlist
         shortlist = self.shortlist(text, wanted)  # (Q, C)
         scores = self._shortlist_scores(text, shortlist)  # (Q, C)
-        return [self._rerank(text.select(slice(q, q + 1)), shortlist[q], scores[q], top_k, per_video, moments)
-                for q in range(len(shortlist))]  # fmt: skip
+        picked = [self._rerank(shortlist[q], scores[q], top_k, per_video) for q in range(len(shortlist))]
+        videos = [[(int(self.collection.entry_video[e]), seeds) for e, _, seeds in p] for p in picked]
+        found = (find_moments_batch(self.ranker, self.collection, text, videos,
+                                    [moment_budget(len(p)) for p in picked], moments)
+                 if moments else [[[] for _ in p] for p in picked])  # fmt: skip  # the queries' windows together
+        return [[self._hit(rank, entry, score, best) for rank, ((entry, score, _), best)
+                 in enumerate(zip(p, f, strict=True), 1)] for p, f in zip(picked, found, strict=True)]  # fmt: skip
 
     def _shortlist_scores(self, text: TextFeatures, shortlist: torch.Tensor) -> torch.Tensor:
         """Each query's scores of its own shortlist (Q, C). Queries whose shortlists overlap (in a small collection
@@ -212,9 +217,9 @@ class SearchIndex:
         return torch.cat(parts, 1) if parts else torch.zeros(len(text.sentence), 0)
 
     def _rerank(
-        self, text: TextFeatures, idx: torch.Tensor, scores: torch.Tensor, top_k: int, per_video: int, moments: int
-    ) -> list[Hit]:
-        """One query's hits from its shortlist idx (C,) and their scores (C,)."""
+        self, idx: torch.Tensor, scores: torch.Tensor, top_k: int, per_video: int
+    ) -> list[tuple[int, float, list[tuple[int, float]]]]:
+        """One query's results from its shortlist idx (C,) and their scores (C,): `pick`'s (entry, score, seeds)."""
         bad = idx[~torch.isfinite(scores)].tolist()
         if bad:
             names = ", ".join(self.ids[v] for v in bad[:5])
@@ -224,12 +229,7 @@ class SearchIndex:
             )
         order = scores.argsort(descending=True)
         ranked = list(zip(idx[order].tolist(), scores[order].tolist(), strict=True))
-        picked = pick(ranked, self.collection.entry_video, top_k, per_video)
-        videos = [(int(self.collection.entry_video[e]), seeds) for e, _, seeds in picked]
-        found = (find_moments(self.ranker, self.collection, text, videos, moment_budget(len(picked)), moments)
-                 if moments else [[] for _ in picked])  # fmt: skip
-        return [self._hit(rank, entry, score, best) for rank, ((entry, score, _), best)
-                in enumerate(zip(picked, found, strict=True), 1)]  # fmt: skip
+        return pick(ranked, self.collection.entry_video, top_k, per_video)
 
     def _hit(self, rank: int, entry: int, score: float, moments: list[Moment]) -> Hit:
         c = self.collection

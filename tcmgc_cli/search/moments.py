@@ -74,13 +74,10 @@ def window_scores(
 ) -> np.ndarray:
     """The ranker's scores (Q, n) of windows (video, start, stop) of tracks, each scored as an entry: its frames,
     padding and mask, through the temporal encoder."""
-    dev = text.sentence.device
     parts = [np.zeros((len(text.sentence), 0), np.float32)]
     for i in range(0, len(windows), chunk):
-        frames, mask = collection.inputs(windows[i : i + chunk])
-        frames, mask = frames.to(dev), mask.to(dev)
-        temporal = ranker.temporal(frames, mask)
-        parts.append(ranker.scores(text, frames, temporal, mask).float().cpu().numpy())
+        inputs = window_inputs(ranker, collection, windows[i : i + chunk], text.sentence.device)
+        parts.append(ranker.scores(text, *inputs).float().cpu().numpy())
     return np.concatenate(parts, 1)
 
 
@@ -89,27 +86,70 @@ def find_moments(
     refine: list[int], keep: int,
 ) -> list[list[Moment]]:  # fmt: skip
     """For one query and each (video, its best entries first with their scores): its `keep` best non-overlapping
-    moments (start frame, stop frame, score), best first. Candidate windows of MOMENT_LENGTHS around the video's
-    two best entries are ranked by `window_proxy`; the video's `refine[i]` best of them are scored in full, beside
-    those entries (whose scores are known)."""
-    c = collection
-    sentence = F.normalize(text.sentence[0].float().cpu(), dim=-1)  # (D,)
+    moments (start frame, stop frame, score), best first (`find_moments_batch` for one query)."""
+    return find_moments_batch(ranker, collection, text, [videos], [refine], keep)[0]
+
+
+@torch.no_grad()
+def find_moments_batch(
+    ranker: Ranker, collection: Collection, text: TextFeatures,
+    videos: list[list[tuple[int, list[tuple[int, float]]]]], refine: list[list[int]], keep: int,
+) -> list[list[list[Moment]]]:  # fmt: skip
+    """`find_moments` for each query of `text` (Q) and its own videos: candidate windows of MOMENT_LENGTHS around a
+    video's two best entries are ranked by `window_proxy`; the video's `refine[q][i]` best of them are scored in
+    full, beside those entries (whose scores are known). The windows of all queries go through the temporal encoder
+    together, once each (a window's temporal features do not depend on the query); each query then scores its own
+    windows, so that its moments are those it gets alone."""
+    plans = [_plan(collection, text.sentence[q], videos[q], refine[q]) for q in range(len(videos))]
+    todo = [[(v, a, b) for (v, _), plan in zip(videos[q], plans[q], strict=True) for (a, b), s in plan.items()
+             if s is None] for q in range(len(videos))]  # fmt: skip
+    union = list(dict.fromkeys(w for windows in todo for w in windows))
+    frames, temporal, mask = window_inputs(ranker, collection, union, text.sentence.device)
+    place = {w: n for n, w in enumerate(union)}
+    out = []
+    for q, plan_q in enumerate(plans):
+        idx = torch.tensor([place[w] for w in todo[q]], dtype=torch.long)
+        one = text.select(slice(q, q + 1))
+        got = ranker.scores(one, frames[idx], temporal[idx], mask[idx]) if len(idx) else torch.zeros(1, 0)
+        scored = iter(got.float().cpu()[0].tolist())
+        found = []
+        for plan in plan_q:
+            windows = list(plan)
+            scores = [next(scored) if s is None else s for s in plan.values()]
+            found.append([(*windows[i], scores[i]) for i in non_overlapping(windows, scores, keep)])
+        out.append(found)
+    return out
+
+
+@torch.no_grad()
+def window_inputs(
+    ranker: Ranker, collection: Collection, windows: list[tuple[int, int, int]], device: torch.device, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frames (n, T, D), temporal features (n, T, D) and masks (n, T) of windows (video, start, stop) of tracks, each
+    as an entry (its frames, padding and mask, through the temporal encoder, `chunk` windows at a time), on
+    `device`."""
+    frames, mask = collection.inputs(windows)
+    frames, mask = frames.to(device), mask.to(device)
+    temporal = torch.cat([ranker.temporal(frames[i : i + chunk], mask[i : i + chunk])
+                          for i in range(0, len(windows), chunk)]) if windows else frames  # fmt: skip
+    return frames, temporal, mask
+
+
+def _plan(
+    c: Collection, sentence: torch.Tensor, videos: list[tuple[int, list[tuple[int, float]]]], refine: list[int]
+) -> list[dict[tuple[int, int], float | None]]:
+    """Each video's windows to consider: its `refine` best by the cheap score (None: to be scored in full) and its
+    two best entries (their scores known)."""
+    s = F.normalize(sentence.float().cpu(), dim=-1)  # (D,)
     plans: list[dict[tuple[int, int], float | None]] = []  # window -> its score, None until scored
     for (v, seeds), wanted in zip(videos, refine, strict=True):
-        relevance = (F.normalize(c.track_frames(v), dim=-1) @ sentence).numpy()  # (n,)
+        relevance = (F.normalize(c.track_frames(v), dim=-1) @ s).numpy()  # (n,)
         proxies = _proxies(c, v, seeds, relevance)
         best = sorted(proxies, key=lambda w: -proxies[w])[:wanted]  # stable: ties keep the candidates' order
         plan: dict[tuple[int, int], float | None] = dict.fromkeys(best)
         plan.update({(int(c.entry_start[e]), int(c.entry_stop[e])): score for e, score in seeds[:2]})
         plans.append(plan)
-    todo = [(v, a, b) for (v, _), plan in zip(videos, plans, strict=True) for (a, b), s in plan.items() if s is None]
-    scored = iter(window_scores(ranker, c, text, todo)[0].tolist())
-    out = []
-    for plan in plans:
-        windows = list(plan)
-        scores = [next(scored) if s is None else s for s in plan.values()]
-        out.append([(*windows[i], scores[i]) for i in non_overlapping(windows, scores, keep)])
-    return out
+    return plans
 
 
 def _proxies(
