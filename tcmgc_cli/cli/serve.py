@@ -30,8 +30,8 @@ def serve_command(
         int,
         typer.Option(
             min=1,
-            help="Most waiting queries answered together in one pass (under load: higher throughput; 1: "
-            "one at a time).",
+            help="Most waiting queries answered together in one pass, one search at a time (under load: higher "
+            "throughput and lower latency); 1: each query alone, one search per core.",
         ),
     ] = 16,
     watch: Annotated[

@@ -49,5 +49,8 @@ def serve(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cores = min(cores, threads or cores)  # --threads: at most that many searches at once, one thread each
     torch.set_num_threads(1)  # one search per core beats every core on one small search
-    app = create_app(live, thumbs, parallel=cores, max_batch=max_batch)
+    # batching: one search at a time takes every query waiting, and the other cores serve the requests (two searches
+    # at once in one process contend for the interpreter lock: with the batcher alone, 8 clients, p99 222 ms against
+    # 100 ms; through HTTP, benchmarks/serve_load.py: 96-135 ms against 277 ms)
+    app = create_app(live, thumbs, parallel=1 if max_batch > 1 else cores, max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, log_level="warning")
