@@ -188,7 +188,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=10, help="with --long: the video's length")
     parser.add_argument("--video", type=Path, default=None, help="with --long: use this video (alone in its folder)")
     parser.add_argument("--models", default=",".join(LONG_MODELS), help="with --long: which of the towers")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads, as `tcmgc extract --threads`")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.long:
         long_main(args.minutes, args.video, args.models.split(","))
         return
