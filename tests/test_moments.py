@@ -203,3 +203,5 @@ def test_evaluate_attention_prints_the_check_and_draws_the_true_windows(
     assert table.exit_code == 0 and "word pointing" in table.output and "mass in span" in table.output
     alone = runner.invoke(app, ["evaluate", "--attention", "--cache", str(long_cache)])
     assert alone.exit_code == 2 and "--moments" in alone.output
+    nowhere = runner.invoke(app, [*args[:-3], "--attention-png", str(tmp_path / "no" / "a.png")])
+    assert nowhere.exit_code == 2 and "create it first" in nowhere.output and "Traceback" not in nowhere.output

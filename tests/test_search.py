@@ -360,3 +360,20 @@ def test_row_files_read_exactly_the_rows_asked(tmp_path: Path) -> None:
     rows[0] = [10, 11, 12, 13, 10]
     np.testing.assert_array_equal(stack.take(rows), whole[rows])
     np.testing.assert_array_equal(stack.parts[2].rows(85, 90), arrays[2][85:])
+
+
+def test_a_batch_runs_its_moment_windows_through_the_temporal_encoder_once(
+    index: SearchIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The windows of all queries of a batch go through the temporal encoder in one pass (a window's temporal
+    features do not depend on the query), and each query still gets the moments it gets alone."""
+    alone = [index.search([q], top_k=3)[0][0] for q in QUERIES[:3]]
+    calls: list[int] = []
+    real = index.ranker.temporal
+    monkeypatch.setattr(index.ranker, "temporal", lambda f, m: calls.append(len(f)) or real(f, m))
+    together = index.search(QUERIES[:3], top_k=3)[0]
+    assert len(calls) == 1 and calls[0] > 0
+    for hits, want in zip(together, alone, strict=True):
+        assert [(h.video_id, h.moments and h.moments[0]["start_sec"]) for h in hits] == [
+            (h.video_id, h.moments and h.moments[0]["start_sec"]) for h in want
+        ]

@@ -220,3 +220,29 @@ def test_thumbnails_are_named_by_the_frame_shown_and_capped(collection: Path, tm
     for t in (0.0, 1.0, 2.0):
         newest = small.get("red", red, t)
     assert list((tmp_path / "s").glob("*.jpg")) == [newest]
+
+
+@pytest.mark.parametrize(("max_batch", "searches"), [(16, 1), (1, "cores")])
+def test_a_batching_server_runs_one_search_at_a_time(
+    trained_run: tuple[Path, Path],
+    sample_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    max_batch: int,
+    searches: object,
+) -> None:
+    """Two searches at once in one process contend for the interpreter lock: batching takes every waiting query
+    into one search at a time instead; one query at a time keeps one search per core."""
+    import os
+
+    import uvicorn
+
+    from tcmgc_cli.serve import app as app_module
+    from tcmgc_cli.serve.server import serve
+
+    made: dict[str, int] = {}
+    monkeypatch.setattr(app_module, "create_app", lambda *a, parallel, max_batch: made.update(parallel=parallel))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    serve("127.0.0.1", 0, cache=sample_cache, checkpoint=trained_run[0], max_batch=max_batch, watch=0,
+          on_note=lambda _: None)  # fmt: skip
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert made["parallel"] == (cores if searches == "cores" else searches)

@@ -130,6 +130,8 @@ def _moments(
 
     if check.png is not None and check.png.suffix.lower() != ".png":
         raise typer.BadParameter(f"--attention-png {check.png} must end in .png.")
+    if check.png is not None and not check.png.parent.is_dir():  # refused before the evaluation, not after it
+        raise typer.BadParameter(f"--attention-png {check.png}: no folder {check.png.parent}; create it first.")
     metrics = evaluate_moments(path, checkpoint, cache=cache, scorer=scorer, device=device, save_predictions=save,
                                precision=precision, engine=EngineConfig.of(index_uri), attention=check.on)  # fmt: skip
     for note in metrics["notes"]:
