@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tcmgc_cli.config import PADDINGS, TrackConfig
-from tcmgc_cli.defaults import BACKEND, BATCH_VIDEOS, DECODERS, DEVICE, FPS, MODEL, PRECISION
+from tcmgc_cli.defaults import BACKEND, BATCH_VIDEOS, DECODERS, DEVICE, FPS, GPU_DECODERS, MODEL, PRECISION
 from tcmgc_cli.errors import ConfigError
 
 BACKENDS = ("decord", "pyav")
@@ -27,7 +27,7 @@ class ExtractOptions:
     window_seconds: float | None = None  # windows scored as entries; None: T frames; 0: one entry per video
     window_stride: float | None = None  # seconds between window starts; None: half a window
     batch_size: int = BATCH_VIDEOS  # videos per image-tower batch and per cache segment
-    workers: int = DECODERS  # decoder processes; 0 decodes in the calling process
+    workers: int | None = DECODERS  # decoder processes; 0 decodes in the calling process; None: by the device
     store_frames: bool = False  # also keep the preprocessed uint8 frames (for end-to-end fine-tuning)
     backend: str = BACKEND  # video decoder: pyav or decord
     device: str = DEVICE
@@ -38,7 +38,7 @@ class ExtractOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size}).")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be at least 0 (got {self.workers}); 0 decodes in this process.")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1 (got {self.threads}); leave it out to use every core.")
@@ -64,10 +64,15 @@ class ExtractOptions:
         frames = self.num_frames or model_frames
         return TrackConfig.from_seconds(self.fps, frames, self.window_seconds, self.window_stride, self.padding)
 
-    @property
-    def decoders(self) -> int:
-        """Decoder processes: `workers`, at most `threads`."""
-        return min(self.workers, self.threads) if self.threads is not None else self.workers
+    def decoders(self, gpu: bool) -> int:
+        """Decoder processes: `workers`, at most `threads`. By default none on a CPU: there the tower's threads keep
+        every core busy, and a decoder process beside them slowed extraction more than it hid decoding (and costs ~2 s
+        to start; README, Benchmarks); on a GPU one per core but one, at most GPU_DECODERS: decoding limits the rate
+        there, and a long video's stretches decode in parallel."""
+        workers = self.workers
+        if workers is None:
+            workers = min(GPU_DECODERS, max(1, (os.cpu_count() or 2) - 1)) if gpu else 0
+        return min(workers, self.threads) if self.threads is not None else workers
 
 
 ENGINE_INDEX_TYPES = ("flat", "ivf_sq8", "hnsw")

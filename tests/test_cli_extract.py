@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -149,3 +150,17 @@ def test_worker_processes_give_the_same_cache(video_dir: Path, tmp_path: Path) -
     ca, cb = FeatureCache(a), FeatureCache(b)
     for vid in ca.ids():  # the frames meet the image tower in other batches: float32 round-off at most
         np.testing.assert_allclose(ca.entry_inputs([vid])[0][0], cb.entry_inputs([vid])[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_processes_by_default_only_where_a_gpu_encodes() -> None:
+    """On a CPU the tower's threads use every core, so by default frames decode in the extracting process; on a
+    GPU one decoder process per core but one (at most 8); --workers and --threads still say otherwise."""
+    from tcmgc_cli.options import ExtractOptions
+
+    cores = os.cpu_count() or 2
+    assert ExtractOptions().decoders(gpu=False) == 0
+    assert ExtractOptions().decoders(gpu=True) == min(8, max(1, cores - 1))
+    assert (
+        ExtractOptions(workers=3).decoders(gpu=False) == 3
+        and ExtractOptions(workers=3, threads=2).decoders(gpu=True) == 2
+    )

@@ -367,3 +367,70 @@ def test_a_stream_that_reports_zero_fps_is_read_by_its_timestamps(
     for entry in rate.ids():
         np.testing.assert_array_equal(zero.frames(entry), rate.frames(entry))
         np.testing.assert_array_equal(zero.entry_inputs([entry])[0][0], rate.entry_inputs([entry])[0][0])
+
+
+def _tracks(cache: Path) -> dict[str, tuple[np.ndarray, ...]]:
+    c = FeatureCache(cache)
+    try:
+        return {v: (*c.track(v), c._frame_column([v], "indices")[v], c.track_pixels(v)) for v in c.videos()}
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_long_video_extracts_in_stretches_as_in_one_pass(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: str
+) -> None:
+    """With stretches of 8 frames, sample_data/long's videos (27 to 31 frames at 1 fps) decode as 4 or 5 stretches (the
+    first of 4 frames), in this process or in 2 decoder processes: no stretch holds more than 8 decoded frames, and
+    every track (times, frame numbers, stored pixels, features) is the one a single pass gives."""
+    from tcmgc_cli.extract import decode, pipeline
+
+    videos = Path(__file__).parents[1] / "sample_data" / "long" / "videos"
+    args = ["--window-seconds", "0", "--store-frames"]
+    whole = extract(videos, tmp_path / "whole.h5", *args)
+    sizes: list[tuple[str, int, int]] = []
+    add = pipeline._Tracks.add
+    monkeypatch.setattr(decode, "STRETCH", 8)
+
+    def spy(self: Any, d: Any) -> None:
+        sizes.append((d.job.video_id, d.stretch, len(d.frames)))
+        add(self, d)
+
+    monkeypatch.setattr(pipeline._Tracks, "add", spy)
+    parts = extract(videos, tmp_path / "parts.h5", *args, "--workers", workers)
+    assert whole["extracted"] == parts["extracted"] and len(whole["extracted"]) == 3
+    assert [n for v, _, n in sizes if v == "long2"] == [4, 8, 8, 8, 3] and max(n for _, _, n in sizes) == 8
+    assert [(k, n) for v, k, n in sizes if v == "long0"] == [(0, 4), (1, 8), (2, 8), (3, 7)]
+    a, b = _tracks(tmp_path / "whole.h5"), _tracks(tmp_path / "parts.h5")
+    for vid, (times, feats, indices, pixels) in a.items():
+        assert np.array_equal(times, b[vid][0]) and np.array_equal(indices, b[vid][2])
+        assert np.array_equal(pixels, b[vid][3]) and np.allclose(feats, b[vid][1], atol=1e-6)
+
+
+def test_a_stretch_neither_decoder_reads_is_left_out_and_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A long video whose later stretches fail in PyAV and then in decord keeps the frames that decoded, says how
+    many did not, and the run goes on."""
+    from tcmgc_cli.data import readers
+    from tcmgc_cli.extract import decode
+
+    def broken(real: Any) -> Any:
+        def get_frames(self: Any, indices: list[int], transform: Any = None) -> Any:
+            if self.lo > 0:
+                raise RuntimeError("damaged")
+            return real(self, indices, transform)
+
+        return get_frames
+
+    monkeypatch.setattr(decode, "STRETCH", 8)
+    for cls in (readers.PyAVStretch, readers.DecordStretch):
+        monkeypatch.setattr(cls, "get_frames", broken(cls.get_frames))
+    videos = Path(__file__).parents[1] / "sample_data" / "long" / "videos"
+    out = extract(videos, tmp_path / "c.h5", "--window-seconds", "0")
+    partial = {p["id"]: p["reason"] for p in out["partial"]}  # type: ignore[union-attr]
+    assert sorted(out["extracted"]) == ["long0", "long1", "long2"]  # type: ignore[arg-type]
+    assert partial["long2"] == "27 of 31 frames do not decode; the others are kept"
+    times, _ = FeatureCache(tmp_path / "c.h5").track("long2")
+    assert times.tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -1,9 +1,10 @@
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tcmgc_cli.data.video import VideoBackend, open_video, read_video
+from tcmgc_cli.data.video import VideoBackend, open_video, read_frames, read_later, read_video
 from tcmgc_cli.errors import VideoDecodeError
 from tests.helpers import random_frames, write_video
 
@@ -47,15 +48,16 @@ def test_truncated_video_names_both_decoders(tmp_path: Path) -> None:
         read_video(cut, lambda n, fps: [0])
 
 
-def gop_video(path: Path, frames: np.ndarray, keyframe_every: int) -> Path:
-    """Lossless H.264 with a keyframe every `keyframe_every` frames and no B-frames (packets in presentation order)."""
+def gop_video(path: Path, frames: np.ndarray, keyframe_every: int, bframes: int = 0) -> Path:
+    """Lossless H.264 with a keyframe every `keyframe_every` frames; without B-frames its packets come in
+    presentation order, with them its groups of pictures are open (a B-frame before a keyframe refers across it)."""
     import av
 
+    gop = f"keyint={keyframe_every}:min-keyint={keyframe_every}:scenecut=0:bframes={bframes}"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264rgb", rate=25)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
-        stream.options = {"crf": "0", "threads": "1", "x264-params": f"keyint={keyframe_every}:min-keyint="
-                          f"{keyframe_every}:scenecut=0:bframes=0"}  # fmt: skip
+        stream.options = {"crf": "0", "threads": "1", "x264-params": gop + (":open-gop=1" if bframes else "")}
         for img in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
         container.mux(stream.encode())
@@ -79,3 +81,37 @@ def test_pyav_decodes_only_the_packets_the_frames_need(tmp_path: Path) -> None:
     every, every_times = reader.get_frames(wanted)
     assert np.array_equal(got, every) and np.array_equal(got, frames[wanted]) and np.array_equal(times, every_times)
     assert np.array_equal(open_video(path, VideoBackend.decord).get_frames(wanted)[0], got)
+
+
+@pytest.mark.parametrize("bframes", [0, 2])
+@pytest.mark.parametrize("backend", list(VideoBackend))
+def test_a_track_decoded_in_stretches_equals_it_decoded_in_one_pass(
+    tmp_path: Path, backend: VideoBackend, bframes: int
+) -> None:
+    """A long track decodes as stretches: the first where it is read, the others (pickled, as they travel to decoder
+    processes) each from the keyframe before it, with or without B-frames and open groups of pictures: the same
+    frames, times and numbers as one pass, bit for bit."""
+    frames = random_frames(100, size=32)
+    path = gop_video(tmp_path / "gop.mp4", frames, keyframe_every=20, bframes=bframes)
+    wanted = list(range(0, 100, 6))  # 17 frames: stretches of 4 (the first, half a stretch), 8, 5
+
+    def choose(reader: object) -> list[int]:
+        return wanted
+
+    whole = read_frames(path, choose, backend)
+    first = read_frames(path, choose, backend, stretch=8)
+    later = [pickle.loads(pickle.dumps(p)) for p in first.later]
+    assert first.indices == wanted[:4] and [p.indices for p in later] == [wanted[4:12], wanted[12:]]
+    got = [first, *(read_later(p) for p in later)]
+    assert np.array_equal(np.concatenate([g.frames for g in got]), whole.frames)
+    assert np.array_equal(whole.frames, frames[wanted]) and [i for g in got for i in g.indices] == wanted
+    assert np.array_equal(np.concatenate([g.times for g in got]), whole.times) and first.duration == whole.duration
+    if backend == VideoBackend.pyav:  # each stretch starts at the keyframe before its first frame, not at frame 0
+        assert [p.stretch.lo for p in later] == [20, 60]
+        for p in later:  # without B-frames: each frame's keyframe up to it; with them, a few frames past the end
+            runs = {n for i in p.indices for n in range(i - i % 20, i + 1)}
+            assert (
+                p.stretch.packets == len(runs)
+                if bframes == 0
+                else p.stretch.packets <= p.indices[-1] - p.stretch.lo + 4
+            )

@@ -85,7 +85,15 @@ def extract_command(
     batch_size: Annotated[
         int, typer.Option(help="Videos per encoder batch (and per cache segment).")
     ] = defaults.BATCH_VIDEOS,
-    workers: Annotated[int, typer.Option(help="Decoder processes; 0 decodes in the main process.")] = defaults.DECODERS,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Decoder processes; 0 decodes in the extracting process, between the tower's blocks of frames. "
+            "Default: 0 on a CPU (the tower's threads use every core; decoder processes beside them slow it more "
+            f"than they save), one per core but one, at most {defaults.GPU_DECODERS}, on a GPU.",
+            show_default=False,
+        ),
+    ] = defaults.DECODERS,
     store_frames: Annotated[
         bool,
         typer.Option(

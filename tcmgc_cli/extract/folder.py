@@ -53,7 +53,8 @@ def extract_folder(
     settings_ = CacheSettings(
         opts.model, encoder.fingerprint, encoder.preprocess.size, rule.to_dict(), opts.store_frames
     )
-    report = extract(jobs, path, encoder, settings_, backend=VideoBackend(opts.backend), workers=opts.decoders,
+    workers = opts.decoders(encoder.device.type == "cuda")
+    report = extract(jobs, path, encoder, settings_, backend=VideoBackend(opts.backend), workers=workers,
                      batch_size=opts.batch_size, on_progress=on_progress, pre_failed=pre_failed, verify=opts.verify)  # fmt: skip
     report.ignored, report.cache = ignored, str(path)
     if gone:

@@ -3,6 +3,7 @@ one atomic cache segment per batch of videos. Decoding the next videos overlaps 
 Under torchrun each process takes every world-th video and writes its own segments; rank 0 merges them.
 """
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,9 +16,11 @@ from tcmgc_cli.cache import CacheSettings, CacheWriter, FeatureCache, Track, vid
 from tcmgc_cli.data.video import VideoBackend
 from tcmgc_cli.defaults import BACKEND
 from tcmgc_cli.distributed import Dist
+from tcmgc_cli.extract import decode as decoding
 from tcmgc_cli.extract.decode import Decoded, Decoder, Unchanged, decode_stream
 from tcmgc_cli.extract.scan import Failure, VideoJob
 from tcmgc_cli.model.encoder import FrameEncoder
+from tcmgc_cli.options import ExtractOptions
 
 DEFAULT_BACKEND = VideoBackend(BACKEND)
 
@@ -58,19 +61,55 @@ class ExtractReport:
         }
 
 
-def _to_tracks(batch: list[Decoded], encoder: FrameEncoder, store_frames: bool) -> list[Track]:
-    """The batch's tracks: every frame through the image tower once, a block of frames at a time (a long video has
-    hundreds). On a CPU small blocks stay in cache: 32 frames run 1.2-1.5x faster than 128 for ViT-B/32 in bf16
-    and MobileCLIP2-S0 on this project's CPU; a GPU wants large ones."""
-    block = 256 if encoder.device.type == "cuda" else 32
-    frames = np.concatenate([d.frames for d in batch])  # (sum n_i, S, S, 3)
-    feats = torch.cat([encoder(torch.from_numpy(frames[i : i + block])) for i in range(0, len(frames), block)])
-    offsets = np.cumsum([0, *(len(d.frames) for d in batch)])
-    return [
-        Track(d.job.video_id, d.times, feats[offsets[i] : offsets[i + 1]].numpy(), d.indices, d.duration,
-              str(d.job.path.resolve()), d.size, d.mtime_ns, d.sha1, d.frames if store_frames else None)
-        for i, d in enumerate(batch)
-    ]  # fmt: skip
+class _Tracks:
+    """Decoded stretches -> tracks: frames through the image tower once, in blocks that run across stretches and
+    videos; a video's track is complete once its last stretch is encoded. Only features are kept of encoded frames
+    (and the frames themselves with store_frames), so a long video's decoded frames never pile up.
+
+    On a CPU small blocks stay in cache: 32 frames run 1.2-1.5x faster than 128 for ViT-B/32 in bf16 and
+    MobileCLIP2-S0 on this project's CPU; a GPU wants large ones."""
+
+    def __init__(self, encoder: FrameEncoder, store_frames: bool) -> None:
+        self.encoder, self.store_frames = encoder, store_frames
+        self.block = 256 if encoder.device.type == "cuda" else 32
+        self.pending: list[Decoded] = []  # decoded, not encoded yet
+        self.open: dict[str, list[tuple[Decoded, np.ndarray]]] = {}  # video id -> its encoded stretches so far
+        self.done: list[
+            tuple[Track, int, str]
+        ] = []  # complete tracks, each with its frames that did not decode, its file
+        self.encode_s = 0.0
+
+    def add(self, stretch: Decoded) -> None:
+        self.pending.append(stretch)
+        if sum(len(d.frames) for d in self.pending) >= self.block:
+            self.encode()
+
+    def complete(self) -> int:
+        """Videos whose every stretch is decoded (encoded or not)."""
+        return len(self.done) + sum(d.last for d in self.pending)
+
+    def encode(self) -> None:
+        start = time.perf_counter()
+        frames = np.concatenate([d.frames for d in self.pending])  # (sum n_i, S, S, 3)
+        blocks = [self.encoder(torch.from_numpy(frames[i : i + self.block])) for i in range(0, len(frames), self.block)]
+        feats = torch.cat(blocks).numpy() if blocks else np.zeros((0, 0), np.float32)  # (sum n_i, D)
+        offsets = np.cumsum([0, *(len(d.frames) for d in self.pending)])
+        for i, d in enumerate(self.pending):
+            kept = d if self.store_frames else dataclasses.replace(d, frames=d.frames[:0])
+            self.open.setdefault(d.job.video_id, []).append((kept, feats[offsets[i] : offsets[i + 1]]))
+            if d.last:
+                self.done.append(self._track(self.open.pop(d.job.video_id)))
+        self.pending = []
+        self.encode_s += time.perf_counter() - start
+
+    def _track(self, parts: list[tuple[Decoded, np.ndarray]]) -> tuple[Track, int, str]:
+        first, info = parts[0][0], parts[0][0].info
+        got = [(d, f) for d, f in parts if len(d.times)]  # stretches where any frame decoded
+        pixels = np.concatenate([d.frames for d, _ in got]) if self.store_frames else None  # (n, S, S, 3)
+        track = Track(first.job.video_id, np.concatenate([d.times for d, _ in got]), np.concatenate([f for _, f in got]),
+                      np.concatenate([d.indices for d, _ in got]), info.duration, str(first.job.path.resolve()),
+                      info.size, info.mtime_ns, info.sha1, pixels)  # fmt: skip
+        return track, sum(d.dropped for d, _ in parts), str(first.job.path)
 
 
 def _skip_plan(
@@ -110,7 +149,7 @@ def extract(
     settings: CacheSettings,
     *,
     backend: VideoBackend = DEFAULT_BACKEND,
-    workers: int = 2,
+    workers: int | None = None,
     batch_size: int = 16,
     on_progress: Callable[[int, int], None] | None = None,
     pre_failed: Iterable[Failure] = (),
@@ -122,6 +161,8 @@ def extract(
     segments, and rank 0 merges them once all are done; rank 0's report covers every process.
     """
     start = time.perf_counter()
+    if workers is None:  # by the device (`ExtractOptions.decoders`)
+        workers = ExtractOptions().decoders(encoder.device.type == "cuda")
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     dist = Dist.from_env(encoder.device)
     writer = CacheWriter(cache_path, settings, dist.rank if dist.world > 1 else None, encoder.padding_feature().numpy())
@@ -162,29 +203,33 @@ def _extract_share(
     todo, report.cached = _skip_plan(jobs, writer.path, settings, verify)
     done = len(report.cached)
     rule = settings.tracks
-    decode = Decoder(rule.fps, encoder.preprocess, backend)
-    batch: list[Decoded] = []
+    decode = Decoder(rule.fps, encoder.preprocess, backend, decoding.STRETCH)
+    tracks = _Tracks(encoder, settings.store_frames)
 
     def flush() -> None:
-        t0 = time.perf_counter()
-        tracks = _to_tracks(batch, encoder, settings.store_frames)
-        report.encode_s += time.perf_counter() - t0
-        writer.add(tracks)
-        report.extracted.extend(t.video_id for t in tracks)
-        report.entries += sum(len(video_entries(t.video_id, len(t.times), rule)) for t in tracks)
-        report.frames += sum(len(t.times) for t in tracks)
-        report.video_seconds += sum(t.duration for t in tracks)
-        batch.clear()
+        if tracks.pending:
+            tracks.encode()
+        if not tracks.done:
+            return
+        writer.add([t for t, _, _ in tracks.done])
+        for t, dropped, path in tracks.done:
+            report.extracted.append(t.video_id)
+            report.entries += len(video_entries(t.video_id, len(t.times), rule))
+            report.frames += len(t.times)
+            report.video_seconds += t.duration
+            if dropped:
+                report.partial.append(Failure(t.video_id, path, f"{dropped} of {dropped + len(t.times)} frames do "
+                                              "not decode; the others are kept"))  # fmt: skip
+        tracks.done.clear()
 
     for result in decode_stream(todo, decode, workers, window=max(2 * workers, 2 * batch_size)):
         if isinstance(result, Decoded):
             report.decode_s += result.seconds
-            if result.dropped:
-                report.partial.append(Failure(result.job.video_id, str(result.job.path), f"{result.dropped} of "
-                                              f"{result.dropped + len(result.times)} frames do not decode; the others are kept"))  # fmt: skip
-            batch.append(result)
-            if len(batch) == batch_size:
+            tracks.add(result)
+            if tracks.complete() >= batch_size:
                 flush()
+            if not result.last:
+                continue
         elif isinstance(result, Unchanged):
             report.cached.append(result.job.video_id)
         else:
@@ -192,5 +237,5 @@ def _extract_share(
         done += 1
         if on_progress:
             on_progress(done, len(jobs))
-    if batch:
-        flush()
+    flush()
+    report.encode_s += tracks.encode_s
