@@ -8,7 +8,7 @@ Two encoders: the tiny test model (decode-bound) and a ViT-B/32-sized CLIP with 
     python benchmarks/extract.py --long     # one 10-minute 1280x720 video, the towers a user picks (below)
 
 --long: seconds of video indexed per second of wall time, for ViT-B-32, MobileCLIP2-S0 and ViT-B-16-SigLIP2 (random
-weights), each in fp32, bf16 and auto (`auto` decides with a fresh record, so its time includes the measuring),
+weights), each in fp32, bf16, int8 and auto (`auto` decides with a fresh record, so its time includes the measuring),
 beside the decode-only (the default backend's, and the other's) and encode-only ceilings and the share of the
 encode-only rate that full extraction reaches (`extract_<precision>_of_encode_only`) (at 1 frame per second of video, seconds of video per second equal
 frames per second), and the tower's achieved GFLOP/s against this host's measured matrix-multiply peak in the same
@@ -140,14 +140,15 @@ def measure_long(video: Path, work: Path, name: str, clip: str) -> dict[str, Any
         )
         out[key] = round(seconds_of_video / (time.perf_counter() - t0), 1)
     frames = torch.from_numpy(np.concatenate([d.frames for d in stretches])[:64])  # (64, S, S, 3): 2 CPU blocks
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "int8"):
         enc = fp32.with_precision(precision)
         enc(frames[:8])  # warm-up
         rate = len(frames) / min(_timed(lambda e=enc: encode_blocks(e, frames)) for _ in range(2))
         out[f"encode_only_{precision}_video_s_per_s"] = round(rate, 1)
         out[f"{precision}_gflops"] = round(rate * flops / 1e9, 1)
-        out[f"{precision}_of_peak"] = round(rate * flops / 1e9 / matmul_peak(precision), 3)
-    for precision in ("fp32", "bf16", "auto"):
+        if precision != "int8":  # (no int8 matrix-multiply peak is measured)
+            out[f"{precision}_of_peak"] = round(rate * flops / 1e9 / matmul_peak(precision), 3)
+    for precision in ("fp32", "bf16", "int8", "auto"):
         os.environ["XDG_CACHE_HOME"] = str(work / f"xdg-{name}-{precision}")  # auto measures afresh
         start = time.perf_counter()
         report = extract_folder(video.parent, clip, cache=work / f"{name}-{precision}.h5", pretrained="none",
@@ -163,17 +164,41 @@ def measure_long(video: Path, work: Path, name: str, clip: str) -> dict[str, Any
         if precision == "auto":
             from tcmgc_cli.cache import FeatureCache
 
-            chosen = FeatureCache(work / f"{name}-{precision}.h5").settings.encoder_fingerprint.endswith(":bf16")
-            out["auto_chose"] = "bf16" if chosen else "fp32"
+            out["auto_chose"] = FeatureCache(work / f"{name}-{precision}.h5").settings.precision
     out["gflop_per_frame"] = round(flops / 1e9, 2)
+    out.update(int8_fidelity(clip, work / f"{name}-fp32.h5", work / f"{name}-int8.h5"))
     return out
+
+
+def int8_fidelity(clip: str, fp32_cache: Path, int8_cache: Path, k: int = 10) -> dict[str, float]:
+    """What int8 changes where it matters, on the long video's frames as both extractions cached them: each frame's
+    cosine to its fp32 feature, and the top-10 agreement of searches over the same collection (the sample captions
+    through the same random-weight CLIP's text tower, each query's 10 best frames by cosine under fp32 and under
+    int8 features, |both| / 10 averaged over the queries)."""
+    import pandas as pd
+
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.model.encoder import TextEncoder
+
+    caches = [FeatureCache(p) for p in (fp32_cache, int8_cache)]
+    video = caches[0].videos()[0]
+    a, b = (torch.from_numpy(c.track(video)[1]) for c in caches)  # (n, D) each
+    captions = pd.read_csv(VIDEOS.parents[1] / "captions.csv")["caption"].tolist()[:100]
+    _, queries = TextEncoder.load(clip, None, "cpu")(captions)  # (Q, D)
+    q = torch.nn.functional.normalize(queries.float(), dim=-1)
+    top = [(q @ torch.nn.functional.normalize(f, dim=-1).T).topk(k, dim=-1).indices for f in (a, b)]  # (Q, k) each
+    agree = [len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(*top, strict=True)]
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {"int8_min_cosine": round(float(cos.min()), 5), "int8_mean_cosine": round(float(cos.mean()), 5),
+            "int8_top10_agreement": round(float(np.mean(agree)), 3), "int8_queries": len(agree), "frames": len(a)}  # fmt: skip
 
 
 def long_main(minutes: int, video: Path | None = None, models: list[str] | None = None) -> None:
     from long_video import make_video
 
     os.environ.pop("TCMGC_PRECISION", None)
-    results: dict[str, Any] = {"benchmark": "extract_long", "minutes": minutes, "cpu_threads": torch.get_num_threads()}
+    results: dict[str, Any] = {"benchmark": "extract_long", "cpu_threads": torch.get_num_threads()}
+    results["video"] = str(video) if video is not None else f"{minutes} minutes of 1280x720, made here"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if video is None:

@@ -26,18 +26,20 @@ from tcmgc_cli.errors import ConfigError
 from tcmgc_cli.fileio import write_text_atomic
 
 PRECISIONS = ("auto", "fp32", "bf16")
+EXTRACT_PRECISIONS = (*PRECISIONS, "int8")  # int8: the image tower's linear layers, on a CPU, opt-in (lossy)
 MAX_COSINE_GAP = 1e-3  # bf16 outputs must keep cosine >= 1 - this with float32's, row by row
 MIN_SPEEDUP = 1.05  # bf16 must be at least this much faster: a tie within the timing's noise stays float32
 CLOSE = 1.15  # timings this near each other are measured for more rounds before deciding
 MAX_AGE_DAYS = 30  # a record older than this is measured again (a new driver, a changed machine)
 BUSY_SHARE = 0.25  # a record taken while other processes used more of the CPUs than this is measured again
+CONTRADICTED = 1.5  # a record whose choice runs this much slower or faster in real work is measured again
 
 log = logging.getLogger(__name__)
 
 
-def check(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}.")
+def check(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> str:
+    if precision not in allowed:
+        raise ConfigError(f"unknown precision {precision!r}: use {', '.join(allowed)}.")
     return precision
 
 
@@ -102,7 +104,26 @@ def stale(record: dict[str, Any], now: float | None = None) -> bool:
         when = time.mktime(time.strptime(str(record["when"]), "%Y-%m-%d %H:%M:%S"))
     except (KeyError, ValueError):
         return True
-    return bool(record.get("busy")) or ((now or time.time()) - when) / 86400 > MAX_AGE_DAYS
+    old = ((now or time.time()) - when) / 86400 > MAX_AGE_DAYS
+    return bool(record.get("busy")) or "contradicted" in record or old
+
+
+def observe(role: str, device: torch.device, precision: str, seconds: float) -> bool:
+    """What real work saw: `seconds` for one measured batch's worth of work in `precision`, where the record for
+    `role` chose it. A record whose own timing of that precision is off by more than CONTRADICTED either way was taken under
+    other conditions (a busy moment, another power state), so its choice is not to be trusted: it is marked, and
+    measured again next time. Returns whether it was marked."""
+    records = _records()
+    key = f"{host_key(device)}|{role}"
+    kept = records.get(key)
+    chose = isinstance(kept, dict) and kept.get("precision") == precision
+    expected = float(kept.get(f"{precision}_s", 0.0)) if chose else 0.0  # type: ignore[union-attr]
+    if expected <= 0 or 1 / CONTRADICTED <= seconds / expected <= CONTRADICTED:
+        return False
+    kept["contradicted"] = round(seconds / expected, 2)  # type: ignore[index]
+    with contextlib.suppress(OSError):
+        write_text_atomic(record_path(), json.dumps(records, indent=1, sort_keys=True))
+    return True
 
 
 def busy(record: dict[str, Any]) -> bool:

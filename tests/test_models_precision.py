@@ -81,6 +81,42 @@ def test_a_record_taken_while_busy_or_grown_old_is_measured_again(monkeypatch: p
     assert calls  # too old: measured again
 
 
+def test_a_record_that_real_work_contradicts_is_measured_again(
+    monkeypatch: pytest.MonkeyPatch, video_dir: Path, tmp_path: Path
+) -> None:
+    """A record says how fast its choice runs; real work that ran it more than CONTRADICTED slower (or faster) marks
+    the record, and the next `auto` measures again; work that agrees, or ran the other precision, leaves it. An
+    extraction under `auto` reports what its encoding saw."""
+    from tcmgc_cli.extract import pipeline
+
+    monkeypatch.delenv("TCMGC_PRECISION")
+    monkeypatch.setattr(prec, "busy", lambda record: False)
+    x, cpu, calls = torch.randn(4, 16), torch.device("cpu"), []
+
+    def run(p: str) -> torch.Tensor:
+        calls.append(p)
+        return x
+
+    chose = prec.resolve("auto", "a tower", cpu, run)
+    records = json.loads(prec.record_path().read_text())
+    next(iter(records.values()))[f"{chose}_s"] = 1.0
+    prec.record_path().write_text(json.dumps(records))
+    other = "bf16" if chose == "fp32" else "fp32"
+    assert not prec.observe("a tower", cpu, chose, 1.4) and not prec.observe("a tower", cpu, other, 9.0)
+    calls.clear()
+    prec.resolve("auto", "a tower", cpu, run)
+    assert calls == []  # agreed: kept
+    assert prec.observe("a tower", cpu, chose, 2.0)
+    prec.resolve("auto", "a tower", cpu, run)
+    assert calls and "contradicted" not in next(iter(json.loads(prec.record_path().read_text()).values()))
+
+    seen: list[tuple[str, str]] = []
+    monkeypatch.setattr(pipeline, "OBSERVED_S", 0.0)
+    monkeypatch.setattr(pipeline, "observe", lambda role, dev, p, seconds: seen.append((role, p)) or False)
+    assert extract(video_dir, tmp_path / "c.h5", "--model", "tcmgc-tiny")[0] == 0
+    assert seen and seen[0][0].startswith("image tower tcmgc-clip-tiny") and seen[0][1] in ("fp32", "bf16")
+
+
 def test_models_precision_lists_and_clears_the_records(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TCMGC_PRECISION")
     monkeypatch.setattr(prec, "busy", lambda record: False)
@@ -124,6 +160,41 @@ def test_a_cache_records_its_precision_and_keeps_it(video_dir: Path, tmp_path: P
     (video_dir / "video0.mp4").rename(video_dir / "again.mp4")
     code, output = extract(video_dir, cache, "--model", "tcmgc-tiny")  # auto: the cache's own precision
     assert code == 0, output and json.loads(output)["extracted"] == ["again"]
+
+
+def test_int8_quantizes_the_towers_linear_layers_on_a_cpu_only() -> None:
+    """int8: a copy whose every nn.Linear is a dynamic int8 layer (the fp32 tower untouched), features near fp32's,
+    the cache fingerprint marked; refused on a GPU; auto never takes it (it chooses between fp32 and bf16 alone)."""
+    import dataclasses
+
+    from tcmgc_cli.errors import ConfigError
+    from tcmgc_cli.model.encoder import FrameEncoder
+
+    fp32 = FrameEncoder.load("tcmgc-clip-tiny", None, "cpu", "fp32")
+    int8 = fp32.with_precision("int8")
+    assert any("quantized.dynamic" in type(m).__module__ for m in int8.visual.modules())
+    assert not any(type(m) is torch.nn.Linear for m in int8.visual.modules())
+    assert any(type(m) is torch.nn.Linear for m in fp32.visual.modules())
+    assert int8.fingerprint == fp32.fingerprint + ":int8"
+    frames = torch.randint(0, 256, (6, fp32.preprocess.size, fp32.preprocess.size, 3), dtype=torch.uint8)
+    assert bool((torch.nn.functional.cosine_similarity(int8(frames), fp32(frames), dim=-1) > 0.99).all())
+    with pytest.raises(ConfigError, match="int8 runs on a CPU"):
+        dataclasses.replace(fp32, device=torch.device("cuda")).with_precision("int8")
+    with pytest.raises(ConfigError, match="unknown precision 'int8'"):
+        prec.resolve("int8", "train step", torch.device("cpu"), lambda p: frames)
+
+
+def test_an_int8_cache_says_so_and_searches(video_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "c.h5"
+    code, output = extract(video_dir, cache, "--model", "tcmgc-tiny", "--precision", "int8")
+    assert code == 0, output
+    settings = FeatureCache(cache).settings
+    assert settings.precision == "int8" and settings.encoder_fingerprint.endswith(":int8")
+    found = runner.invoke(app, ["search", "a red circle", "--cache", str(cache), "--json"])
+    assert found.exit_code == 0, found.output
+    assert json.loads(found.stdout.splitlines()[0])["results"]
+    code, output = extract(video_dir, cache, "--model", "tcmgc-tiny", "--precision", "fp32")
+    assert code == 1 and "other settings" in output
 
 
 @pytest.mark.slow

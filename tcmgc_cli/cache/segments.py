@@ -66,7 +66,12 @@ class CacheSettings:
     @property
     def precision(self) -> str:
         """The precision the features were computed in (a cache never mixes them)."""
-        return "bf16" if self.encoder_fingerprint.endswith(":bf16") else "fp32"
+        return next((p for p in ("bf16", "int8") if self.encoder_fingerprint.endswith(f":{p}")), "fp32")
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """The encoder's fingerprint without its precision: the weights alone."""
+        return self.encoder_fingerprint.removesuffix(f":{self.precision}")
 
     def mismatch(self, other: "CacheSettings") -> str | None:
         """A sentence naming the first difference, or None when `other` may share this cache."""

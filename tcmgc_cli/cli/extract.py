@@ -112,7 +112,8 @@ def extract_command(
         str,
         typer.Option(
             help="auto (the faster of fp32 and bf16 on this machine for this model, measured the first time; bf16 "
-            "only within 1e-3 cosine of fp32), fp32 or bf16. A cache keeps the precision it was started with."
+            "only within 1e-3 cosine of fp32), fp32, bf16, or int8 (the image tower's linear layers quantized, on a "
+            "CPU; lossy, so auto never takes it: README, Benchmarks). A cache keeps the precision it was started with."
         ),
     ] = defaults.PRECISION,
     threads: Annotated[

@@ -19,8 +19,9 @@ from tcmgc_cli.distributed import Dist
 from tcmgc_cli.extract import decode as decoding
 from tcmgc_cli.extract.decode import Decoded, Decoder, Unchanged, decode_stream
 from tcmgc_cli.extract.scan import Failure, VideoJob
-from tcmgc_cli.model.encoder import FrameEncoder
+from tcmgc_cli.model.encoder import MEASURE_FRAMES, FrameEncoder
 from tcmgc_cli.options import ExtractOptions
+from tcmgc_cli.precision import observe
 
 DEFAULT_BACKEND = VideoBackend(BACKEND)
 
@@ -176,8 +177,18 @@ def extract(
         writer.write_failures({f.video_id: {"path": f.path, "reason": f.reason} for f in report.failed})
     finally:
         writer.close()
+    _check_precision(encoder, report)
     report.wall_s = time.perf_counter() - start
     return merge_reports(dist.gather_objects(report)) if dist.world > 1 else report
+
+
+OBSERVED_S = 20.0  # encoding time enough to check an `auto` precision record against (short runs are noise)
+
+
+def _check_precision(encoder: FrameEncoder, report: ExtractReport) -> None:
+    """Hold the precision record `auto` followed to what this extraction's encoding saw (`precision.observe`)."""
+    if encoder.role is not None and report.frames and report.encode_s >= OBSERVED_S:
+        observe(encoder.role, encoder.device, encoder.precision, report.encode_s / report.frames * MEASURE_FRAMES)
 
 
 def merge_reports(reports: list[ExtractReport]) -> ExtractReport:

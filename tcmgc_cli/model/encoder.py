@@ -7,6 +7,7 @@
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import logging
 import os
@@ -125,20 +126,19 @@ class FrameEncoder:
     visual: nn.Module
     preprocess: Preprocess
     device: torch.device
-    fingerprint: str  # "<open_clip name>:<weights hash>", with ":bf16" for features computed in bf16
-    precision: str = (
-        "fp32"  # "fp32", or "bf16": a bfloat16 copy under autocast (features differ slightly: the cache records it)
-    )
+    fingerprint: str  # "<open_clip name>:<weights hash>", with ":bf16" or ":int8" for features computed so
+    precision: str = "fp32"  # or "bf16": a bfloat16 copy under autocast; or "int8" (features differ: caches record it)
+    role: str | None = None  # the precision record this encoder's "auto" followed (real work checks it: `observe`)
 
     @classmethod
     def load(
         cls, clip_name: str, pretrained: str | None, device: str = "auto", precision: str = "fp32"
     ) -> "FrameEncoder":
         """precision "auto": the faster of fp32 and bf16 on this host for this tower (measured the first time,
-        bf16 only within 1e-3 cosine of fp32; `precision.py`)."""
+        bf16 only within 1e-3 cosine of fp32; `precision.py`); "int8" only when asked for (it is lossy)."""
         from tcmgc_cli import precision as prec
 
-        prec.check(precision)
+        prec.check(precision, prec.EXTRACT_PRECISIONS)
         model, pp = load_clip(clip_name, pretrained)
         visual = model.visual
         assert isinstance(visual, nn.Module)
@@ -152,20 +152,28 @@ class FrameEncoder:
         def run(p: str) -> torch.Tensor:
             return variants.setdefault(p, fp32.with_precision(p))(sample)
 
-        chosen = prec.resolve(precision, f"image tower {clip_name}, bf16 weights, x{MEASURE_FRAMES}", dev, run)
-        return variants.get(chosen) or fp32.with_precision(chosen)
+        if precision == "int8":
+            return fp32.with_precision("int8")
+        role = f"image tower {clip_name}, bf16 weights, x{MEASURE_FRAMES}"
+        chosen = prec.resolve(precision, role, dev, run)
+        encoder = variants.get(chosen) or fp32.with_precision(chosen)
+        return dataclasses.replace(encoder, role=role) if precision == "auto" else encoder
 
     def with_precision(self, precision: str) -> "FrameEncoder":
         """This encoder in `precision`. bf16 runs a bfloat16 copy of the tower under autocast (autocast alone would
         cast every weight again on every call: 3x slower than fp32 for ViT-B/32 at 8 frames on a CPU, where the
-        copy is 2x faster); only from an fp32 encoder, which keeps the weights the fingerprint names."""
+        copy is 2x faster); int8 a copy whose linear layers are quantized (dynamic int8, on a CPU). Only from an fp32
+        encoder, which keeps the weights the fingerprint names."""
         if precision == self.precision:
             return self
         if self.precision != "fp32":
             raise ValueError("with_precision converts from an fp32 encoder only")
-        visual = copy.deepcopy(self.visual).to(torch.bfloat16) if precision == "bf16" else self.visual
-        return FrameEncoder(visual, self.preprocess, self.device, f"{self.fingerprint}:bf16" if precision == "bf16"
-                            else self.fingerprint, precision)  # fmt: skip
+        if precision == "int8" and self.device.type != "cpu":
+            raise ConfigError("--precision int8 runs on a CPU: on a GPU use bf16 (or --device cpu).")
+        convert = {"bf16": lambda m: copy.deepcopy(m).to(torch.bfloat16), "int8": _int8}.get(precision)
+        visual = convert(self.visual) if convert else self.visual
+        suffix = f":{precision}" if precision != "fp32" else ""
+        return FrameEncoder(visual, self.preprocess, self.device, self.fingerprint + suffix, precision)
 
     @torch.inference_mode()
     def padding_feature(self) -> torch.Tensor:
@@ -185,6 +193,19 @@ class FrameEncoder:
         with autocast(self.device, self.precision):
             out = encode_pixels(self.visual, self.preprocess, frames.to(self.device, non_blocking=True))  # (N, D)
         return out.float().cpu()
+
+
+def _int8(visual: nn.Module) -> nn.Module:
+    """A copy of the tower with every nn.Linear quantized to int8 weights, activations quantized per batch as they
+    come (torch's dynamic quantization: its eager API warns that it is deprecated, in favour of torchao)."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized: nn.Module = quantize_dynamic(copy.deepcopy(visual), {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+    return quantized
 
 
 def encode_pixels(visual: Any, pp: Preprocess, frames: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:

@@ -134,7 +134,7 @@ def open_search(
     features = FeatureCache(cache or _only_workspace_cache())
     _check_not_empty(features, features.settings.encoder)
     text = _text_encoder(features, pretrained, device)
-    if text.fingerprint != features.settings.encoder_fingerprint.removesuffix(":bf16"):
+    if text.fingerprint != features.settings.weights_fingerprint:
         raise CacheError(
             f"{features.path} was extracted with other {features.settings.encoder} weights than these: pass the "
             "--pretrained you extracted with."
