@@ -49,15 +49,18 @@ def test_truncated_video_names_both_decoders(tmp_path: Path) -> None:
 
 
 def gop_video(path: Path, frames: np.ndarray, keyframe_every: int, bframes: int = 0) -> Path:
-    """Lossless H.264 with a keyframe every `keyframe_every` frames; without B-frames its packets come in
-    presentation order, with them its groups of pictures are open (a B-frame before a keyframe refers across it)."""
+    """H.264 with a keyframe every `keyframe_every` frames. Without B-frames: lossless, its packets in presentation
+    order. With them (x264 drops B-frames when lossless, so then at crf 18): open groups of pictures, where a B-frame
+    before a keyframe refers across it, and packets out of presentation order."""
     import av
 
-    gop = f"keyint={keyframe_every}:min-keyint={keyframe_every}:scenecut=0:bframes={bframes}"
+    gop = f"keyint={keyframe_every}:min-keyint={keyframe_every}:scenecut=0:bframes={bframes}:b-adapt=0"
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264rgb", rate=25)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
-        stream.options = {"crf": "0", "threads": "1", "x264-params": gop + (":open-gop=1" if bframes else "")}
+        stream = container.add_stream("libx264" if bframes else "libx264rgb", rate=25)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p" if bframes else "rgb24"
+        gop += ":open-gop=1" if bframes else ""
+        stream.options = {"crf": "18" if bframes else "0", "threads": "1", "x264-params": gop}
         for img in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
         container.mux(stream.encode())
@@ -83,14 +86,16 @@ def test_pyav_decodes_only_the_packets_the_frames_need(tmp_path: Path) -> None:
     assert np.array_equal(open_video(path, VideoBackend.decord).get_frames(wanted)[0], got)
 
 
-@pytest.mark.parametrize("bframes", [0, 2])
-@pytest.mark.parametrize("backend", list(VideoBackend))
+@pytest.mark.parametrize(
+    ("backend", "bframes"), [(VideoBackend.pyav, 0), (VideoBackend.pyav, 2), (VideoBackend.decord, 0)]
+)
 def test_a_track_decoded_in_stretches_equals_it_decoded_in_one_pass(
     tmp_path: Path, backend: VideoBackend, bframes: int
 ) -> None:
     """A long track decodes as stretches: the first where it is read, the others (pickled, as they travel to decoder
     processes) each from the keyframe before it, with or without B-frames and open groups of pictures: the same
-    frames, times and numbers as one pass, bit for bit."""
+    frames, times and numbers as one pass, bit for bit. (decord is left out with B-frames: its one pass already
+    differs from decoding every frame in order there, as its seeking does.)"""
     frames = random_frames(100, size=32)
     path = gop_video(tmp_path / "gop.mp4", frames, keyframe_every=20, bframes=bframes)
     wanted = list(range(0, 100, 6))  # 17 frames: stretches of 4 (the first, half a stretch), 8, 5
@@ -104,7 +109,8 @@ def test_a_track_decoded_in_stretches_equals_it_decoded_in_one_pass(
     assert first.indices == wanted[:4] and [p.indices for p in later] == [wanted[4:12], wanted[12:]]
     got = [first, *(read_later(p) for p in later)]
     assert np.array_equal(np.concatenate([g.frames for g in got]), whole.frames)
-    assert np.array_equal(whole.frames, frames[wanted]) and [i for g in got for i in g.indices] == wanted
+    assert [i for g in got for i in g.indices] == wanted
+    assert np.array_equal(whole.frames, frames[wanted]) if not bframes else not open_video(path)._in_order
     assert np.array_equal(np.concatenate([g.times for g in got]), whole.times) and first.duration == whole.duration
     if backend == VideoBackend.pyav:  # each stretch starts at the keyframe before its first frame, not at frame 0
         assert [p.stretch.lo for p in later] == [20, 60]
@@ -113,5 +119,7 @@ def test_a_track_decoded_in_stretches_equals_it_decoded_in_one_pass(
             assert (
                 p.stretch.packets == len(runs)
                 if bframes == 0
-                else p.stretch.packets <= p.indices[-1] - p.stretch.lo + 4
+                else p.stretch.packets <= p.indices[-1] - p.stretch.lo + 8
             )
+            if bframes:  # the B-frames no other frame refers to, and that are not asked for, are never decoded
+                assert p.stretch.decoded < p.stretch.packets - 5

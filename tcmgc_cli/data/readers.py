@@ -136,7 +136,8 @@ def needed_packets(keyframes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 class PyAVStretch:
     """Frames lo .. hi - 1 of a video, where frame lo is a keyframe (or the first frame): decoding seeks to it and
     stops after frame hi - 1. Frames are matched to indices by exact timestamp, so a packet that fails to decode
-    costs only its frames; `need` (streams without B-frames) skips the packets no frame asked for needs."""
+    costs only its frames; `need` (streams without B-frames) skips the packets no frame asked for needs, and the
+    decoder skips the frames no other frame refers to (B-frames, mostly) unless they are asked for."""
 
     path: Path
     lo: int
@@ -144,7 +145,8 @@ class PyAVStretch:
     need: np.ndarray | None  # (hi - lo,) bool, packet i is frame lo + i; None: every packet is decoded
     times: np.ndarray  # (hi - lo,) start seconds
     failed: set[int] = field(default_factory=set)
-    packets: int = 0  # packets the last get_frames decoded
+    packets: int = 0  # packets the last get_frames gave the decoder
+    decoded: int = 0  # frames it decoded (fewer where it skipped frames no other refers to)
 
     def _index(self, frame_pts: int | None, n: int) -> int | None:
         """The frame number of a decoded frame (None: outside the stretch); `n` counts frames where there are no
@@ -161,7 +163,8 @@ class PyAVStretch:
         import av
 
         got, n = _Collector(sorted(set(indices)), transform), 0
-        self.packets = 0
+        self.packets = self.decoded = 0
+        kept = set(self.pts[[i - self.lo for i in got.unique]].tolist()) if self.pts is not None else None
         with av.open(str(self.path)) as container:
             stream = container.streams.video[0]
             if self.lo > 0 and self.pts is not None:  # to the keyframe at frame lo (closed-GOP decoding from there)
@@ -174,11 +177,14 @@ class PyAVStretch:
                     if at is None or not self.need[at - self.lo]:
                         continue
                 self.packets += packet.size > 0
+                if kept is not None and packet.size > 0:  # a frame no other frame refers to is decoded only if kept
+                    stream.codec_context.skip_frame = "DEFAULT" if packet.pts in kept else "NONREF"
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:  # a damaged packet: its frames are missing, the rest go on
                     continue
                 past = False
+                self.decoded += len(frames)
                 for frame in frames:
                     index = self._index(frame.pts, n)
                     n += 1
