@@ -10,7 +10,10 @@ Steps, each compared with the CPU where the two must agree:
 4. scoring at ViT-B/32 sizes (synthetic, 1,000 x 1,000): X-CLIP-style vs TC-MGC (factorized) on the device, with
    the device's scores against the CPU's on a 64 x 64 corner;
 5. image towers a user picks (ViT-B-32, MobileCLIP2-S0, ViT-B-16-SigLIP2, random weights): frames/s in fp32 and
-   bf16 on the device, each one's features against the CPU's fp32 (cosine), and what `--precision auto` takes.
+   bf16 on the device, each one's features against the CPU's fp32 (cosine), and what `--precision auto` takes;
+6. a 2-minute 1280x720 video extracted with ViT-B-32 (random weights, bf16) on the device, its stretches decoded by
+   the default decoder processes and then in the extracting process: seconds of video a second each, and the same
+   track from both.
 Needs only the project's own dependencies. The last line printed is one JSON object with every figure.
 """
 
@@ -157,6 +160,28 @@ def check_models(device: str, frames: int = 64) -> dict[str, Any]:
     return out
 
 
+def check_long_extract(device: str, work: Path, seconds: int = 120) -> dict[str, Any]:
+    from long_video import make_video
+
+    from tcmgc_cli.cache import FeatureCache
+    from tcmgc_cli.extract import extract_folder
+    from tcmgc_cli.options import ExtractOptions
+
+    (work / "long").mkdir()
+    make_video(work / "long" / "long.mp4", seconds, 1280, 720)
+    out: dict[str, Any] = {"long_decoders": ExtractOptions().decoders(gpu=device.startswith("cuda"))}
+    tracks = []
+    for name, workers in (("processes", None), ("in_process", 0)):
+        path = work / f"long-{name}.h5"
+        report = extract_folder(work / "long", "ViT-B-32-quickgelu", cache=path, pretrained="none", device=device,
+                                precision="bf16", workers=workers)  # fmt: skip
+        out[f"long_{name}_video_s_per_s"] = round(report.video_seconds / report.wall_s, 1)
+        tracks.append(FeatureCache(path).track("long"))
+    (times_a, feats_a), (times_b, feats_b) = tracks
+    out["long_tracks_agrees"] = bool(np.array_equal(times_a, times_b) and np.allclose(feats_a, feats_b, atol=1e-2))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="the device to check against the CPU (default: cuda)")
@@ -177,6 +202,9 @@ def main() -> None:
     summary.update(check_scoring(args.device, args.scoring_size))
     print(json.dumps(summary), flush=True)
     summary.update(check_models(args.device))
+    print(json.dumps(summary), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary.update(check_long_extract(args.device, Path(tmp)))
     summary["all_agree"] = all(v for k, v in summary.items() if k.endswith("agrees"))
     summary["wall_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(summary))

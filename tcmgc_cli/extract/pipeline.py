@@ -1,6 +1,7 @@
-"""The extraction loop: decoded tracks (`decode.py`) -> the image tower on blocks of frames, each frame once ->
-one atomic cache segment per batch of videos. Decoding the next videos overlaps with encoding the current batch.
-Under torchrun each process takes every world-th video and writes its own segments; rank 0 merges them.
+"""The extraction loop: decoded stretches of tracks (`decode.py`) -> the image tower on blocks of frames, each frame
+once -> one atomic cache segment per batch of videos. With decoder processes (on a GPU, by default), decoding runs
+ahead of the encoder; without them (on a CPU), it runs between the tower's blocks. Under torchrun each process takes
+every world-th video and writes its own segments; rank 0 merges them.
 """
 
 import dataclasses
