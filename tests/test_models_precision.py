@@ -173,7 +173,7 @@ def test_int8_quantizes_the_towers_linear_layers_on_a_cpu_only() -> None:
     fp32 = FrameEncoder.load("tcmgc-clip-tiny", None, "cpu", "fp32")
     int8 = fp32.with_precision("int8")
     assert any("quantized.dynamic" in type(m).__module__ for m in int8.visual.modules())
-    assert not any(type(m) is torch.nn.Linear for m in int8.visual.modules())
+    assert not any(type(m) in (torch.nn.Linear, torch.nn.MultiheadAttention) for m in int8.visual.modules())
     assert any(type(m) is torch.nn.Linear for m in fp32.visual.modules())
     assert int8.fingerprint == fp32.fingerprint + ":int8"
     frames = torch.randint(0, 256, (6, fp32.preprocess.size, fp32.preprocess.size, 3), dtype=torch.uint8)
@@ -182,6 +182,24 @@ def test_int8_quantizes_the_towers_linear_layers_on_a_cpu_only() -> None:
         dataclasses.replace(fp32, device=torch.device("cuda")).with_precision("int8")
     with pytest.raises(ConfigError, match="unknown precision 'int8'"):
         prec.resolve("int8", "train step", torch.device("cpu"), lambda p: frames)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_split_attention_is_the_attention_it_replaces(batch_first: bool) -> None:
+    """int8 splits torch's self-attention into linear layers around scaled dot-product attention (so that they are
+    quantized): before quantizing, the same outputs as nn.MultiheadAttention, with no mask, a float mask or a
+    causal bool one."""
+    from tcmgc_cli.model.quantize import SplitAttention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+    split = SplitAttention(mha)
+    x = torch.randn(3, 7, 32) if batch_first else torch.randn(7, 3, 32)
+    causal = torch.ones(7, 7, dtype=torch.bool).triu(1)  # True: not attended, as torch's masks say
+    for mask in (None, torch.randn(7, 7), causal):
+        want = mha(x, x, x, need_weights=False, attn_mask=mask)[0]
+        got = split(x, x, x, need_weights=False, attn_mask=mask)[0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_an_int8_cache_says_so_and_searches(video_dir: Path, tmp_path: Path) -> None:

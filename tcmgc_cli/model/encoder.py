@@ -162,7 +162,7 @@ class FrameEncoder:
     def with_precision(self, precision: str) -> "FrameEncoder":
         """This encoder in `precision`. bf16 runs a bfloat16 copy of the tower under autocast (autocast alone would
         cast every weight again on every call: 3x slower than fp32 for ViT-B/32 at 8 frames on a CPU, where the
-        copy is 2x faster); int8 a copy whose linear layers are quantized (dynamic int8, on a CPU). Only from an fp32
+        copy is 2x faster); int8 a copy whose linear layers are quantized (dynamic int8, on a CPU: `quantize.py`). Only from an fp32
         encoder, which keeps the weights the fingerprint names."""
         if precision == self.precision:
             return self
@@ -170,7 +170,9 @@ class FrameEncoder:
             raise ValueError("with_precision converts from an fp32 encoder only")
         if precision == "int8" and self.device.type != "cpu":
             raise ConfigError("--precision int8 runs on a CPU: on a GPU use bf16 (or --device cpu).")
-        convert = {"bf16": lambda m: copy.deepcopy(m).to(torch.bfloat16), "int8": _int8}.get(precision)
+        from tcmgc_cli.model.quantize import int8_tower
+
+        convert = {"bf16": lambda m: copy.deepcopy(m).to(torch.bfloat16), "int8": int8_tower}.get(precision)
         visual = convert(self.visual) if convert else self.visual
         suffix = f":{precision}" if precision != "fp32" else ""
         return FrameEncoder(visual, self.preprocess, self.device, self.fingerprint + suffix, precision)
@@ -193,19 +195,6 @@ class FrameEncoder:
         with autocast(self.device, self.precision):
             out = encode_pixels(self.visual, self.preprocess, frames.to(self.device, non_blocking=True))  # (N, D)
         return out.float().cpu()
-
-
-def _int8(visual: nn.Module) -> nn.Module:
-    """A copy of the tower with every nn.Linear quantized to int8 weights, activations quantized per batch as they
-    come (torch's dynamic quantization: its eager API warns that it is deprecated, in favour of torchao)."""
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantized: nn.Module = quantize_dynamic(copy.deepcopy(visual), {nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
-    return quantized
 
 
 def encode_pixels(visual: Any, pp: Preprocess, frames: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
