@@ -121,7 +121,7 @@ def tower_flops(encoder: Any) -> float:
     return float(counter.get_total_flops())
 
 
-def measure_long(video: Path, work: Path, name: str, clip: str) -> dict[str, Any]:
+def measure_long(video: Path, work: Path, name: str, clip: str, workers: int | None = None) -> dict[str, Any]:
     """One tower on the long video: ceilings, then full extraction in each precision."""
     from tcmgc_cli.extract import extract_folder
 
@@ -152,7 +152,7 @@ def measure_long(video: Path, work: Path, name: str, clip: str) -> dict[str, Any
         os.environ["XDG_CACHE_HOME"] = str(work / f"xdg-{name}-{precision}")  # auto measures afresh
         start = time.perf_counter()
         report = extract_folder(video.parent, clip, cache=work / f"{name}-{precision}.h5", pretrained="none",
-                                precision=precision)  # fmt: skip
+                                precision=precision, workers=workers)  # fmt: skip
         wall = time.perf_counter() - start
         assert report.extracted, report.failed
         out[f"extract_{precision}_video_s_per_s"] = round(report.video_seconds / wall, 1)
@@ -193,11 +193,13 @@ def int8_fidelity(clip: str, fp32_cache: Path, int8_cache: Path, k: int = 10) ->
             "int8_top10_agreement": round(float(np.mean(agree)), 3), "int8_queries": len(agree), "frames": len(a)}  # fmt: skip
 
 
-def long_main(minutes: int, video: Path | None = None, models: list[str] | None = None) -> None:
+def long_main(
+    minutes: int, video: Path | None = None, models: list[str] | None = None, workers: int | None = None
+) -> None:
     from long_video import make_video
 
     os.environ.pop("TCMGC_PRECISION", None)
-    results: dict[str, Any] = {"benchmark": "extract_long", "cpu_threads": torch.get_num_threads()}
+    results: dict[str, Any] = {"benchmark": "extract_long", "cpu_threads": torch.get_num_threads(), "workers": workers}
     results["video"] = str(video) if video is not None else f"{minutes} minutes of 1280x720, made here"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -205,7 +207,7 @@ def long_main(minutes: int, video: Path | None = None, models: list[str] | None 
             (work / "video").mkdir()
             video = make_video(work / "video" / "long.mp4", minutes * 60, 1280, 720)
         for name in models or list(LONG_MODELS):
-            results[name] = measure_long(video, work, name, LONG_MODELS[name])
+            results[name] = measure_long(video, work, name, LONG_MODELS[name], workers)
             print(json.dumps({name: results[name]}), flush=True)
     print(json.dumps(results))
 
@@ -223,7 +225,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.long:
-        long_main(args.minutes, args.video, args.models.split(","))
+        long_main(args.minutes, args.video, args.models.split(","), args.workers)
         return
     sizes = {"tiny": 120, "vit_b32": 120} if args.full else {"tiny": 120, "vit_b32": 24}
     results = {

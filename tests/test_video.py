@@ -75,12 +75,12 @@ def test_pyav_decodes_only_the_packets_the_frames_need(tmp_path: Path) -> None:
     path = gop_video(tmp_path / "gop.mp4", frames, keyframe_every=20)
     reader = open_video(path, VideoBackend.pyav)
     wanted = [0, 25, 50, 75]
-    need = reader.needed(wanted)
+    need = reader.stretch(wanted).need
     assert need is not None and np.flatnonzero(reader._keyframes).tolist() == [0, 20, 40, 60, 80]
     assert np.flatnonzero(need).tolist() == [0, *range(20, 26), *range(40, 51), *range(60, 76)]  # keyframe to frame
     got, times = reader.get_frames(wanted)
     reader._in_order = False  # every packet decoded, as for a stream with B-frames
-    assert reader.needed(wanted) is None
+    assert reader.stretch(wanted).need is None
     every, every_times = reader.get_frames(wanted)
     assert np.array_equal(got, every) and np.array_equal(got, frames[wanted]) and np.array_equal(times, every_times)
     assert np.array_equal(open_video(path, VideoBackend.decord).get_frames(wanted)[0], got)

@@ -231,13 +231,6 @@ class PyAVReader:
         self._in_order = self._pts is not None and bool(np.all(np.diff(np.asarray(pts, dtype=np.int64)) > 0))
         self.fps = frame_rate(self.fps, self.times)
 
-    def needed(self, unique: list[int]) -> np.ndarray | None:
-        """(num_frames,) bool: the packets (in decode order) the frames `unique` need, or None: all of them (packets
-        out of presentation order, where a frame can need a later packet)."""
-        if not self._in_order or not unique:
-            return None
-        return needed_packets(self._keyframes, np.asarray(unique, dtype=np.int64))
-
     def _keyframe_before(self, index: int) -> int:
         """The frame number of the last keyframe at or before frame `index` (0 when none is, or no timestamps)."""
         if self._pts is None or not len(self._key_pts):
